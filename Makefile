@@ -1,0 +1,46 @@
+# unmask — every target runs inside .venv, created on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On a CPU machine this takes the local CPU wheel; elsewhere PyPI's build for your platform.
+TORCH_SPEC ?= torch==2.13.0
+RECIPE ?= tiny/countdown_mdpo
+ARGS ?=
+MODEL ?= builtin:tiny-countdown
+BENCH ?= countdown
+EVAL_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train eval test test-slow bench lint tiny-model clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(VENV)/bin/unmask train $(RECIPE) $(ARGS)
+
+eval: $(VENV)/.installed
+	$(VENV)/bin/unmask eval --model $(MODEL) --bench $(BENCH) $(EVAL_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+tiny-model: $(VENV)/.installed
+	$(VENV)/bin/unmask pretrain --task countdown --out unmask/assets/tiny-countdown --seed 0
+
+clean:
+	rm -rf $(VENV) build *.egg-info

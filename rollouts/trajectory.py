@@ -1,0 +1,104 @@
+"""What a sampler hands to the RL objectives (sampling.md §7).
+
+A ``Trajectory`` holds the final canvas and, when recorded, one compact record per
+denoising step. Storage is linear in ``T × L`` per sequence: the canvas before
+step ``t`` is not stored but rebuilt from the masks and predictions
+(``canvas(t)``), which is exact also under RCR where committed tokens can change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Trajectory:
+    #: final canvas ``[B, P + L]`` (left-padded prompt ⊕ answer)
+    tokens: torch.Tensor
+    #: ``[B, P + L]`` bool, False on left padding of the prompt
+    attention_mask: torch.Tensor
+    #: padded prompt length ``P``
+    prompt_length: int
+    #: ``[B, L]`` bool: answer positions up to and including the first EOS
+    answer_mask: torch.Tensor
+    #: ``[B, L]`` long: global step at which each answer position got its final token (−1: hint)
+    commit_step: torch.Tensor
+    #: ``[B, L]`` bool: positions fixed by inpainting hints
+    hint_mask: torch.Tensor
+    #: ``[B]`` long: forward passes spent on each row
+    nfe: torch.Tensor
+    #: sampler settings and seed, enough to replay the rollout
+    settings: dict[str, Any] = field(default_factory=dict)
+    # -- per-step record (``record=True``); T = number of steps run ---------
+    #: ``[T, B, L]`` bool: answer positions masked in ``x_t`` (before step t)
+    step_masked: torch.Tensor | None = None
+    #: ``[T, B, L]`` long: prediction ``x̂_t`` (meaningful where ``step_masked``)
+    step_pred: torch.Tensor | None = None
+    #: ``[T, B, L]`` half: confidence of each prediction (RCR: running confidence)
+    step_confidence: torch.Tensor | None = None
+    #: ``[T, B, L]`` float: log-prob of each prediction under the sampling distribution
+    step_logprob: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def gen_length(self) -> int:
+        return int(self.tokens.shape[1] - self.prompt_length)
+
+    @property
+    def num_steps(self) -> int:
+        return 0 if self.step_masked is None else int(self.step_masked.shape[0])
+
+    @property
+    def prompt_ids(self) -> torch.Tensor:
+        return self.tokens[:, : self.prompt_length]
+
+    @property
+    def answer_ids(self) -> torch.Tensor:
+        return self.tokens[:, self.prompt_length :]
+
+    def canvas(self, t: int, mask_token_id: int) -> torch.Tensor:
+        """The canvas ``x_t`` as the model saw it before step ``t`` (``[B, P + L]``).
+
+        An unmasked answer position holds the prediction of the last earlier step
+        at which it was masked (it was committed then); hints hold their token.
+        """
+        if self.step_masked is None or self.step_pred is None:
+            raise ValueError("canvas() needs a trajectory generated with record=True")
+        answer = self.answer_ids.clone()
+        if t > 0:
+            predicted = self.step_masked[:t]  # [t, B, L]
+            steps = torch.arange(t).view(t, 1, 1).expand_as(predicted)
+            last = torch.where(predicted, steps, torch.full_like(steps, -1)).amax(0)
+            rows = torch.arange(answer.shape[0])[:, None]
+            cols = torch.arange(answer.shape[1])[None, :]
+            answer = torch.where(last >= 0, self.step_pred[last.clamp(min=0), rows, cols], answer)
+        if t < self.num_steps:
+            answer = answer.masked_fill(self.step_masked[t], mask_token_id)
+        return torch.cat([self.prompt_ids, answer], dim=1)
+
+    def select(self, rows: torch.Tensor | list[int]) -> Trajectory:
+        """A trajectory with only the given batch rows."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        per_row = {
+            name: getattr(self, name)[rows]
+            for name in ("tokens", "attention_mask", "answer_mask", "commit_step", "hint_mask", "nfe")
+        }
+        per_step = {
+            name: None if getattr(self, name) is None else getattr(self, name)[:, rows]
+            for name in ("step_masked", "step_pred", "step_confidence", "step_logprob")
+        }
+        return replace(self, **per_row, **per_step)
+
+    def to(self, device: torch.device | str) -> Trajectory:
+        moved = {
+            name: value.to(device)
+            for name, value in vars(self).items()
+            if isinstance(value, torch.Tensor)
+        }
+        return replace(self, **moved)

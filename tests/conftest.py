@@ -1,0 +1,22 @@
+"""Shared test set-up: CPU only, one thread, deterministic, data dir discovery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True, warn_only=True)
+
+SHARED_DATA = Path(os.environ.get("UNMASK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The benchmark files in ../shared/data, or skip with the reason."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA} (set UNMASK_SHARED_DATA)")
+    return SHARED_DATA

@@ -1,0 +1,184 @@
+"""The ``unmask`` command line: train, eval, sample, pretrain, export, recipes.
+
+User mistakes (``UserError``) print one line and exit with code 2; ``--debug``
+shows the traceback instead. Heavy imports happen inside each subcommand so that
+``unmask recipes`` and error messages are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from unmask.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_NOT_AVAILABLE = 3
+
+
+class NotAvailable(Exception):
+    """A subcommand whose machinery has not landed yet: said plainly, never faked."""
+
+
+def recipes_dir() -> Path:
+    """The shipped recipes: ``recipes/`` next to the package (source checkout) or in the cwd."""
+    for candidate in (Path(__file__).resolve().parents[1] / "recipes", Path.cwd() / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    raise UserError("no recipes/ directory found; run from the unmask repository or pass a recipe path")
+
+
+def resolve_recipe_path(name: str) -> Path:
+    """A recipe path as given, or a shipped one by short name (``tiny/countdown_mdpo``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = recipes_dir() / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    return shipped if shipped.is_file() else path
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    root = recipes_dir()
+    for path in sorted(root.rglob("*.yaml")):
+        if "accelerate" in path.parts:
+            continue
+        try:
+            description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        except yaml.YAMLError:
+            description = "(invalid YAML)"
+        print(f"{path.relative_to(root).with_suffix('')!s:32} {description}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from unmask.recipe import load_recipe
+
+    recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    try:
+        from unmask.rl.trainer import train
+    except ImportError as exc:
+        raise NotAvailable(f"unmask train: the RL trainer is not available yet ({exc})") from None
+    train(recipe)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        from unmask.evaluation.cli import run_eval
+    except ImportError as exc:
+        raise NotAvailable(f"unmask eval: evaluation is not available yet ({exc})") from None
+    return run_eval(args)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    try:
+        from unmask.rollouts.cli import run_sample
+    except ImportError as exc:
+        raise NotAvailable(f"unmask sample: the sampler CLI is not available yet ({exc})") from None
+    return run_sample(args)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    try:
+        from unmask.pretrain import run_pretrain
+    except ImportError as exc:
+        raise NotAvailable(f"unmask pretrain: not available yet ({exc})") from None
+    return run_pretrain(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from unmask.models import load_model
+    from unmask.models.export import merge_and_save
+
+    model = load_model(args.model, adapter=args.adapter)
+    out = merge_and_save(model, args.out)
+    print(f"wrote merged checkpoint to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unmask", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run an RL recipe")
+    p.add_argument("recipe", help="recipe file or shipped name, e.g. tiny/countdown_mdpo")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.max_steps=5")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on benchmarks")
+    p.add_argument("--model", help="checkpoint dir, hub id or builtin:NAME")
+    p.add_argument("--adapter", help="LoRA adapter directory")
+    p.add_argument("--bench", default="countdown", help="comma list: gsm8k,math500,countdown,amc,sudoku")
+    p.add_argument("--data-dir", help="directory with local benchmark files")
+    p.add_argument("--gen-length", default=None, help="comma list of generation lengths")
+    p.add_argument("--steps", default=None, help="comma list of step counts (default gen_length/2)")
+    p.add_argument("--block-length", type=int, default=None)
+    p.add_argument("--remasking", default="low_confidence")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output directory (resumes if it exists)")
+    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two eval runs")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="generate for one prompt and show the denoising process")
+    p.add_argument("--model", default="builtin:tiny-countdown")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--gen-length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--block-length", type=int, default=None)
+    p.add_argument("--remasking", default="low_confidence")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-chat-template", action="store_true")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("pretrain", help="masked-diffusion SFT of a tiny model on synthetic task data")
+    p.add_argument("--task", default="countdown")
+    p.add_argument("--out", required=True)
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("export", help="merge a LoRA adapter into its base and write a checkpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except NotAvailable as exc:
+        print(f"not available: {exc}", file=sys.stderr)
+        return EXIT_NOT_AVAILABLE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The one interface through which unmask talks to a masked diffusion LM.
+
+Every family (tiny, LLaDA, Dream) is an ``nn.Module`` subclass of ``DiffusionLM``.
+Family quirks (Dream's shifted logits, LLaDA's weight names) stay inside the
+family module so that samplers, estimators and objectives see one contract:
+``logits(input_ids, attention_mask)[:, i]`` predicts token ``i``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class DiffusionLM(nn.Module):
+    """Base class of every model family.
+
+    Subclasses set the class attributes below and implement ``logits``.
+    ``attention_mask`` is ``[B, L]`` (1/True = real token, 0/False = left padding);
+    padded positions are excluded from attention and positions are counted from
+    the first real token, so a left-padded row gives the same logits at its real
+    positions as the unpadded sequence alone.
+    """
+
+    family: str = "base"
+    #: names of the linear modules LoRA adapts by default (the family's own names)
+    lora_targets: tuple[str, ...] = ()
+
+    def __init__(self, config: Any, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+
+    # -- token ids ---------------------------------------------------------
+    @property
+    def mask_token_id(self) -> int:
+        return int(self.config.mask_token_id)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Ids that end an answer; everything after the first one is padding."""
+        ids = self.config.eos_token_id
+        return tuple(int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]))
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = getattr(self.config, "pad_token_id", None)
+        return int(pad if pad is not None else self.eos_token_ids[0])
+
+    # -- forward -----------------------------------------------------------
+    def logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Position-aligned logits ``[B, L, V]``."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.logits(input_ids, attention_mask=attention_mask, positions=positions)
+
+    # -- prompts -----------------------------------------------------------
+    def format_prompt(self, text: str) -> str:
+        """Wrap a user message in the family's chat template (identity if none)."""
+        tok = self.tokenizer
+        if tok is not None and getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Rotary positions counted from each row's first real token (left padding → 0)."""
+    mask = attention_mask.long()
+    return (mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,386 @@
+"""Recipes: one validated tree that drives a run.
+
+A recipe is a YAML file (see ``recipes/``). Field names reuse TRL's ``GRPOConfig``
+names where the concept is the same, so users coming from TRL read recipes at
+sight. Every mistake — unknown key, wrong type, out-of-range value, YAML syntax —
+becomes one ``RecipeError`` line naming the file, the key path and what is
+allowed; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from unmask.errors import RecipeError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    """Strict base: unknown keys and type coercions are errors, not surprises."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    #: checkpoint directory, hub id, or ``builtin:<name>`` for a model shipped with unmask
+    name_or_path: str = "builtin:tiny-countdown"
+    family: Literal["tiny", "llada", "dream"] | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    gradient_checkpointing: bool = False
+
+
+class LoraConfig(Section):
+    enabled: bool = True
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: Probability = 0.0
+    #: None = the family's own linear-layer names (all seven for LLaDA)
+    target_modules: list[str] | None = None
+
+
+class CountdownGeneratorConfig(Section):
+    num_numbers: Annotated[int, Field(ge=2, le=6)] = 3
+    min_number: PositiveInt = 1
+    max_number: PositiveInt = 10
+    min_target: NonNegInt = 1
+    max_target: PositiveInt = 100
+    size: PositiveInt = 20000
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CountdownGeneratorConfig:
+        if self.min_number > self.max_number:
+            raise ValueError("min_number must be <= max_number")
+        if self.min_target > self.max_target:
+            raise ValueError("min_target must be <= max_target")
+        return self
+
+
+class DataConfig(Section):
+    task: Literal["countdown", "gsm8k", "math500", "amc", "math", "sudoku"] = "countdown"
+    #: local .jsonl/.json/.csv file; overrides the hub id
+    path: str | None = None
+    hub_id: str | None = None
+    split: str = "train"
+    #: prompt template with ``{question}``-style fields; None = the task's default
+    prompt_template: str | None = None
+    #: wrap prompts in the model's chat template
+    chat_template: bool = True
+    limit: PositiveInt | None = None
+    #: synthetic Countdown problems (used when task == countdown and no path is given)
+    generator: CountdownGeneratorConfig = Field(default_factory=CountdownGeneratorConfig)
+
+
+class RolloutConfig(Section):
+    num_generations: Annotated[int, Field(ge=2)] = 8
+    #: prompts per rollout batch (each gets ``num_generations`` answers)
+    prompts_per_step: PositiveInt = 8
+    max_completion_length: PositiveInt = 32
+    steps: PositiveInt = 32
+    block_length: PositiveInt = 32
+    temperature: NonNegFloat = 0.7
+    remasking: Literal["low_confidence", "random", "margin", "entropy", "rcr"] = "low_confidence"
+    #: confidence function used by RCR
+    rcr_confidence: Literal["probability", "margin", "neg_entropy"] = "probability"
+    threshold: Probability | None = None
+    schedule: Literal["linear", "cosine", "pow_k", "log", "exp"] = "linear"
+    schedule_k: PositiveInt = 2
+    cfg_scale: NonNegFloat = 0.0
+    cache: Literal["none", "prefix", "dual"] = "none"
+
+    @model_validator(mode="after")
+    def _blocks(self) -> RolloutConfig:
+        if self.max_completion_length % self.block_length:
+            raise ValueError(
+                f"max_completion_length ({self.max_completion_length}) must be divisible by "
+                f"block_length ({self.block_length})"
+            )
+        return self
+
+
+class _ObjectiveBase(Section):
+    beta: NonNegFloat = 0.04
+    epsilon: NonNegFloat = 0.2
+    epsilon_high: NonNegFloat | None = None
+    num_iterations: PositiveInt = 1
+    #: divide group advantages by their std: "group", "batch" or "none" (TRL's values)
+    scale_rewards: Literal["group", "batch", "none"] = "none"
+
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _bool_scale(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "group" if value else "none"
+        return value
+
+
+class DiffuGRPOConfig(_ObjectiveBase):
+    name: Literal["diffu_grpo"] = "diffu_grpo"
+    epsilon: NonNegFloat = 0.5
+    p_mask: Probability = 0.15
+    estimator: Literal["one_step", "elbo"] = "one_step"
+
+
+class MDPOConfig(_ObjectiveBase):
+    name: Literal["mdpo"] = "mdpo"
+    beta: NonNegFloat = 0.02
+    #: steps per rollout trained (largest Σ|A_t| first)
+    sample_train_steps: PositiveInt = 8
+    confidence_weight: bool = True
+    elbo_weight: bool = True
+    over_denoising_filter: bool = False
+
+
+class IGPOConfig(_ObjectiveBase):
+    name: Literal["igpo"] = "igpo"
+    beta: NonNegFloat = 0.01
+    p_mask: Probability = 0.15
+    hint_ratio_min: Probability = 0.2
+    hint_ratio_max: Probability = 0.6
+    chunk_min: PositiveInt = 5
+    chunk_max: PositiveInt = 10
+    free_tail: NonNegInt = 30
+    replace_fraction: Probability = 0.5
+    entropy_clip_ratio: Probability = 0.2
+    sequence_level_ratio: bool = False
+    #: dataset column holding the reference reasoning trace
+    reasoning_column: str = "reasoning"
+
+    @model_validator(mode="after")
+    def _ranges(self) -> IGPOConfig:
+        if self.hint_ratio_min > self.hint_ratio_max:
+            raise ValueError("hint_ratio_min must be <= hint_ratio_max")
+        if self.chunk_min > self.chunk_max:
+            raise ValueError("chunk_min must be <= chunk_max")
+        return self
+
+
+class WD1Config(_ObjectiveBase):
+    name: Literal["wd1"] = "wd1"
+    beta: NonNegFloat = 0.0
+    psi: Annotated[float, Field(gt=0.0)] = 1.0
+    p_mask: Probability = 0.15
+
+
+AlgorithmConfig = Annotated[
+    DiffuGRPOConfig | MDPOConfig | IGPOConfig | WD1Config, Field(discriminator="name")
+]
+
+
+class RewardItem(Section):
+    #: registry name (``countdown``, ``gsm8k``, ``math``, …) or ``package.module:function``
+    name: str
+    weight: float = 1.0
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RewardsConfig(Section):
+    functions: list[RewardItem] = Field(default_factory=lambda: [RewardItem(name="countdown")])
+    num_workers: NonNegInt = 2
+    timeout: Annotated[float, Field(gt=0.0)] = 5.0
+    on_error: float = 0.0
+
+
+class OptimConfig(Section):
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-4
+    weight_decay: NonNegFloat = 0.0
+    adam_beta1: Probability = 0.9
+    adam_beta2: Probability = 0.99
+    max_grad_norm: NonNegFloat = 1.0
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: NonNegInt = 0
+    max_steps: PositiveInt = 20
+    per_device_train_batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 1
+
+
+class EvalConfig(Section):
+    #: evaluate every N RL steps (0 = only before and after training)
+    every: NonNegInt = 0
+    limit: PositiveInt | None = 256
+    path: str | None = None
+    split: str = "test"
+    before: bool = True
+    after: bool = True
+    #: extra decoding settings evaluated beside the training one, e.g. two tokens per step
+    steps_per_token: list[PositiveInt] = Field(default_factory=lambda: [1])
+    temperature: NonNegFloat = 0.0
+    batch_size: PositiveInt = 64
+
+
+class LoggingConfig(Section):
+    report_to: list[Literal["jsonl", "tensorboard", "wandb", "none"]] = Field(
+        default_factory=lambda: ["jsonl"]
+    )
+    logging_steps: PositiveInt = 1
+    progress: bool = True
+    plot: bool = True
+
+
+class CheckpointConfig(Section):
+    save_steps: NonNegInt = 0
+    save_final: bool = True
+    resume_from: str | None = None
+
+
+class RayConfig(Section):
+    #: None = no Ray, roll out in-process; "local" = start local Ray; else a cluster address
+    address: str | None = None
+    num_workers: NonNegInt = 0
+    num_cpus_per_worker: NonNegFloat = 1.0
+    num_gpus_per_worker: NonNegFloat = 0.0
+
+
+class Recipe(Section):
+    description: str = ""
+    seed: NonNegInt = 0
+    output_dir: str = "runs/default"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=MDPOConfig)
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- loading -----------------------------------------------------------------
+
+
+def _known_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    """Field names valid at ``path`` (for "did you mean" hints)."""
+    fields = model.model_fields
+    for part in path:
+        if not isinstance(part, str) or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        sub = next((c for c in candidates if issubclass(c, BaseModel)), None)
+        if sub is None:
+            return []
+        fields = sub.model_fields
+    return list(fields)
+
+
+def _format_error(source: str, exc: ValidationError, raw: dict[str, Any]) -> str:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _ALGORITHM_TAGS))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        parent = loc[:-1]
+        if parent and parent[0] == "algorithm":
+            name = raw.get("algorithm", {}).get("name", "mdpo") if isinstance(raw.get("algorithm"), dict) else "mdpo"
+            options = list(_ALGORITHM_TAGS.get(name, MDPOConfig).model_fields)
+        else:
+            options = _known_keys(Recipe, parent)
+        close = difflib.get_close_matches(str(loc[-1]), options, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(options)}"
+        return f"{source}: unknown key '{key}'{hint}"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{source}: {key}: {err['msg']} (got {shown})"
+
+
+_ALGORITHM_TAGS: dict[str, type[BaseModel]] = {
+    "diffu_grpo": DiffuGRPOConfig,
+    "mdpo": MDPOConfig,
+    "igpo": IGPOConfig,
+    "wd1": WD1Config,
+}
+
+
+def validate_recipe(raw: Any, source: str) -> Recipe:
+    """Validate a parsed mapping; ``source`` names it in errors."""
+    if raw is None:
+        raise RecipeError(f"{source}: the recipe is empty; start from one in recipes/ (see `unmask recipes`)")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    algo = raw.get("algorithm")
+    if isinstance(algo, dict) and "name" in algo and algo["name"] not in _ALGORITHM_TAGS:
+        raise RecipeError(
+            f"{source}: algorithm.name: unknown algorithm {algo['name']!r}; "
+            f"choose one of {', '.join(_ALGORITHM_TAGS)}"
+        )
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(source, exc, raw)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` → (["a", "b", "c"], value parsed as YAML)."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r}: expected key.path=value, e.g. rollout.steps=16")
+    key, _, value = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise RecipeError(f"override {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found; `unmask recipes` lists the shipped ones")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise RecipeError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if overrides:
+        if raw is None:
+            raw = {}
+        if isinstance(raw, dict):
+            raw = apply_overrides(raw, overrides)
+            source = f"{path} (with overrides {' '.join(overrides)})"
+            return validate_recipe(raw, source)
+    return validate_recipe(raw, str(path))
+
+
+def save_recipe(recipe: Recipe, directory: str | Path) -> Path:
+    """Write the resolved recipe next to a run's outputs."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / "recipe.yaml"
+    out.write_text(recipe.to_yaml())
+    return out
