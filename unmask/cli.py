@@ -59,10 +59,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides)
     try:
-        from unmask.rl.trainer import train
+        from unmask.run import run_recipe
     except ImportError as exc:
         raise NotAvailable(f"unmask train: the RL trainer is not available yet ({exc})") from None
-    train(recipe)
+    run_recipe(recipe)
     return 0
 
 
