@@ -1,0 +1,118 @@
+"""Built-in reward functions with TRL's signature ``fn(prompts, completions, **columns)``.
+
+Task rewards read their reference from dataset columns (math/gsm8k ``answer``;
+countdown ``nums`` + ``target``; sudoku ``puzzle`` + ``solution``); options such as
+Countdown's shaping scores come from the recipe through ``RewardSpec.kwargs``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from . import formats
+from .graders import grade
+from .registry import register
+from .result import RewardConfigError
+
+_TASK_COLUMNS = {
+    "math": ("answer",),
+    "gsm8k": ("answer",),
+    "countdown": ("nums", "target"),
+    "sudoku": ("puzzle", "solution"),
+}
+
+
+def completion_text(completion: Any) -> str:
+    """Plain text of a completion given as a string or as TRL conversational messages."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and all(isinstance(m, Mapping) for m in completion):
+        return "".join(str(m.get("content", "")) for m in completion)
+    raise TypeError(
+        "a completion must be a str or a list of {'role', 'content'} messages, "
+        f"got {type(completion).__name__}"
+    )
+
+
+def _reference_rows(task: str, n: int, columns: Mapping[str, Sequence]) -> list[dict]:
+    needed = _TASK_COLUMNS[task]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise RewardConfigError(
+            f"reward {task!r} needs dataset column(s) {missing}; the batch has {sorted(columns)}"
+        )
+    for name in needed:
+        if len(columns[name]) != n:
+            raise RewardConfigError(
+                f"reward {task!r}: column {name!r} has {len(columns[name])} values for {n} completions"
+            )
+    return [{name: columns[name][i] for name in needed} for i in range(n)]
+
+
+def _grade_all(task: str, completions: Sequence, columns: Mapping, **options: Any) -> list[float]:
+    rows = _reference_rows(task, len(completions), columns)
+    return [
+        grade(task, completion_text(c), **row, **options).score
+        for c, row in zip(completions, rows, strict=True)
+    ]
+
+
+def _task_reward(task: str) -> None:
+    def reward(prompts: Sequence, completions: Sequence, **columns: Any) -> list[float]:
+        return _grade_all(task, completions, columns)
+
+    reward.__name__ = f"{task}_reward"
+    reward.__doc__ = f"Score of the {task!r} grader for each completion (see grade())."
+    register(task)(reward)
+
+
+for _task in ("math", "gsm8k", "sudoku"):
+    _task_reward(_task)
+
+
+@register("countdown")
+def countdown_reward(
+    prompts: Sequence,
+    completions: Sequence,
+    correct_score: float = 1.0,
+    format_score: float = 0.1,
+    no_answer_score: float = 0.0,
+    **columns: Any,
+) -> list[float]:
+    """Countdown score with recipe-set shaping (d1: 1.0 / 0.1 / 0.0)."""
+    return _grade_all(
+        "countdown",
+        completions,
+        columns,
+        correct_score=correct_score,
+        format_score=format_score,
+        no_answer_score=no_answer_score,
+    )
+
+
+def _format_reward(name: str, check: Callable[[str], bool]) -> None:
+    def reward(prompts: Sequence, completions: Sequence, **_columns: Any) -> list[float]:
+        return [float(check(completion_text(c))) for c in completions]
+
+    reward.__name__ = f"{name}_reward"
+    reward.__doc__ = f"1.0 where {check.__name__}() holds, else 0.0."
+    register(name)(reward)
+
+
+_format_reward("format_strict", formats.strict_format)
+_format_reward("format_soft", formats.soft_format)
+_format_reward("boxed", formats.has_boxed)
+_format_reward("int_answer", formats.int_answer)
+
+
+@register("xmlcount")
+def xmlcount_reward(
+    prompts: Sequence,
+    completions: Sequence,
+    per_tag: float = 0.125,
+    trailing_penalty: float = 0.001,
+    **_columns: Any,
+) -> list[float]:
+    """d1's tag-count shaping (see formats.xml_count)."""
+    return [formats.xml_count(completion_text(c), per_tag, trailing_penalty) for c in completions]

@@ -1,0 +1,28 @@
+"""Result and error types shared by every grader and by the reward runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    """What a grader concluded about one completion.
+
+    ``score`` is the reward value (it may include shaping, e.g. Countdown's 0.1 for a
+    well-formed wrong answer), ``correct`` is the strict verdict used for accuracy.
+    ``error`` says why the answer could not be judged (nothing extracted, unparseable,
+    disallowed syntax); it is None when a verdict was reached.
+    """
+
+    correct: bool
+    score: float
+    extracted: str | None
+    error: str | None = None
+
+
+class RewardConfigError(ValueError):
+    """A reward set-up mistake the user must fix (unknown name, bad plug-in, bad column).
+
+    The trainer turns it into a one-line stop; it is never swallowed like a per-item error.
+    """

@@ -1,0 +1,182 @@
+"""RewardRunner: weighted rewards for a batch, deduplicated, cached, with deadlines.
+
+One call grades everything a training step needs (for MDPO: the ``T x G`` intermediate
+texts flattened into one batch). Identical (reward, prompt, completion, reference)
+items are graded once per batch and remembered for the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .pool import WorkerPool
+from .registry import RewardSpec
+from .result import RewardConfigError
+from .worker import Outcome, run_item
+
+logger = logging.getLogger("unmask.rewards")
+
+
+@dataclass
+class RewardBatch:
+    """Weighted totals, each reward's own values (None = not applicable), batch metrics."""
+
+    totals: list[float]
+    per_reward: dict[str, list[float | None]]
+    metrics: dict[str, float]
+
+
+def _mean(values: list[float | None]) -> float:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else float("nan")
+
+
+class RewardRunner:
+    """Grades batches with ``specs`` in ``num_workers`` processes (0 = in this process,
+    errors still contained but no deadline). Use as a context manager or call ``close``."""
+
+    def __init__(
+        self,
+        specs: Sequence[RewardSpec],
+        num_workers: int = 2,
+        deadline_s: float = 5.0,
+        on_error: float = 0.0,
+        cache_size: int = 200_000,
+        memory_limit_mb: int | None = 2048,
+        start_method: str = "forkserver",
+    ) -> None:
+        self.specs = list(specs)
+        if not self.specs:
+            raise RewardConfigError("no rewards configured: list at least one reward")
+        labels = [spec.name for spec in self.specs]
+        repeated = sorted({name for name in labels if labels.count(name) > 1})
+        if repeated:
+            raise RewardConfigError(
+                f"reward(s) {repeated} listed more than once; merge their weights"
+            )
+        if num_workers < 0 or deadline_s <= 0:
+            raise ValueError("num_workers must be >= 0 and deadline_s > 0")
+        self._fns = [spec.load() for spec in self.specs]  # bad names fail here, not in a worker
+        self.num_workers = num_workers
+        self.deadline_s = deadline_s
+        self.on_error = on_error
+        self._pool_args = (memory_limit_mb, start_method)
+        self._pool: WorkerPool | None = None
+        self._cache: OrderedDict[bytes, float | None] = OrderedDict()
+        self._cache_size = cache_size
+        self._logged: set[tuple[str, str]] = set()
+        self.counters: Counter[str] = Counter()
+
+    def __enter__(self) -> RewardRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (a later ``score`` starts new ones)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _execute(
+        self, jobs: list[tuple[int, Any, Any, dict]], stats: Counter[str]
+    ) -> list[Outcome]:
+        if not jobs:
+            return []
+        if self.num_workers == 0:
+            return [run_item(self._fns[j], p, c, cols) for j, p, c, cols in jobs]
+        if self._pool is None:
+            self._pool = WorkerPool(self.num_workers, self.specs, *self._pool_args)
+        restarts = self._pool.restarts
+        outcomes = self._pool.run(jobs, self.deadline_s)
+        stats["worker_restarts"] += self._pool.restarts - restarts
+        return outcomes
+
+    def _value(self, label: str, outcome: Outcome, stats: Counter[str]) -> float | None:
+        kind, payload = outcome
+        if kind == "ok":
+            return payload
+        if kind == "config":
+            raise RewardConfigError(f"reward {label!r}: {payload}")
+        stats["timeouts" if kind == "timeout" else "errors"] += 1
+        message = f"timed out after {self.deadline_s:g} s" if kind == "timeout" else payload
+        if (label, message) not in self._logged:
+            self._logged.add((label, message))
+            logger.warning("reward %r scored %g on an item: %s", label, self.on_error, message)
+        return self.on_error
+
+    def score(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        columns: Mapping[str, Sequence[Any]] | None = None,
+    ) -> RewardBatch:
+        """Rewards for ``completions`` (str or TRL messages) with their ``prompts`` and
+        dataset ``columns`` (name -> one value per completion)."""
+        began = time.perf_counter()
+        columns = dict(columns or {})
+        n = len(completions)
+        for name, values in {"prompts": prompts, **columns}.items():
+            if len(values) != n:
+                raise ValueError(f"{name!r} has {len(values)} values for {n} completions")
+        rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
+        stats: Counter[str] = Counter(items=n * len(self.specs))
+        keys, jobs, job_of = [], [], {}
+        for j in range(len(self.specs)):
+            for i in range(n):
+                item = (j, prompts[i], completions[i], rows[i])
+                key = hashlib.blake2b(pickle.dumps(item, protocol=5), digest_size=16).digest()
+                keys.append(key)
+                if key in self._cache:
+                    stats["cache_hits"] += 1
+                elif key in job_of:
+                    stats["dedup_hits"] += 1
+                else:
+                    job_of[key] = len(jobs)
+                    jobs.append(item)
+        outcomes = self._execute(jobs, stats)
+        fresh = {
+            key: self._value(self.specs[jobs[k][0]].name, outcomes[k], stats)
+            for key, k in job_of.items()
+        }
+        per_reward: dict[str, list[float | None]] = {}
+        for j, spec in enumerate(self.specs):
+            block = keys[j * n : (j + 1) * n]
+            per_reward[spec.name] = [fresh[k] if k in fresh else self._cache[k] for k in block]
+        self._remember(fresh)
+        totals = (
+            [
+                sum(
+                    spec.weight * v
+                    for spec, v in zip(self.specs, values, strict=True)
+                    if v is not None
+                )
+                for values in zip(*per_reward.values(), strict=True)
+            ]
+            if n
+            else []
+        )
+        stats["graded"] = len(jobs)
+        self.counters.update(stats)
+        metrics = {
+            key: float(stats[key])
+            for key in ("items", "graded", "cache_hits", "dedup_hits", "timeouts", "errors")
+        }
+        metrics.update({f"rewards/{name}/mean": _mean(vals) for name, vals in per_reward.items()})
+        metrics["rewards/total/mean"] = _mean(list(totals))
+        metrics["seconds"] = time.perf_counter() - began
+        return RewardBatch(totals, per_reward, metrics)
+
+    def _remember(self, fresh: dict[bytes, float | None]) -> None:
+        for key, value in fresh.items():
+            self._cache[key] = value
+        for key in list(self._cache)[: max(0, len(self._cache) - self._cache_size)]:
+            del self._cache[key]

@@ -1,0 +1,77 @@
+"""Calling one reward function on one item, with its failures turned into outcomes.
+
+Used both in-process and inside pool workers so the two paths contain errors alike.
+An outcome is ``(kind, payload)``: ``("ok", value)``, ``("error", message)`` or
+``("config", message)``; the pool adds ``("timeout", None)`` and ``("died", message)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import resource
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .registry import RewardSpec
+from .result import RewardConfigError
+
+Outcome = tuple[str, Any]
+_MAX_MESSAGE = 300
+
+
+def call_one(fn: Any, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> float | None:
+    """``fn`` on a batch of one; a wrong-length or non-numeric return is a config error."""
+    values = fn([prompt], [completion], **{k: [v] for k, v in columns.items()})
+    if not isinstance(values, list | tuple):
+        raise RewardConfigError(
+            f"returned {type(values).__name__}; it must return a list of floats"
+        )
+    if len(values) != 1:
+        raise RewardConfigError(f"returned {len(values)} values for 1 completion")
+    value = values[0]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RewardConfigError(f"returned a {type(value).__name__}; values must be floats or None")
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def run_item(fn: Any, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> Outcome:
+    """``call_one`` with every failure turned into an outcome instead of an exception."""
+    try:
+        return ("ok", call_one(fn, prompt, completion, columns))
+    except RewardConfigError as exc:
+        return ("config", str(exc))
+    except Exception as exc:  # a plug-in or a grader failed on this item: contain it
+        return ("error", f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
+
+
+def _limit_memory(extra_mb: int | None) -> None:
+    """Cap the address space a little above what the worker already maps, so a runaway
+    sympy computation raises MemoryError here instead of invoking the OOM killer."""
+    if not extra_mb:
+        return
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = mapped + extra_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def serve(conn: Connection, specs: list[RewardSpec], memory_limit_mb: int | None) -> None:
+    """Worker loop: load the rewards, say ready, then answer jobs until told to stop."""
+    fns = [spec.load() for spec in specs]
+    _limit_memory(memory_limit_mb)
+    conn.send(("ready", None))
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        index, prompt, completion, columns = job
+        conn.send(run_item(fns[index], prompt, completion, columns))
