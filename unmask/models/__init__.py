@@ -1,0 +1,23 @@
+"""Model families behind one interface: ``tiny()`` for a fresh CPU model, ``load_model`` for checkpoints."""
+
+from unmask.models.base import DiffusionLM, positions_from_mask
+from unmask.models.dream import Dream, DreamConfig
+from unmask.models.llada import LLaDA, LLaDAConfig
+from unmask.models.loading import load_model
+from unmask.models.native import CheckpointError, NativeLM
+from unmask.models.tiny import TinyConfig, TinyLM, tiny
+
+__all__ = [
+    "CheckpointError",
+    "DiffusionLM",
+    "Dream",
+    "DreamConfig",
+    "LLaDA",
+    "LLaDAConfig",
+    "NativeLM",
+    "TinyConfig",
+    "TinyLM",
+    "load_model",
+    "positions_from_mask",
+    "tiny",
+]

@@ -1,0 +1,138 @@
+"""Native Dream (Dream-org/Dream-v0-*-7B): Qwen2 weights, bidirectional attention.
+
+Dream was adapted from an autoregressive model, so its raw logits at position
+``i`` predict token ``i + 1``; ``align`` shifts them here so that the rest of the
+toolkit sees position-aligned logits like every other family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unmask.models.base import positions_from_mask
+from unmask.models.layers import RMSNorm, attention, swiglu
+from unmask.models.native import NativeConfig, NativeLM, check_heads
+
+
+@dataclass
+class DreamConfig(NativeConfig):
+    """Dream's ``config.json`` (Qwen2 keys; defaults: Dream-v0-Instruct-7B)."""
+
+    model_type: ClassVar[str] = "Dream"
+    required: ClassVar[dict[str, Any]] = {"hidden_act": "silu", "rope_scaling": None}
+
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int = 4
+    vocab_size: int = 152064
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 131072
+    tie_word_embeddings: bool = False
+    mask_token_id: int = 151666
+    pad_token_id: int | None = 151643
+    bos_token_id: int | None = 151643
+    eos_token_id: int | list[int] = 151643
+
+    def __post_init__(self) -> None:
+        check_heads(
+            self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.model_type
+        )
+
+
+class DreamAttention(nn.Module):
+    """``self_attn``: biased q/k/v, unbiased output projection, grouped-query heads."""
+
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        kv_dim = self.n_kv_heads * (d // self.n_heads)
+        self.q_proj = nn.Linear(d, d, bias=True)
+        self.k_proj = nn.Linear(d, kv_dim, bias=True)
+        self.v_proj = nn.Linear(d, kv_dim, bias=True)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        return attention(
+            x, self.q_proj, self.k_proj, self.v_proj, self.o_proj,
+            self.n_heads, self.n_kv_heads, rope, key_mask,
+        )  # fmt: skip
+
+
+class DreamMLP(nn.Module):
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        d, hidden = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(d, hidden, bias=False)
+        self.up_proj = nn.Linear(d, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
+
+
+class DreamLayer(nn.Module):
+    def __init__(self, config: DreamConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = DreamAttention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = DreamMLP(config)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, key_mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Dream(NativeLM):
+    """Dream: Qwen2 layout (``model.layers.N``, ``lm_head``), shifted logits aligned here."""
+
+    family = "dream"
+    config_class = DreamConfig
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lm_head_name = "lm_head"
+    lora_scope = r"model\.layers\.\d+\.(self_attn|mlp)"
+
+    def __init__(self, config: DreamConfig, tokenizer: Any = None) -> None:
+        super().__init__(config, tokenizer)
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.rope_theta = config.rope_theta
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.model.layers = nn.ModuleList(DreamLayer(config) for _ in range(config.num_hidden_layers))
+        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.norm(hidden)
+        if self.config.tie_word_embeddings:
+            return F.linear(hidden, self.model.embed_tokens.weight)
+        return self.lm_head(hidden)
+
+    def align(self, raw: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """``logits[:, i] = raw[:, i - 1]``; each row's first real token keeps its own."""
+        b, length, vocab = raw.shape
+        index = torch.arange(length, device=raw.device).expand(b, length)
+        first = index == 0 if attention_mask is None else positions_from_mask(attention_mask) == 0
+        source = torch.where(first, index, index - 1)
+        return raw.gather(1, source[..., None].expand(b, length, vocab))

@@ -1,0 +1,103 @@
+"""Transformer building blocks shared by every family (tiny, LLaDA, Dream).
+
+The math lives here once; family modules only hold the weights under their
+official names and call these functions, so a fix to attention or rotary applies
+to all families at the same time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a learned scale (``weight``).
+
+    Normalises in float32 and casts back before scaling, the order LLaDA's and
+    Qwen2's reference code use, so bf16 outputs match the official models.
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotary(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos, sin`` of shape ``[B, 1, L, head_dim]`` for the half-split rotary layout.
+
+    Computed from explicit positions (not a cached table) so that left padding and
+    caches that evaluate a slice of the sequence get the right angles.
+    """
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    )
+    angles = positions.float()[..., None] * inv_freq  # [B, L, hd/2]
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, L, hd]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``[B, H, L, hd]``: pairs are (i, i + hd/2), angles in float32."""
+    h = x.float()
+    first, second = h.chunk(2, dim=-1)
+    rotated = torch.cat([-second, first], dim=-1)
+    return (h * cos + rotated * sin).to(x.dtype)
+
+
+def attention(
+    x: torch.Tensor,
+    q_proj: nn.Module,
+    k_proj: nn.Module,
+    v_proj: nn.Module,
+    out_proj: nn.Module,
+    n_heads: int,
+    n_kv_heads: int,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    key_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Bidirectional multi-head (or grouped-query) self-attention through SDPA.
+
+    ``key_mask`` ``[B, 1, 1, L]`` (True = attend) hides padding from every query.
+    """
+    b, length, _ = x.shape
+    q = q_proj(x).view(b, length, n_heads, -1).transpose(1, 2)
+    k = k_proj(x).view(b, length, n_kv_heads, -1).transpose(1, 2)
+    v = v_proj(x).view(b, length, n_kv_heads, -1).transpose(1, 2)
+    q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=n_kv_heads != n_heads
+    )
+    return out_proj(out.transpose(1, 2).reshape(b, length, -1))
+
+
+def swiglu(x: torch.Tensor, gate: nn.Module, up: nn.Module, down: nn.Module) -> torch.Tensor:
+    """``down(silu(gate(x)) * up(x))``."""
+    return down(F.silu(gate(x)) * up(x))
+
+
+def run_blocks(
+    blocks: Sequence[nn.Module],
+    x: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    key_mask: torch.Tensor | None,
+    use_checkpointing: bool,
+) -> torch.Tensor:
+    """Apply the residual blocks, optionally recomputing activations in backward."""
+    for block in blocks:
+        call: Callable[..., torch.Tensor] = block
+        if use_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(call, x, rope, key_mask, use_reentrant=False)
+        else:
+            x = call(x, rope, key_mask)
+    return x

@@ -1,0 +1,74 @@
+"""The built-in tiny family: a LLaDA-shaped model small enough for every CPU test.
+
+It is LLaDA itself (same modules, names and LoRA targets) with a small config and
+the task-alphabet tokenizer, so that samplers and estimators are exercised on the
+code path a real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from unmask.models.llada import LLaDA, LLaDAConfig
+from unmask.models.native import CheckpointError
+from unmask.models.tiny_tokenizer import build_tiny_tokenizer
+
+#: derived from the tokenizer, never set by the user
+_TOKENIZER_FIELDS = ("vocab_size", "embedding_size", "mask_token_id", "eos_token_id", "pad_token_id")
+
+
+@dataclass
+class TinyConfig(LLaDAConfig):
+    """Architecture of a tiny model (~0.9 M parameters by default)."""
+
+    model_type: ClassVar[str] = "unmask-tiny"
+
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    n_layers: int = 4
+    mlp_hidden_size: int = 384
+    rope_theta: float = 10000.0
+    max_sequence_length: int = 512
+    # token ids: filled in from the tokenizer by ``tiny()``
+    vocab_size: int = 0
+    embedding_size: int | None = 0
+    mask_token_id: int = 0
+    eos_token_id: int | list[int] = 0
+    pad_token_id: int | None = 0
+
+
+class TinyLM(LLaDA):
+    family = "tiny"
+    config_class = TinyConfig
+
+
+def _user_config(config: TinyConfig | dict[str, Any] | None) -> TinyConfig:
+    if isinstance(config, TinyConfig):
+        return config
+    settings = dict(config or {})
+    allowed = {f.name for f in dataclasses.fields(TinyConfig)} - {"extra", *_TOKENIZER_FIELDS}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise CheckpointError(
+            f"tiny model config: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return TinyConfig(**settings)
+
+
+def tiny(config: TinyConfig | dict[str, Any] | None = None, seed: int = 0) -> TinyLM:
+    """A fresh, deterministically initialised tiny model with its tokenizer (eval mode)."""
+    tokenizer = build_tiny_tokenizer()
+    cfg = dataclasses.replace(
+        _user_config(config),
+        vocab_size=len(tokenizer),
+        embedding_size=len(tokenizer),
+        mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = TinyLM(cfg, tokenizer)
+    model.init_weights(seed)
+    return model.eval()
