@@ -1,0 +1,80 @@
+"""Advantages shared by every objective: group baselines, MDPO per-step values, wd1 weights.
+
+Rewards arrive flat, ``[N]`` with ``N = prompts × G`` and the ``G`` answers of a
+prompt contiguous (the order the trainer samples them in).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Scale = Literal["group", "batch", "none"]
+
+
+def _groups(values: torch.Tensor, group_size: int) -> torch.Tensor:
+    if values.shape[0] % group_size:
+        raise ValueError(f"{values.shape[0]} rewards do not split into groups of {group_size}")
+    return values.reshape(-1, group_size, *values.shape[1:])
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: Scale = "none", eps: float = 1e-4
+) -> torch.Tensor:
+    """``r_i − mean_g(r)``, optionally divided by the group's or the batch's std (TRL semantics)."""
+    grouped = _groups(rewards.float(), group_size)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(1, keepdim=True) + eps)
+    elif scale == "batch":
+        centred = centred / (rewards.float().std() + eps)
+    return centred.reshape(rewards.shape)
+
+
+def all_wrong_groups(correct: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[N / G]`` bool: groups where no answer is correct (zero advantage everywhere)."""
+    return ~_groups(correct.bool(), group_size).any(1)
+
+
+def mdpo_step_values(step_rewards: torch.Tensor) -> torch.Tensor:
+    """MDPO's raw per-step value ``Ã_t = 1 + (R_t − R_{t−1}) + m_t`` for ``[N, T]`` rewards.
+
+    ``R_{−1} = 0``; ``m_t`` is the mean of ``R`` over later steps and
+    ``m_{T−1} = R_{T−1}``. A step scores when it improves the answer and when good
+    answers follow from it.
+    """
+    rewards = step_rewards.float()
+    steps = rewards.shape[1]
+    previous = torch.cat([torch.zeros_like(rewards[:, :1]), rewards[:, :-1]], dim=1)
+    later_sum = rewards.flip(1).cumsum(1).flip(1) - rewards  # Σ_{t' > t} R_{t'}
+    later_count = torch.arange(steps - 1, -1, -1, device=rewards.device).clamp(min=1)
+    future = later_sum / later_count
+    future[:, -1] = rewards[:, -1]
+    return 1.0 + (rewards - previous) + future
+
+
+def mdpo_advantages(step_rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """Per-step values normalised across each group: ``(Ã − mean_g) / (std_g + eps)``, ``[N, T]``."""
+    grouped = _groups(mdpo_step_values(step_rewards), group_size)
+    normalised = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + eps)
+    return normalised.reshape(step_rewards.shape)
+
+
+def top_steps(advantages: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
+    """The ``k`` steps per rollout with the largest ``Σ_g |A_{g,t}|``, ``[N, k]`` ascending.
+
+    The sum runs over the group so that every answer of a prompt trains the same
+    steps, where the group-normalised advantages are comparable.
+    """
+    k = min(k, advantages.shape[1])
+    mass = _groups(advantages.abs(), group_size).sum(1)  # [N / G, T]
+    chosen = mass.topk(k, dim=1).indices.sort(dim=1).values
+    return chosen.repeat_interleave(group_size, dim=0)
+
+
+def wd1_weights(advantages: torch.Tensor, group_size: int, psi: float) -> torch.Tensor:
+    """``w⁺ − w⁻`` with ``w^± = softmax_g(±ψA)``: the coefficient of ``log π̂(o_i)`` in wd1."""
+    grouped = _groups(advantages.float(), group_size)
+    weights = torch.softmax(psi * grouped, dim=1) - torch.softmax(-psi * grouped, dim=1)
+    return weights.reshape(advantages.shape)

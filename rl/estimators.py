@@ -1,0 +1,170 @@
+"""Likelihood estimators: how a masked dLLM scores the tokens of a sampled answer.
+
+A dLLM has no cheap exact sequence likelihood, so each objective picks one of
+these estimators (algorithms.md). They share one call,
+``token_logprobs(model, traj, key) -> Scores``, so objectives never know how a
+score was obtained. ``key`` is the only source of randomness: passing the same
+key to the θ, θ_old and reference passes of one inner iteration gives them the
+same masks, which is what makes their ratios meaningful.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from unmask.rollouts.trajectory import Trajectory
+
+#: an integer seed (one-step, ELBO) or ``[B]`` long step indices (per-step)
+Key = int | torch.Tensor
+
+
+@dataclass
+class Scores:
+    """Per-token scores of the answer positions of a batch, all ``[B, L]``."""
+
+    #: log-prob of each answer token (zero where ``mask`` is False)
+    logprobs: torch.Tensor
+    #: entropy of the predictive distribution (detached; IGPO's hint filter, metrics)
+    entropy: torch.Tensor
+    #: positions the estimator scored
+    mask: torch.Tensor
+    #: per-token estimator weight (``1/t`` for the ELBO, 1 elsewhere)
+    weight: torch.Tensor
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _answer_scores(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: torch.Tensor,
+    prompt_length: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of ``targets`` ``[B, L]`` at the answer positions, and entropies."""
+    logits = model(input_ids, attention_mask=attention_mask)[:, prompt_length:].float()
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    token = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)
+    return token, entropy
+
+
+class Estimator:
+    """Base: subclasses build the masked input(s) and say which positions they score."""
+
+    #: whether ``key_for`` changes across inner iterations (so θ_old/ref are re-scored)
+    varies_per_iteration: ClassVar[bool] = True
+
+    def __init__(self, mask_token_id: int, temperature: float = 1.0) -> None:
+        self.mask_token_id = mask_token_id
+        self.temperature = temperature
+
+    def key_for(self, traj: Trajectory, seed: int) -> Key:
+        """The key of one inner iteration (``seed`` is drawn by the trainer)."""
+        return seed
+
+    def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
+        raise NotImplementedError
+
+
+class OneStepEstimator(Estimator):
+    """d1's estimator: prompt masked at rate ``p_mask``, answer fully masked, one pass."""
+
+    def __init__(self, mask_token_id: int, p_mask: float = 0.15, temperature: float = 1.0) -> None:
+        super().__init__(mask_token_id, temperature)
+        self.p_mask = p_mask
+
+    def masked_input(self, traj: Trajectory, key: Key) -> torch.Tensor:
+        prompt = traj.prompt_ids
+        drop = torch.rand(prompt.shape, generator=_generator(int(key))) < self.p_mask
+        drop = drop.to(prompt.device) & traj.attention_mask[:, : traj.prompt_length].bool()
+        answer = torch.full_like(traj.answer_ids, self.mask_token_id)
+        return torch.cat([prompt.masked_fill(drop, self.mask_token_id), answer], dim=1)
+
+    def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
+        ids = self.masked_input(traj, key)
+        logprobs, entropy = _answer_scores(
+            model, ids, traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature
+        )
+        mask = torch.ones_like(traj.answer_mask, dtype=torch.bool)
+        return Scores(logprobs, entropy, mask, torch.ones_like(logprobs))
+
+
+class StepEstimator(Estimator):
+    """MDPO's per-step conditional: the canvas ``x_t`` as sampled, scoring ``x̂_t`` where masked.
+
+    ``key`` is a ``[B]`` tensor of step indices (one trained step per row). Exact for
+    the sampled trajectory; use the sampling temperature.
+    """
+
+    varies_per_iteration = False
+
+    def key_for(self, traj: Trajectory, seed: int) -> Key:
+        raise TypeError("StepEstimator keys are the trained steps; the objective provides them")
+
+    def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
+        if traj.step_masked is None or traj.step_pred is None:
+            raise ValueError("the per-step estimator needs trajectories sampled with record=True")
+        steps = torch.as_tensor(key, dtype=torch.long).cpu()
+        rows = torch.arange(traj.batch_size)
+        canvas = torch.empty_like(traj.tokens)
+        for t in steps.unique().tolist():
+            chosen = steps == t
+            canvas[chosen] = traj.canvas(int(t), self.mask_token_id)[chosen]
+        mask = traj.step_masked[steps, rows]
+        targets = traj.step_pred[steps, rows]
+        logprobs, entropy = _answer_scores(
+            model, canvas, traj.attention_mask, targets, traj.prompt_length, self.temperature
+        )
+        return Scores(logprobs * mask, entropy, mask, torch.ones_like(logprobs))
+
+
+class ElboEstimator(Estimator):
+    """Monte-Carlo ELBO: answer masked at a random ratio ``t`` per row, weight ``1/t``.
+
+    ``coupled=True`` adds the complementary mask (weight ``1/(1-t)``) so every answer
+    token is scored exactly once over two passes, which lowers the variance.
+    """
+
+    def __init__(
+        self, mask_token_id: int, coupled: bool = False, temperature: float = 1.0, min_ratio: float = 1e-3
+    ) -> None:
+        super().__init__(mask_token_id, temperature)
+        self.coupled = coupled
+        self.min_ratio = min_ratio
+
+    def draw(self, traj: Trajectory, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row ratios ``t`` ``[B]`` and the mask ``[B, L]`` they induce."""
+        gen = _generator(int(key))
+        batch, length = traj.answer_ids.shape
+        ratio = self.min_ratio + (1 - 2 * self.min_ratio) * torch.rand(batch, generator=gen)
+        mask = torch.rand(batch, length, generator=gen) < ratio[:, None]
+        return ratio.to(traj.tokens.device), mask.to(traj.tokens.device)
+
+    def _pass(self, model: nn.Module, traj: Trajectory, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.cat([traj.prompt_ids, traj.answer_ids.masked_fill(mask, self.mask_token_id)], 1)
+        return _answer_scores(
+            model, ids, traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature
+        )
+
+    def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
+        ratio, mask = self.draw(traj, key)
+        logprobs, entropy = self._pass(model, traj, mask)
+        weight = (1.0 / ratio)[:, None].expand_as(logprobs)
+        if not self.coupled:
+            return Scores(logprobs * mask, entropy, mask, weight * mask)
+        other_lp, other_ent = self._pass(model, traj, ~mask)
+        other_weight = (1.0 / (1.0 - ratio))[:, None].expand_as(logprobs)
+        return Scores(
+            torch.where(mask, logprobs, other_lp),
+            torch.where(mask, entropy, other_ent),
+            torch.ones_like(mask),
+            torch.where(mask, weight, other_weight),
+        )

@@ -1,0 +1,69 @@
+"""MDPO: intermediate-prediction rewards, per-step advantages, per-step conditional likelihood.
+
+Each rollout contributes its ``sample_train_steps`` most informative steps; an
+item of the batch is one (rollout, step) pair and costs one forward/backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from unmask.rl.advantages import all_wrong_groups, mdpo_advantages, top_steps
+from unmask.rl.estimators import Estimator, Key, Scores, StepEstimator
+from unmask.rl.losses import masked_mean
+from unmask.rl.objective import Objective, Rollout, RolloutContext, TrainBatch, register
+
+
+@register
+class MDPO(Objective):
+    name = "mdpo"
+    kl = "k2"
+
+    @property
+    def record_steps(self) -> bool:
+        return True
+
+    def build_estimator(self, mask_token_id: int, temperature: float) -> Estimator:
+        # greedy rollouts have no sampling distribution; score them at temperature 1
+        return StepEstimator(mask_token_id, temperature=temperature or 1.0)
+
+    def key(self, batch: TrainBatch, seed: int) -> Key:
+        return batch.steps
+
+    def over_denoised(self, step_rewards: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+        """``[N]`` bool: rows of prompts where some intermediate prediction was correct but an answer was wrong."""
+        hit = (step_rewards >= self.config.correct_threshold).any(1) & ~rollout.correct
+        groups = hit.reshape(-1, rollout.group_size).any(1)
+        return groups.repeat_interleave(rollout.group_size)
+
+    def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
+        group = rollout.group_size
+        step_rewards = ctx.score_steps(rollout.traj, rollout.rows)  # [N, T]
+        advantages = mdpo_advantages(step_rewards, group)
+        steps = top_steps(advantages, group, self.config.sample_train_steps)  # [N, k]
+        keep = torch.ones(len(rollout.rows), dtype=torch.bool)
+        if self.config.over_denoising_filter:
+            keep = self.over_denoised(step_rewards, rollout)
+        rows = torch.arange(len(rollout.rows))[keep].repeat_interleave(steps.shape[1])
+        item_steps = steps[keep].flatten()
+        metrics = {
+            "all_wrong_fraction": float(all_wrong_groups(rollout.correct, group).float().mean()),
+            "step_reward": float(step_rewards.float().mean()),
+            "kept_fraction": float(keep.float().mean()),
+        }
+        return TrainBatch(rollout.traj.select(rows), advantages[rows, item_steps], item_steps, metrics)
+
+    def loss(
+        self, batch: TrainBatch, scores: Scores, old: Scores | None, ref: Scores | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        mask = scores.mask
+        rows = torch.arange(len(batch))
+        weight = torch.ones_like(scores.logprobs)
+        if self.config.confidence_weight and batch.traj.step_confidence is not None:
+            weight = batch.traj.step_confidence[batch.steps, rows].float()
+        scale = torch.ones(len(batch), 1)
+        if self.config.elbo_weight:
+            scale = (self.gen_length / mask.sum(1, keepdim=True).clamp(min=1)).float()
+        policy, kl, clipped = self.surrogate_terms(scores, old, ref, batch.advantages[:, None])
+        per_token = weight * (scale * policy + self.config.beta * kl)
+        loss = masked_mean(per_token, mask, dim=1).mean()
+        return loss, self.token_metrics(scores, kl, clipped, mask)

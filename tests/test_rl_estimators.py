@@ -1,0 +1,109 @@
+"""Each likelihood estimator against a direct computation on a hand-built batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from unmask.rl.estimators import ElboEstimator, OneStepEstimator, StepEstimator
+from unmask.rollouts.trajectory import Trajectory
+
+from unmask.models.tiny import tiny
+
+TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny(TINY, seed=0).eval()
+
+
+def hand_trajectory(model) -> Trajectory:
+    """Two rows: the second prompt is left-padded; 2 recorded steps over a 4-token answer."""
+    pad, mask = model.pad_token_id, model.mask_token_id
+    tokens = torch.tensor([[10, 11, 12, 13, 20, 21, 22, 23], [pad, 14, 15, 16, 24, 25, 26, 27]])
+    attention = tokens != pad
+    attention[:, 4:] = True
+    step_masked = torch.tensor([[[1, 1, 1, 1], [1, 1, 1, 1]], [[0, 0, 1, 1], [0, 1, 0, 1]]], dtype=torch.bool)
+    step_pred = torch.tensor([[[20, 21, 30, 31], [24, 32, 26, 33]], [[0, 0, 22, 23], [0, 25, 0, 27]]])
+    assert mask not in tokens.tolist()
+    return Trajectory(
+        tokens=tokens, attention_mask=attention, prompt_length=4,
+        answer_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool),
+        commit_step=torch.tensor([[0, 0, 1, 1], [0, 1, 0, 1]]),
+        hint_mask=torch.zeros(2, 4, dtype=torch.bool), nfe=torch.tensor([2, 2]),
+        step_masked=step_masked, step_pred=step_pred,
+        step_confidence=torch.rand(2, 2, 4).half(), step_logprob=torch.zeros(2, 2, 4),
+    )
+
+
+def direct_logprobs(model, ids, attention, targets, temperature=1.0):
+    with torch.no_grad():
+        logits = model.logits(ids, attention_mask=attention)[:, 4:] / temperature
+    return torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]
+
+
+def test_one_step_masks_prompt_with_shared_seed_and_answer_fully(model):
+    traj = hand_trajectory(model)
+    est = OneStepEstimator(model.mask_token_id, p_mask=0.5)
+    with torch.no_grad():
+        scores = est.token_logprobs(model, traj, 7)
+        again = est.token_logprobs(model, traj, 7)
+        other = est.token_logprobs(model, traj, 8)
+    drop = (torch.rand(2, 4, generator=torch.Generator().manual_seed(7)) < 0.5) & traj.attention_mask[:, :4]
+    ids = traj.tokens.clone()
+    ids[:, :4][drop] = model.mask_token_id
+    ids[:, 4:] = model.mask_token_id
+    expected = direct_logprobs(model, ids, traj.attention_mask, traj.answer_ids)
+    torch.testing.assert_close(scores.logprobs, expected)
+    assert torch.equal(scores.logprobs, again.logprobs)  # same key -> same mask (θ / θ_old / ref)
+    assert not torch.equal(scores.logprobs, other.logprobs)
+    assert scores.mask.all() and not est.masked_input(traj, 7)[1, 0].eq(model.mask_token_id)  # pad kept
+    assert (scores.entropy > 0).all()
+
+
+def test_step_estimator_scores_prediction_on_recorded_canvas(model):
+    traj = hand_trajectory(model)
+    est = StepEstimator(model.mask_token_id, temperature=0.7)
+    with torch.no_grad():
+        scores = est.token_logprobs(model, traj, torch.tensor([1, 0]))
+    m = model.mask_token_id
+    # row 0 at step 1: committed a, b at step 0; row 1 at step 0: all masked
+    canvas = torch.tensor([[10, 11, 12, 13, 20, 21, m, m], [traj.tokens[1, 0], 14, 15, 16, m, m, m, m]])
+    targets = torch.tensor([[0, 0, 22, 23], [24, 32, 26, 33]])
+    expected = direct_logprobs(model, canvas, traj.attention_mask, targets, 0.7)
+    expected_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(scores.mask, expected_mask)
+    torch.testing.assert_close(scores.logprobs, expected * expected_mask)
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_elbo_weights_masked_tokens_by_inverse_ratio(model, coupled):
+    traj = hand_trajectory(model)
+    est = ElboEstimator(model.mask_token_id, coupled=coupled)
+    with torch.no_grad():
+        scores = est.token_logprobs(model, traj, 3)
+    gen = torch.Generator().manual_seed(3)
+    ratio = 1e-3 + (1 - 2e-3) * torch.rand(2, generator=gen)
+    mask = torch.rand(2, 4, generator=gen) < ratio[:, None]
+    ids = traj.tokens.clone()
+    ids[:, 4:][mask] = model.mask_token_id
+    first = direct_logprobs(model, ids, traj.attention_mask, traj.answer_ids)
+    if not coupled:
+        torch.testing.assert_close(scores.logprobs, first * mask)
+        torch.testing.assert_close(scores.weight, mask / ratio[:, None])
+        return
+    ids = traj.tokens.clone()
+    ids[:, 4:][~mask] = model.mask_token_id
+    second = direct_logprobs(model, ids, traj.attention_mask, traj.answer_ids)
+    assert scores.mask.all()  # every answer token scored exactly once over the two passes
+    torch.testing.assert_close(scores.logprobs, torch.where(mask, first, second))
+    torch.testing.assert_close(
+        scores.weight, torch.where(mask, 1 / ratio[:, None], 1 / (1 - ratio[:, None])).expand(2, 4)
+    )
+
+
+def test_step_estimator_needs_recorded_steps(model):
+    traj = hand_trajectory(model)
+    traj.step_masked = None
+    with pytest.raises(ValueError, match="record=True"):
+        StepEstimator(model.mask_token_id).token_logprobs(model, traj, torch.tensor([0, 0]))
