@@ -1,0 +1,43 @@
+"""Merge a LoRA adapter into the base weights and write a plain checkpoint directory.
+
+The merge is computed into a new state dict (base weight + peft's delta per
+adapted layer), so the live model is left untouched and training can go on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+
+from unmask.models.native import NativeLM
+
+
+def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """Base-named tensors of ``model`` with the active adapter folded in."""
+    base: NativeLM = model.get_base_model()
+    adapter = model.active_adapter
+    state: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            layer = module.get_base_layer()
+            weight = layer.weight.detach()
+            if not module.merged:  # a merged layer's base weight already holds the delta
+                weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            state[f"{name}.weight"] = weight
+            if layer.bias is not None:
+                state[f"{name}.bias"] = layer.bias.detach()
+    for name, tensor in base.state_dict().items():
+        if "lora_" in name or ".base_layer." in name:
+            continue
+        state[name] = tensor
+    return state
+
+
+def merge_and_save(model: NativeLM | PeftModel, out_dir: str | Path) -> Path:
+    """Write ``out_dir`` that ``load_model`` reads as a model with the adapter merged in."""
+    if isinstance(model, PeftModel):
+        return model.get_base_model().save_pretrained(out_dir, state_dict=merged_state_dict(model))
+    return model.save_pretrained(out_dir)

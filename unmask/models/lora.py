@@ -1,0 +1,48 @@
+"""LoRA through peft, aimed at each family's own module names.
+
+Targets are matched by a regex over full module names, scoped to the blocks: a
+bare ``ff_out`` would also hit LLaDA's LM head (``model.transformer.ff_out``),
+and Llama names (``o_proj``/``down_proj``) would silently skip LLaDA layers. The
+reference policy is the same model inside ``peft_model.disable_adapter()``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from unmask.models.native import CheckpointError, NativeLM
+
+
+def target_regex(model: NativeLM, target_modules: Sequence[str] | None, lm_head: bool) -> str:
+    """Full-name regex of the linear layers to adapt (block-scoped, head only if asked)."""
+    names = tuple(target_modules) if target_modules is not None else model.lora_targets
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    unknown = sorted(set(names) - present)
+    if unknown:
+        raise CheckpointError(
+            f"LoRA target_modules {', '.join(unknown)} do not exist in a {model.family} model; "
+            f"its linear layers are {', '.join(model.lora_targets)}"
+        )
+    pattern = rf"{model.lora_scope}\.({'|'.join(map(re.escape, names))})"
+    return f"{pattern}|{re.escape(model.lm_head_name)}" if lm_head else pattern
+
+
+def apply_lora(
+    model: NativeLM,
+    r: int = 16,
+    alpha: float = 32,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] | None = None,
+    lm_head: bool = False,
+) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters; only the adapter weights stay trainable."""
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_regex(model, target_modules, lm_head),
+    )
+    return get_peft_model(model, config)
