@@ -94,7 +94,7 @@ class _Parser:
             return value
         value = self.number()
         self.numbers.append(value)
-        return value
+        return Fraction(value)
 
 
 def normalise(expression: str) -> str:

@@ -168,7 +168,15 @@ class RewardRunner:
         self.counters.update(stats)
         metrics = {
             key: float(stats[key])
-            for key in ("items", "graded", "cache_hits", "dedup_hits", "timeouts", "errors")
+            for key in (
+                "items",
+                "graded",
+                "cache_hits",
+                "dedup_hits",
+                "timeouts",
+                "errors",
+                "worker_restarts",
+            )
         }
         metrics.update({f"rewards/{name}/mean": _mean(vals) for name, vals in per_reward.items()})
         metrics["rewards/total/mean"] = _mean(list(totals))
