@@ -1,0 +1,6 @@
+"""Rollouts: the sampler, its strategies, trajectories and the Ray rollout pool."""
+
+from unmask.rollouts.generate import generate
+from unmask.rollouts.trajectory import Trajectory
+
+__all__ = ["Trajectory", "generate"]

@@ -1,0 +1,226 @@
+"""The denoising loop: one call for every decoding strategy (sampling.md §1–§4, §6–§7).
+
+With ``temperature=0`` and ``remasking="low_confidence"`` it is the reference
+(LLaDA) sampler token for token. Randomness: each row has its own CPU
+``torch.Generator`` seeded with its row seed (``seed + row`` for an int ``seed``,
+or one seed per row), and draws a fixed ``2 × gen_length`` float64 uniforms per
+step. A row's tokens therefore depend only on its prompt, hints and seed, not on
+the other rows of the batch, and are the same on every device up to the model's
+own numerics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from unmask.rollouts.commit import threshold_commit, topk_rows
+from unmask.rollouts.confidence import ConfidenceFn, resolve_confidence
+from unmask.rollouts.progress import step_progress
+from unmask.rollouts.record import StepRecorder, answer_mask
+from unmask.rollouts.sampling import sample_tokens
+from unmask.rollouts.schedules import SCHEDULES, step_counts
+from unmask.rollouts.trajectory import Trajectory
+
+from unmask.errors import UserError
+from unmask.models.base import DiffusionLM
+
+Seed = int | Sequence[int] | None
+
+
+@torch.no_grad()
+def generate(
+    model: DiffusionLM,
+    prompt_ids: torch.Tensor,
+    *,
+    gen_length: int,
+    steps: int,
+    block_length: int,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    threshold: float | None = None,
+    schedule: str = "linear",
+    schedule_k: float = 2,
+    confidence: str | ConfidenceFn | None = None,
+    hints: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    seed: Seed = None,
+    record: bool = False,
+    progress: bool = False,
+) -> Trajectory:
+    """Generate ``gen_length`` tokens after each (left-padded) prompt row.
+
+    ``steps`` is the total over all ``gen_length // block_length`` blocks (at least
+    one per block). ``threshold`` switches to Fast-dLLM parallel decoding: each
+    block runs until it is complete, ``steps`` and ``schedule`` are then unused.
+    ``hints`` is ``[B, gen_length]`` long, ``-1`` where the answer is free and the
+    fixed token elsewhere. ``nfe`` counts model forward passes (two per step with
+    CFG) during which a row still had positions to decode. The mask token is never
+    predicted (its logit is set to ``-inf``).
+    """
+    prompt_ids, attention_mask = _check_prompt(prompt_ids, attention_mask)
+    _check_settings(gen_length, steps, block_length, temperature, cfg_scale, threshold, remasking, schedule)
+    conf_fn = resolve_confidence(remasking, confidence)
+    batch, plen = prompt_ids.shape
+    device, mask_id = prompt_ids.device, model.mask_token_id
+    hint_mask, hint_tokens = _check_hints(hints, batch, gen_length, mask_id, device)
+    row_seeds = _row_seeds(seed, batch)
+    generators = [torch.Generator().manual_seed(s) for s in row_seeds]
+
+    answer = torch.where(hint_mask, hint_tokens, torch.full_like(hint_tokens, mask_id))
+    full_mask = None
+    if attention_mask is not None:
+        full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
+    pos = torch.arange(gen_length, device=device)
+    commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=device)
+    nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    buffer = torch.ones(batch, gen_length, dtype=torch.float64, device=device)  # RCR's running confidence
+    recorder = StepRecorder(record)
+    rcr = remasking == "rcr"
+    passes = 2 if cfg_scale > 0 else 1
+
+    num_blocks = gen_length // block_length
+    block_steps = max(1, steps // num_blocks)
+    total = None if threshold is not None else num_blocks * block_steps
+    t = 0
+    with step_progress(progress, total) as advance:
+        for block in range(num_blocks):
+            hi = (block + 1) * block_length
+            in_reach = pos < hi
+            if threshold is None:
+                counts = step_counts((answer[:, block * block_length : hi] == mask_id).sum(1), block_steps, schedule, schedule_k).tolist()
+            for i in range(block_steps if threshold is None else block_length):
+                masked = answer == mask_id
+                scope = masked & in_reach
+                if threshold is not None and not scope.any():
+                    break
+                nfe += passes * scope.any(1)
+                x = torch.cat([prompt_ids, answer], dim=1)
+                logits = _logits(model, x, full_mask, plen, cfg_scale)[:, plen:]
+                u_sample, u_conf = _uniforms(generators, gen_length, device)
+                predict = masked if record else scope
+                rows = logits[predict]
+                rows[:, mask_id] = float("-inf")  # a committed [MASK] would silently break the schedule
+                stats = sample_tokens(rows, temperature, u_sample[predict])
+                pred = answer.masked_scatter(predict, stats.token)
+                conf = torch.full_like(buffer, float("-inf")).masked_scatter(predict, conf_fn(stats, u_conf[predict]).double())
+                logprob = torch.zeros_like(buffer).masked_scatter(predict, stats.logprob)
+                if rcr:
+                    answer = torch.where(scope, pred, answer)
+                    buffer = torch.where(scope, conf, buffer)
+                    changed = scope
+                    if i < block_steps - 1:
+                        keep = [sum(row[i + 1 :]) for row in counts]
+                        key = buffer.masked_fill(~in_reach | hint_mask, float("inf"))
+                        remask = topk_rows(key, keep, largest=False)
+                        answer = answer.masked_fill(remask, mask_id)
+                        changed = scope & ~remask
+                    recorder.add(masked, pred, buffer, logprob)
+                else:
+                    scoped = conf.masked_fill(~scope, float("-inf"))
+                    if threshold is None:
+                        padded = torch.cat([scoped.new_full((batch, plen), float("-inf")), scoped], dim=1)
+                        changed = topk_rows(padded, [row[i] for row in counts])[:, plen:]
+                    else:
+                        changed = threshold_commit(scoped, scope, threshold)
+                    answer = torch.where(changed, pred, answer)
+                    recorder.add(masked, pred, conf.masked_fill(~predict, 0.0), logprob)
+                commit_step = commit_step.masked_fill(changed, t)
+                t += 1
+                advance()
+
+    tokens = torch.cat([prompt_ids, answer], dim=1)
+    settings: dict[str, Any] = {
+        "gen_length": gen_length, "steps": steps, "block_length": block_length,
+        "temperature": temperature, "remasking": remasking, "cfg_scale": cfg_scale,
+        "threshold": threshold, "schedule": schedule, "schedule_k": schedule_k,
+        "confidence": confidence, "seed": row_seeds,
+    }
+    return Trajectory(
+        tokens=tokens.cpu(),
+        attention_mask=(torch.ones_like(tokens, dtype=torch.bool) if full_mask is None else full_mask.bool()).cpu(),
+        prompt_length=plen,
+        answer_mask=answer_mask(answer, model.eos_token_ids).cpu(),
+        commit_step=commit_step.masked_fill(hint_mask, -1).cpu(),
+        hint_mask=hint_mask.cpu(),
+        nfe=nfe.cpu(),
+        settings=settings,
+        **recorder.tensors(),
+    )
+
+
+def _logits(model: DiffusionLM, x: torch.Tensor, mask: torch.Tensor | None, plen: int, cfg_scale: float) -> torch.Tensor:
+    """Model logits, guided (§1: ``un + (w + 1)(cond − un)``, prompt masked in ``un``)."""
+    if cfg_scale <= 0:
+        return model.logits(x, attention_mask=mask)
+    uncond = x.clone()
+    real_prompt = torch.ones_like(x[:, :plen], dtype=torch.bool) if mask is None else mask[:, :plen].bool()
+    uncond[:, :plen] = uncond[:, :plen].masked_fill(real_prompt, model.mask_token_id)
+    both = model.logits(torch.cat([x, uncond]), attention_mask=None if mask is None else torch.cat([mask, mask]))
+    cond, un = both.chunk(2)
+    return un + (cfg_scale + 1) * (cond - un)
+
+
+def _uniforms(generators: list[torch.Generator], length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row float64 uniforms for sampling and for random confidence, ``[B, length]`` each."""
+    draws = torch.stack([torch.rand(2, length, dtype=torch.float64, generator=g) for g in generators]).to(device)
+    return draws[:, 0], draws[:, 1]
+
+
+def _row_seeds(seed: Seed, batch: int) -> list[int]:
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    if isinstance(seed, int):
+        return [seed + row for row in range(batch)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != batch:
+        raise UserError(f"seed has {len(seeds)} entries for {batch} prompt rows: give one per row or an int")
+    return seeds
+
+
+def _check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if prompt_ids.dim() == 1:
+        prompt_ids = prompt_ids.unsqueeze(0)
+        attention_mask = None if attention_mask is None else attention_mask.unsqueeze(0)
+    if prompt_ids.dim() != 2 or prompt_ids.dtype != torch.long:
+        raise UserError(f"prompt_ids must be a [B, P] long tensor, got {tuple(prompt_ids.shape)} {prompt_ids.dtype}")
+    if attention_mask is None:
+        return prompt_ids, None
+    if attention_mask.shape != prompt_ids.shape:
+        raise UserError(f"attention_mask shape {tuple(attention_mask.shape)} must equal prompt_ids shape {tuple(prompt_ids.shape)}")
+    attention_mask = attention_mask.to(prompt_ids.device).long()
+    if (attention_mask[:, 1:] < attention_mask[:, :-1]).any():
+        raise UserError("attention_mask must describe left padding (0s then 1s per row); pad prompts on the left")
+    return prompt_ids, attention_mask
+
+
+def _check_settings(
+    gen_length: int, steps: int, block_length: int, temperature: float, cfg_scale: float,
+    threshold: float | None, remasking: str, schedule: str,
+) -> None:
+    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
+        raise UserError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
+    if steps <= 0:
+        raise UserError(f"steps must be positive, got {steps}")
+    if temperature < 0 or cfg_scale < 0:
+        raise UserError(f"temperature ({temperature}) and cfg_scale ({cfg_scale}) must be >= 0")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise UserError(f"threshold must be in (0, 1], got {threshold}")
+    if threshold is not None and remasking == "rcr":
+        raise UserError("threshold decoding and remasking='rcr' exclude each other: drop one of them")
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+
+
+def _check_hints(hints: torch.Tensor | None, batch: int, gen_length: int, mask_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hint_mask, hint_tokens)``, both ``[B, L]``; validates the ``-1 = free`` layout."""
+    if hints is None:
+        hints = torch.full((batch, gen_length), -1, dtype=torch.long)
+    if hints.shape != (batch, gen_length) or hints.dtype != torch.long:
+        raise UserError(f"hints must be a [{batch}, {gen_length}] long tensor with -1 at free positions, got {tuple(hints.shape)} {hints.dtype}")
+    if (hints < -1).any() or (hints == mask_id).any():
+        raise UserError(f"hints may hold -1 (free) or real token ids, not negative ids or the mask id {mask_id}")
+    hints = hints.to(device)
+    return hints >= 0, hints.clamp(min=0)
