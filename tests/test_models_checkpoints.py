@@ -244,3 +244,10 @@ def test_bad_path_dtype_and_family(tmp_path, monkeypatch) -> None:
         load_model(tmp_path / "ok", dtype="half-ish")
     with pytest.raises(CheckpointError, match="unknown model family 'gpt'"):
         load_model(tmp_path / "ok", family="gpt")
+
+
+def test_absent_shard_is_named(tmp_path) -> None:
+    write_checkpoint(tmp_path, LLADA_CONFIG, llada_weights(torch.Generator()), shards=2)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors, which does not exist"):
+        load_model(tmp_path)

@@ -92,8 +92,11 @@ def weight_files(path: Path) -> dict[str, Path]:
     """Tensor name → safetensors file, from the shard index or the single file."""
     index = path / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: path / file for name, file in weight_map.items()}
+        files = {name: path / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        absent = sorted({str(file) for file in files.values() if not file.is_file()})
+        if absent:
+            raise CheckpointError(f"{index}: lists shard {absent[0]}, which does not exist")
+        return files
     single = path / SINGLE_FILE
     if not single.is_file():
         raise CheckpointError(f"{path}: neither {SINGLE_FILE} nor {INDEX_FILE} found")

@@ -29,7 +29,7 @@ def check_heads(width: int, n_heads: int, n_kv_heads: int, family: str) -> None:
     if width % n_heads or (width // n_heads) % 2 or n_heads % n_kv_heads:
         raise CheckpointError(
             f"{family} config: width {width} must split into {n_heads} heads of even size, "
-            f"and {n_heads} heads into groups of {n_kv_heads} key/value heads"
+            f"and the {n_heads} heads must be a multiple of the {n_kv_heads} key/value heads"
         )
 
 
