@@ -1,0 +1,108 @@
+"""``unmask eval``: evaluate a checkpoint on benchmarks, or compare two eval runs.
+
+Output directory layout: ``run.json`` (what was evaluated), ``samples.jsonl``
+(one line per benchmark, setting, problem and sample; resumable), ``summary.json``
+and ``table.md``. Rerunning with the same ``--out`` only generates missing samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from unmask.errors import UserError
+from unmask.evaluation.benchmarks import benchmark_rows, parse_benchmarks
+from unmask.evaluation.compare import compare_runs, print_comparison
+from unmask.evaluation.loading import load_eval_model
+from unmask.evaluation.report import print_table, write_report
+from unmask.evaluation.runner import evaluate
+from unmask.evaluation.settings import default_gen_lengths, parse_int_list, settings_grid
+from unmask.evaluation.store import SampleLog
+
+RUN_FILE = "run.json"
+
+
+def default_out_dir(model: str, adapter: str | None) -> Path:
+    """``runs/eval/<model or adapter name>-<timestamp>``."""
+    name = Path(str(adapter or model).rstrip("/")).name.split(":")[-1]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "model"
+    return Path("runs") / "eval" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_positive(args: argparse.Namespace) -> None:
+    for option in ("num_samples", "batch_size", "workers", "limit"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise UserError(f"--{option.replace('_', '-')} must be at least 1 (got {value})")
+
+
+def _claim_out_dir(out: Path, identity: dict[str, Any]) -> None:
+    """Record what this directory evaluates; refuse to resume it with another model."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        previous = json.loads(run_file.read_text())
+        if previous != identity:
+            raise UserError(
+                f"--out {out} holds an evaluation of {previous} (now {identity}); "
+                f"choose another --out to evaluate a different model or seed"
+            )
+    else:
+        run_file.write_text(json.dumps(identity, indent=2) + "\n")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console,
+    )  # fmt: skip
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Entry point of ``unmask eval`` (see ``unmask.cli``)."""
+    console = Console()
+    if args.compare:
+        print_comparison(compare_runs(*args.compare, seed=args.seed), console)
+        return 0
+    if not args.model:
+        raise UserError("unmask eval needs --model (checkpoint dir, hub id or builtin:NAME) or --compare A B")
+    _check_positive(args)
+    benches = parse_benchmarks(args.bench)
+    rows = {b: benchmark_rows(b, data_dir=args.data_dir, limit=args.limit) for b in benches}
+    model = load_eval_model(args.model, args.adapter)
+    lengths = parse_int_list("--gen-length", args.gen_length) or default_gen_lengths(model.family)
+    grid = settings_grid(
+        lengths, parse_int_list("--steps", args.steps), args.block_length, args.temperature, args.remasking
+    )
+    if args.num_samples > 1 and args.temperature == 0:
+        console.print("[yellow]warning: --num-samples > 1 with --temperature 0 repeats near-identical answers")
+    if args.workers > 1:
+        raise UserError("--workers > 1 needs the Ray rollout pool, which is not available yet; use --workers 1")
+
+    out = Path(args.out) if args.out else default_out_dir(args.model, args.adapter)
+    _claim_out_dir(out, {"model": args.model, "adapter": args.adapter, "seed": args.seed})
+    log = SampleLog(out)
+    records = []
+    with _progress(console) as progress:
+        for bench in benches:
+            result = evaluate(
+                model, rows[bench], bench, grid, num_samples=args.num_samples,
+                batch_size=args.batch_size, seed=args.seed, log=log, progress=progress,
+            )  # fmt: skip
+            records.extend(result.records)
+    meta = {
+        "model": args.model, "adapter": args.adapter, "benchmarks": benches, "data_dir": args.data_dir,
+        "limit": args.limit, "num_samples": args.num_samples, "seed": args.seed,
+        "settings": [s.as_dict() for s in grid],
+    }  # fmt: skip
+    summaries = write_report(out, records, meta)
+    print_table(summaries, f"{args.model}{' + ' + args.adapter if args.adapter else ''}", console)
+    console.print(f"results in {out}")
+    return 0
