@@ -61,6 +61,8 @@ class Estimator:
 
     #: whether ``key_for`` changes across inner iterations (so θ_old/ref are re-scored)
     varies_per_iteration: ClassVar[bool] = True
+    #: model forward passes per ``token_logprobs`` call
+    passes: int = 1
 
     def __init__(self, mask_token_id: int, temperature: float = 1.0) -> None:
         self.mask_token_id = mask_token_id
@@ -138,6 +140,7 @@ class ElboEstimator(Estimator):
     ) -> None:
         super().__init__(mask_token_id, temperature)
         self.coupled = coupled
+        self.passes = 2 if coupled else 1
         self.min_ratio = min_ratio
 
     def draw(self, traj: Trajectory, key: Key) -> tuple[torch.Tensor, torch.Tensor]:

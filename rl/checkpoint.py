@@ -1,0 +1,98 @@
+"""Atomic training checkpoints: trainable weights, optimizer, scheduler, RNG, step, data position.
+
+A checkpoint is written into a temporary sibling directory and renamed into place,
+so a run killed mid-write leaves either the previous checkpoint or the new one,
+never a half-written directory that ``resume_from`` would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from unmask.errors import UserError
+
+WEIGHTS = "trainable.safetensors"
+STATE = "trainer_state.json"
+OPTIM = "optim.pt"
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters being trained (the LoRA tensors, or every weight when fully fine-tuning)."""
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(
+    directory: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> Path:
+    """Write ``directory/checkpoint-{step}`` atomically and return its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"checkpoint-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}-", dir=directory))
+    try:
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            tmp / OPTIM,
+        )
+        (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Restore everything ``save_checkpoint`` wrote; returns the trainer state (``step``, …)."""
+    path = Path(path)
+    missing = [name for name in (WEIGHTS, STATE, OPTIM) if not (path / name).is_file()]
+    if missing:
+        raise UserError(
+            f"checkpoint.resume_from: {path} is not an unmask checkpoint (missing {', '.join(missing)}); "
+            "point it at a checkpoint-N directory of a previous run"
+        )
+    weights = load_file(str(path / WEIGHTS))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise UserError(
+            f"checkpoint.resume_from: {path} holds weights this model does not have ({unknown[0]}, …); "
+            "resume with the same model and lora settings"
+        )
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    extra = torch.load(path / OPTIM, weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    set_rng_state(extra["rng"])
+    return json.loads((path / STATE).read_text())

@@ -1,0 +1,75 @@
+"""Training metrics: JSONL always at hand, TensorBoard / W&B on request, a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from unmask.errors import UserError
+
+
+class MetricsLogger:
+    """Fans one metrics dict per step out to the sinks named in ``logging.report_to``."""
+
+    def __init__(self, output_dir: str | Path, report_to: list[str], config: dict[str, Any] | None = None) -> None:
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sinks = set(report_to) - {"none"}
+        self._tb = self._wandb = None
+        if "tensorboard" in self.sinks:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        if "wandb" in self.sinks:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("logging.report_to: wandb is not installed; `pip install wandb` or drop it") from None
+            self._wandb = wandb.init(dir=str(output_dir), config=config, reinit=True)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{k: _json_number(v) for k, v in metrics.items()}}
+        if "jsonl" in self.sinks:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _json_number(value: Any) -> Any:
+    """NaN/inf as strings, so every line stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file, in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def progress_bar(enabled: bool) -> Progress:
+    """A per-step bar whose description shows the phase and its timings."""
+    return Progress(
+        TextColumn("[bold]RL[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )

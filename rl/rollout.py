@@ -1,0 +1,133 @@
+"""The trainer's rollout side: prompts → trajectories (in-process or Ray pool) → rewards.
+
+``Rollouts`` is the ``RolloutContext`` objectives see: it samples with the recipe's
+decoding settings and grades answers (and MDPO's intermediate predictions) in one
+``RewardRunner`` call each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from unmask.rewards import RewardBatch
+from unmask.rl.objective import RewardResult
+from unmask.rollouts import Trajectory, generate
+
+from unmask.recipe import RolloutConfig
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``[B, P]`` prompt ids and their attention mask."""
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(encoded), width, dtype=torch.bool)
+    for row, tokens in enumerate(encoded):
+        if tokens:
+            ids[row, width - len(tokens) :] = torch.tensor(tokens)
+            mask[row, width - len(tokens) :] = True
+    return ids, mask
+
+
+def decode_answers(tokenizer: Any, answers: torch.Tensor, eos_ids: Sequence[int]) -> list[str]:
+    """Answer texts, each cut at its first EOS (what follows is padding)."""
+    texts = []
+    for row in answers.tolist():
+        end = next((i for i, tok in enumerate(row) if tok in eos_ids), len(row))
+        texts.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+    return texts
+
+
+def intermediate_answers(traj: Trajectory, mask_token_id: int) -> torch.Tensor:
+    """``[T, B, L]``: every step's canvas with its masked positions filled by that step's prediction."""
+    plen = traj.prompt_length
+    return torch.stack([
+        torch.where(traj.step_masked[t], traj.step_pred[t], traj.canvas(t, mask_token_id)[:, plen:])
+        for t in range(traj.num_steps)
+    ])
+
+
+class Rollouts:
+    """Samples with one policy (local model or a pool) and grades with ``RewardRunner.score``."""
+
+    def __init__(
+        self,
+        sample: Callable[..., Trajectory],
+        settings: RolloutConfig,
+        score_fn: Callable[..., RewardBatch],
+        tokenizer: Any,
+        *,
+        mask_token_id: int,
+        eos_ids: Sequence[int],
+        correct_threshold: float,
+        record: bool,
+    ) -> None:
+        self.sample = sample
+        self.settings = settings
+        self.score_fn = score_fn
+        self._tokenizer = tokenizer
+        self.mask_token_id = mask_token_id
+        self.eos_ids = tuple(eos_ids)
+        self.correct_threshold = correct_threshold
+        self.record = record
+        #: sampler seed of the current RL step (set by the trainer, so resumed runs replay it)
+        self.seed = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def generate(
+        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None = None
+    ) -> Trajectory:
+        s = self.settings
+        return self.sample(
+            prompt_ids,
+            attention_mask=attention_mask,
+            gen_length=s.max_completion_length,
+            steps=s.steps,
+            block_length=s.block_length,
+            temperature=s.temperature,
+            remasking=s.remasking,
+            cfg_scale=s.cfg_scale,
+            threshold=s.threshold,
+            schedule=s.schedule,
+            schedule_k=s.schedule_k,
+            confidence=s.rcr_confidence if s.remasking == "rcr" else None,
+            hints=hints,
+            seed=self.seed,
+            record=self.record,
+        )
+
+    def _grade(self, answers: torch.Tensor, rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
+        texts = decode_answers(self.tokenizer, answers, self.eos_ids)
+        columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
+        result = self.score_fn([row["prompt"] for row in rows], texts, columns)
+        return torch.tensor(result.totals, dtype=torch.float), result.metrics
+
+    def score(self, traj: Trajectory, rows: list[dict[str, Any]]) -> RewardResult:
+        rewards, metrics = self._grade(traj.answer_ids, rows)
+        return RewardResult(rewards, rewards >= self.correct_threshold, metrics)
+
+    def score_steps(self, traj: Trajectory, rows: list[dict[str, Any]]) -> torch.Tensor:
+        """``[B, T]`` rewards of every intermediate prediction, graded in one batch."""
+        answers = intermediate_answers(traj, self.mask_token_id)  # [T, B, L]
+        steps, batch = answers.shape[:2]
+        rewards, _ = self._grade(answers.reshape(steps * batch, -1), list(rows) * steps)
+        return rewards.reshape(steps, batch).T
+
+
+def local_sampler(model: torch.nn.Module) -> Callable[..., Trajectory]:
+    """Sample in this process with the training model itself (the default on one CPU)."""
+
+    def sample(prompt_ids: torch.Tensor, **kwargs: Any) -> Trajectory:
+        was_training = model.training
+        model.eval()
+        try:
+            return generate(model, prompt_ids, **kwargs)
+        finally:
+            model.train(was_training)
+
+    return sample

@@ -1,0 +1,359 @@
+"""The RL trainer: rollout → reward → objective → update, for every algorithm alike.
+
+``train(recipe)`` is the entry point ``unmask train`` calls. One RL step samples
+``prompts_per_step × num_generations`` answers with the current policy, grades them,
+lets the objective build its batch, then runs ``num_iterations`` optimizer passes
+over that buffered batch (micro-batches of ``per_device_train_batch_size`` items,
+``gradient_accumulation_steps`` micro-batches per optimizer step). θ_old and the
+reference are scored before the first update, with the same estimator keys the
+θ passes of each inner iteration use.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from transformers import get_scheduler
+from unmask.rewards import RewardRunner, RewardSpec
+from unmask.rl.checkpoint import load_checkpoint, save_checkpoint
+from unmask.rl.estimators import Scores
+from unmask.rl.logging import MetricsLogger, progress_bar
+from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
+from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
+from unmask.rl.stream import PromptStream
+
+from unmask.errors import UserError
+from unmask.models.base import DiffusionLM
+from unmask.recipe import Recipe, save_recipe
+
+EvalFn = Callable[[nn.Module, int], dict[str, float]]
+MAX_BAD_STEPS = 3
+
+
+class TrainingDiverged(UserError):
+    """The loss stayed NaN/inf for several steps in a row."""
+
+
+def derive_seed(*parts: int) -> int:
+    """A deterministic 62-bit seed from integers (run seed, step, purpose, …)."""
+    value = 0x9E3779B9
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 1) % (1 << 62)
+    return value
+
+
+def default_model_factory(recipe: Recipe) -> Callable[[], DiffusionLM]:
+    from unmask.models import load_model
+
+    m = recipe.model
+    return functools.partial(load_model, m.name_or_path, family=m.family, dtype=m.dtype, device=m.device)
+
+
+def default_rows(recipe: Recipe) -> list[dict[str, Any]]:
+    from unmask.data import load_rows
+
+    d = recipe.data
+    return load_rows(
+        d.task, path=d.path, hub_id=d.hub_id, split=d.split, limit=d.limit,
+        template=d.prompt_template, generator=d.generator.model_dump(), seed=recipe.seed,
+    )
+
+
+class Trainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        eval_fn: EvalFn | None = None,
+        model_factory: Callable[[], DiffusionLM] | None = None,
+        rows: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.eval_fn = eval_fn
+        self.out = Path(recipe.output_dir)
+        torch.manual_seed(recipe.seed)
+        factory = model_factory or default_model_factory(recipe)
+        base = factory()
+        self.base_model = base
+        self.accelerator = Accelerator(cpu=recipe.model.device == "cpu")
+        self.model, self.reference = self._policy(base)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = recipe.optim
+        optimizer = torch.optim.AdamW(
+            params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
+        )
+        self.scheduler = get_scheduler(o.lr_scheduler_type, optimizer, o.warmup_steps, o.max_steps)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        r = recipe.rollout
+        self.objective: Objective = build_objective(
+            recipe.algorithm, mask_token_id=base.mask_token_id, temperature=r.temperature,
+            gen_length=r.max_completion_length,
+        )
+        if self.objective.needs_reference and self.reference is None:
+            self.reference = copy.deepcopy(base).eval().requires_grad_(False)
+        self.stream = PromptStream(rows if rows is not None else default_rows(recipe), recipe.seed)
+        rw = recipe.rewards
+        specs = [RewardSpec(f.name, f.weight, f.kwargs) for f in rw.functions]
+        self.runner = RewardRunner(specs, num_workers=rw.num_workers, deadline_s=rw.timeout, on_error=rw.on_error)
+        self.pool = self._pool(factory)
+        sampler = self.pool.generate if self.pool is not None else local_sampler(self.unwrapped)
+        self.rollouts = Rollouts(
+            self._timed("rollout", sampler), r, self._timed("reward", self.runner.score), base.tokenizer,
+            mask_token_id=base.mask_token_id, eos_ids=base.eos_token_ids,
+            correct_threshold=recipe.algorithm.correct_threshold, record=self.objective.record_steps,
+        )
+        self.step = 0
+        self.bad_steps = 0
+        self.timings: dict[str, float] = {}
+        self.forward_passes = 0
+
+    # -- set-up ----------------------------------------------------------------
+    def _policy(self, base: DiffusionLM) -> tuple[nn.Module, nn.Module | None]:
+        """LoRA (reference = adapter disabled, no copy) or full fine-tuning (reference copied lazily)."""
+        lora = self.recipe.lora
+        if not lora.enabled:
+            return base.train(), None
+        from unmask.models.lora import apply_lora
+
+        policy = apply_lora(base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+        return policy.train(), None
+
+    def _pool(self, factory: Callable[[], DiffusionLM]) -> Any:
+        ray = self.recipe.ray
+        if ray.address is None:
+            return None
+        from unmask.rollouts import RolloutPool
+
+        pool = RolloutPool(factory, num_workers=ray.num_workers, address=ray.address)
+        self._push(pool, version=0)
+        return pool
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _push(self, pool: Any, version: int) -> None:
+        """Send the trainable tensors (only LoRA's with an adapter) to the rollout workers."""
+        if self.recipe.lora.enabled:
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.unwrapped)
+        else:
+            state = self.unwrapped.state_dict()
+        pool.update_adapter({k: v.detach().cpu() for k, v in state.items()}, version)
+
+    def _timed(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - began
+            if phase == "rollout":
+                self.forward_passes += int(result.nfe.max()) if result.nfe.numel() else 0
+            return result
+
+        return wrapper
+
+    # -- scoring ---------------------------------------------------------------
+    def _scores(self, batch: TrainBatch, key: Any, which: str) -> Scores:
+        estimator = self.objective.estimator
+        self.forward_passes += estimator.passes
+        if which == "policy":
+            return estimator.token_logprobs(self.model, batch.traj, key)
+        with torch.no_grad():
+            if which == "old":
+                return estimator.token_logprobs(self.model, batch.traj, key)
+            if self.reference is not None:
+                return estimator.token_logprobs(self.reference, batch.traj, key)
+            with self.unwrapped.disable_adapter():
+                return estimator.token_logprobs(self.model, batch.traj, key)
+
+    def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
+        size = self.recipe.optim.per_device_train_batch_size
+        return [batch.select(torch.arange(i, min(i + size, len(batch)))) for i in range(0, len(batch), size)]
+
+    def _keys(self, micro: list[TrainBatch]) -> list[list[Any]]:
+        """Estimator keys per inner iteration and micro-batch (shared by θ, θ_old and reference)."""
+        iterations = self.recipe.algorithm.num_iterations
+        return [
+            [self.objective.key(mb, derive_seed(self.recipe.seed, self.step, i, j)) for j, mb in enumerate(micro)]
+            for i in range(iterations)
+        ]
+
+    def _frozen(self, micro: list[TrainBatch], keys: list[list[Any]], which: str) -> list[list[Scores]]:
+        """θ_old or reference scores for every (iteration, micro-batch), computed before any update."""
+        first = [self._scores(mb, keys[0][j], which) for j, mb in enumerate(micro)]
+        if not self.objective.estimator.varies_per_iteration:
+            return [first] * len(keys)
+        rest = [[self._scores(mb, k, which) for mb, k in zip(micro, ks, strict=True)] for ks in keys[1:]]
+        return [first, *rest]
+
+    # -- one RL step -------------------------------------------------------------
+    def rollout(self) -> tuple[Rollout, dict[str, float]]:
+        r, group = self.recipe.rollout, self.recipe.rollout.num_generations
+        rows = self.stream.take(self.step * r.prompts_per_step, r.prompts_per_step)
+        rows = [row for row in rows for _ in range(group)]
+        base = self.base_model
+        texts = [base.format_prompt(row["prompt"]) if self.recipe.data.chat_template else row["prompt"] for row in rows]
+        prompt_ids, attention = encode_prompts(base.tokenizer, texts, base.pad_token_id)
+        self.rollouts.seed = derive_seed(self.recipe.seed, self.step, 1 << 20)
+        traj = self.rollouts.generate(prompt_ids, attention)
+        result = self.rollouts.score(traj, rows)
+        rollout = Rollout(traj, rows, result.rewards, result.correct, group, seed=self.rollouts.seed)
+        answer_tokens = float(traj.answer_mask.sum())
+        metrics = {
+            "reward": float(result.rewards.mean()),
+            "accuracy": float(result.correct.float().mean()),
+            "answer_tokens": answer_tokens,
+            **{k: v for k, v in result.metrics.items() if k.startswith("rewards/")},
+        }
+        return rollout, metrics
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """``num_iterations`` passes over the buffered batch; NaN/inf losses skip the step."""
+        if len(batch) == 0:
+            return {"skipped": 1.0, "empty_batch": 1.0}
+        micro = self._micro_batches(batch)
+        keys = self._keys(micro)
+        old = self._frozen(micro, keys, "old") if self.objective.needs_old else None
+        ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
+        accumulate = self.recipe.optim.gradient_accumulation_steps
+        windows = [list(range(i, min(i + accumulate, len(micro)))) for i in range(0, len(micro), accumulate)]
+        sums: dict[str, float] = {}
+        count = 0
+        for i in range(self.recipe.algorithm.num_iterations):
+            for window in windows:
+                items = sum(len(micro[j]) for j in window)
+                for j in window:
+                    scores = self._scores(micro[j], keys[i][j], "policy")
+                    loss, metrics = self.objective.loss(
+                        micro[j], scores, old[i][j] if old else None, ref[i][j] if ref else None
+                    )
+                    if not torch.isfinite(loss):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        return {"skipped": 1.0, "loss": float(loss.detach())}
+                    self.accelerator.backward(loss * len(micro[j]) / items)
+                    for key, value in {"loss": float(loss.detach()), **metrics}.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    count += 1
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.optim.max_grad_norm)
+                    if self.recipe.optim.max_grad_norm > 0
+                    else 0.0
+                ) * len(window)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        return {"skipped": 0.0, **{k: v / count for k, v in sums.items()}}
+
+    def train_step(self) -> dict[str, float]:
+        self.timings, self.forward_passes = {}, 0
+        began = time.perf_counter()
+        rollout, metrics = self.rollout()
+        batch = self.objective.prepare(rollout, self.rollouts)
+        update_began = time.perf_counter()
+        metrics.update(batch.metrics)
+        metrics.update(self.update(batch))
+        self.scheduler.step()
+        if self.pool is not None:
+            self._push(self.pool, version=self.step + 1)
+        total = time.perf_counter() - began
+        metrics.update({
+            "lr": self.scheduler.get_last_lr()[0],
+            "forward_passes": float(self.forward_passes),
+            "tokens_per_second": metrics.pop("answer_tokens") / max(total, 1e-9),
+            "time/rollout": self.timings.get("rollout", 0.0),
+            "time/reward": self.timings.get("reward", 0.0),
+            "time/update": time.perf_counter() - update_began,
+            "time/step": total,
+        })
+        return metrics
+
+    def _check_divergence(self, metrics: dict[str, float]) -> None:
+        bad = "loss" in metrics and not math.isfinite(metrics["loss"])
+        self.bad_steps = self.bad_steps + 1 if bad else 0
+        if self.bad_steps >= MAX_BAD_STEPS:
+            raise TrainingDiverged(
+                f"training stopped at step {self.step}: the loss was NaN/inf for {MAX_BAD_STEPS} steps in a row; "
+                "lower optim.learning_rate or algorithm.beta, or check the rewards"
+            )
+
+    # -- the loop ------------------------------------------------------------------
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.out, self.step, self.unwrapped, self.optimizer, self.scheduler,
+            {"data_position": self.step * self.recipe.rollout.prompts_per_step, "bad_steps": self.bad_steps},
+        )
+
+    def resume(self, path: str) -> None:
+        state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler)
+        self.step, self.bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
+        if self.pool is not None:
+            self._push(self.pool, version=self.step)
+
+    def steps(self) -> Iterator[dict[str, float]]:
+        """Run to ``optim.max_steps``, yielding each step's metrics after logging them."""
+        c = self.recipe.checkpoint
+        if c.resume_from:
+            self.resume(c.resume_from)
+        save_recipe(self.recipe, self.out)
+        logger = MetricsLogger(self.out, self.recipe.logging.report_to, self.recipe.model_dump(mode="json"))
+        bar = progress_bar(self.recipe.logging.progress)
+        try:
+            with bar:
+                task = bar.add_task("starting", total=self.recipe.optim.max_steps, completed=self.step)
+                while self.step < self.recipe.optim.max_steps:
+                    metrics = self.train_step()
+                    self.step += 1
+                    every = self.recipe.eval.every
+                    if self.eval_fn is not None and every and self.step % every == 0:
+                        metrics.update({f"eval/{k}": v for k, v in self.eval_fn(self.unwrapped, self.step).items()})
+                    if self.step % self.recipe.logging.logging_steps == 0:
+                        logger.log(self.step, metrics)
+                    self._check_divergence(metrics)
+                    bar.update(task, advance=1, description=_describe(metrics))
+                    if c.save_steps and self.step % c.save_steps == 0:
+                        self.save()
+                    yield metrics
+            if c.save_final:
+                self.save()
+        finally:
+            logger.close()
+            self.runner.close()
+            if self.pool is not None:
+                self.pool.close()
+
+
+def _describe(metrics: dict[str, float]) -> str:
+    return (
+        f"reward {metrics.get('reward', 0):.3f} acc {metrics.get('accuracy', 0):.2f} "
+        f"| rollout {metrics['time/rollout']:.1f}s reward {metrics['time/reward']:.1f}s "
+        f"update {metrics['time/update']:.1f}s"
+    )
+
+
+def train(
+    recipe: Recipe,
+    *,
+    eval_fn: EvalFn | None = None,
+    model_factory: Callable[[], DiffusionLM] | None = None,
+    rows: list[dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """Train with ``recipe``; returns the last step's metrics."""
+    last: dict[str, float] = {}
+    for metrics in Trainer(recipe, eval_fn=eval_fn, model_factory=model_factory, rows=rows).steps():
+        last = metrics
+    return last
+
+
+__all__ = ["Trainer", "TrainingDiverged", "train"]

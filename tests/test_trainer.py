@@ -1,0 +1,120 @@
+"""The RL trainer end to end on the tiny family: every algorithm, resume, reference, NaN guard."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from unmask.rl.logging import read_metrics
+from unmask.rl.trainer import Trainer, TrainingDiverged, train
+
+from unmask.models.tiny import tiny
+from unmask.recipe import validate_recipe
+
+TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}
+make_model = functools.partial(tiny, TINY, seed=0)
+ROWS = [{"prompt": f"write digits {i}", "reasoning": "aaaaaaaaaaaa #### bbbbb", "answer": "bbbbb"} for i in range(8)]
+
+
+def digit_reward(prompts, completions, **columns):
+    """Fraction of digits: varies between random answers, so advantages are non-zero."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+def inf_reward(prompts, completions, **columns):
+    """Infinite rewards make every advantage NaN (inf − inf)."""
+    return [float("inf")] * len(completions)
+
+
+def recipe(tmp_path, algorithm: str, **sections):
+    raw = {
+        "seed": 0,
+        "output_dir": str(tmp_path / algorithm),
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"chat_template": False},
+        "rollout": {"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 8,
+                    "steps": 4, "block_length": 8, "temperature": 1.0},
+        "algorithm": {"name": algorithm, "num_iterations": 2, "correct_threshold": 0.3,
+                      **({"sample_train_steps": 2} if algorithm == "mdpo" else {})},
+        "rewards": {"functions": [{"name": "test_trainer:digit_reward"}], "num_workers": 0},
+        "optim": {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 2,
+                  "gradient_accumulation_steps": 2},
+        "logging": {"progress": False},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return validate_recipe(raw, "test")
+
+
+def comparable(record):
+    return {k: v for k, v in record.items() if not k.startswith("time/") and k != "tokens_per_second"}
+
+
+@pytest.mark.parametrize("algorithm", ["diffu_grpo", "mdpo", "igpo", "wd1"])
+def test_three_steps_of_each_algorithm(tmp_path, algorithm):
+    r = recipe(tmp_path, algorithm)
+    trainer = Trainer(r, model_factory=make_model, rows=ROWS)
+    before = {k: v.clone() for k, v in trainer.unwrapped.named_parameters() if v.requires_grad}
+    last = list(trainer.steps())[-1]
+    records = read_metrics(tmp_path / algorithm / "metrics.jsonl")
+    assert [rec["step"] for rec in records] == [1, 2, 3]
+    for key in ("reward", "accuracy", "entropy", "all_wrong_fraction", "forward_passes", "tokens_per_second",
+                "time/rollout", "time/reward", "time/update", "rewards/test_trainer:digit_reward/mean"):
+        assert key in last and math.isfinite(last[key]), key
+    assert last["skipped"] == 0.0 and last["forward_passes"] > 0
+    after = dict(trainer.unwrapped.named_parameters())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter learned something
+    assert (tmp_path / algorithm / "checkpoint-3" / "trainable.safetensors").is_file()
+
+
+def test_resume_after_a_kill_gives_identical_metrics(tmp_path):
+    full = recipe(tmp_path / "full", "diffu_grpo", optim={"max_steps": 4}, checkpoint={"save_steps": 2})
+    train(full, model_factory=make_model, rows=ROWS)
+    killed = recipe(tmp_path / "killed", "diffu_grpo", optim={"max_steps": 4},
+                    checkpoint={"save_steps": 2}, eval={"every": 1})
+
+    def kill_at_three(model, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, eval_fn=kill_at_three, model_factory=make_model, rows=ROWS)
+    out = tmp_path / "killed" / "diffu_grpo"
+    assert not (out / "checkpoint-4").exists() and (out / "checkpoint-2").is_dir()
+    resumed = killed.model_copy(update={"checkpoint": killed.checkpoint.model_copy(
+        update={"resume_from": str(out / "checkpoint-2")})})
+    train(resumed, model_factory=make_model, rows=ROWS)
+    expected = [comparable(r) for r in read_metrics(tmp_path / "full" / "diffu_grpo" / "metrics.jsonl")][2:]
+    got = [comparable(r) for r in read_metrics(out / "metrics.jsonl")][-2:]
+    assert [r["step"] for r in got] == [3, 4]
+    assert got == expected
+
+
+def test_reference_is_the_base_model_with_the_adapter_disabled(tmp_path):
+    trainer = Trainer(recipe(tmp_path, "diffu_grpo", optim={"max_steps": 2}), model_factory=make_model, rows=ROWS)
+    list(trainer.steps())
+    ids = torch.randint(5, 60, (2, 12))
+    base = make_model().eval()
+    policy = trainer.unwrapped.eval()
+    with torch.no_grad():
+        with policy.disable_adapter():
+            reference = policy(ids)
+        adapted = policy(ids)
+        expected = base(ids)
+    torch.testing.assert_close(reference, expected)
+    assert not torch.allclose(adapted, expected)
+
+
+def test_nan_losses_skip_steps_then_stop_with_a_clear_error(tmp_path):
+    r = recipe(tmp_path, "diffu_grpo", optim={"max_steps": 6},
+               rewards={"functions": [{"name": "test_trainer:inf_reward"}]})
+    trainer = Trainer(r, model_factory=make_model, rows=ROWS)
+    before = {k: v.clone() for k, v in trainer.unwrapped.named_parameters() if v.requires_grad}
+    with pytest.raises(TrainingDiverged, match="NaN/inf for 3 steps in a row"):
+        list(trainer.steps())
+    records = read_metrics(tmp_path / "diffu_grpo" / "metrics.jsonl")
+    assert [rec["skipped"] for rec in records] == [1.0, 1.0, 1.0]
+    assert all(torch.equal(before[k], v) for k, v in trainer.unwrapped.named_parameters() if v.requires_grad)
