@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unmask.errors import UserError
+
 
 @dataclass(frozen=True)
 class GradeResult:
@@ -21,7 +23,7 @@ class GradeResult:
     error: str | None = None
 
 
-class RewardConfigError(ValueError):
+class RewardConfigError(UserError, ValueError):
     """A reward set-up mistake the user must fix (unknown name, bad plug-in, bad column).
 
     The trainer turns it into a one-line stop; it is never swallowed like a per-item error.

@@ -60,6 +60,10 @@ class LLaDAConfig(NativeConfig):
         return self.embedding_size or self.vocab_size
 
 
+#: ``<|eot_id|>`` of the official LLaDA vocabulary
+END_OF_TURN_ID = 126348
+
+
 class LLaDABlock(nn.Module):
     """``LLaDALlamaBlock``: pre-norm attention and SwiGLU MLP, flat official names."""
 
@@ -124,6 +128,13 @@ class LLaDA(NativeLM):
             transformer["ff_out"] = nn.Linear(config.d_model, config.padded_vocab, bias=False)
         self.model = nn.Module()
         self.model.transformer = transformer
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The config's EOS plus LLaDA-Instruct's end-of-turn token, which also ends an answer."""
+        ids = super().eos_token_ids
+        eot = END_OF_TURN_ID
+        return ids if eot in ids or eot >= self.config.padded_vocab else (*ids, eot)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.transformer.wte(input_ids)

@@ -15,6 +15,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from unmask.assets import PREFIX as BUILTIN_PREFIX
+from unmask.assets import builtin_path
 from unmask.models.dream import Dream
 from unmask.models.llada import LLaDA
 from unmask.models.native import CheckpointError, NativeLM
@@ -46,11 +48,13 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A local directory as is; otherwise download a hub id (clear error without a hub)."""
+    """``builtin:NAME``, a local directory as is, or a hub id (clear error without a hub)."""
+    name = str(name_or_path)
+    if name.startswith(BUILTIN_PREFIX):
+        return builtin_path(name)
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    name = str(name_or_path)
     if path.exists() or name.startswith((".", "/")) or name.count("/") != 1:
         raise CheckpointError(f"{name}: not a checkpoint directory and not a hub id (org/name)")
     from huggingface_hub import snapshot_download

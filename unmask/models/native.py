@@ -16,11 +16,12 @@ import torch
 from huggingface_hub import save_torch_state_dict
 from torch import nn
 
+from unmask.errors import UserError
 from unmask.models.base import DiffusionLM, positions_from_mask
 from unmask.models.layers import rotary, run_blocks
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint or model configuration the user supplied cannot be used as is."""
 
 
