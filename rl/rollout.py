@@ -103,7 +103,8 @@ class Rollouts:
 
     def _grade(self, answers: torch.Tensor, rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
         texts = decode_answers(self.tokenizer, answers, self.eos_ids)
-        columns = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
+        names = dict.fromkeys(key for row in rows for key in row if key != "prompt")
+        columns = {key: [row.get(key) for row in rows] for key in names}  # rows may lack optional columns
         result = self.score_fn([row["prompt"] for row in rows], texts, columns)
         return torch.tensor(result.totals, dtype=torch.float), result.metrics
 
