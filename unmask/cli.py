@@ -93,9 +93,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from unmask.models import load_model
     from unmask.models.export import merge_and_save
+    from unmask.models.lora import load_adapter
 
-    model = load_model(args.model, adapter=args.adapter)
-    out = merge_and_save(model, args.out)
+    out = merge_and_save(load_adapter(load_model(args.model), args.adapter), args.out)
     print(f"wrote merged checkpoint to {out}")
     return 0
 

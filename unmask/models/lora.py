@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -46,3 +47,11 @@ def apply_lora(
         target_modules=target_regex(model, target_modules, lm_head),
     )
     return get_peft_model(model, config)
+
+
+def load_adapter(model: NativeLM, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
+    """Attach a saved peft adapter directory (``adapter_config.json`` + weights) to ``model``."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise CheckpointError(f"{adapter_dir}: no adapter_config.json (is this a LoRA adapter directory?)")
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
