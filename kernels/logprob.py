@@ -23,9 +23,10 @@ from unmask.kernels.sampling import row_chunks
 #: float32 elements per row chunk of the torch twin (16 MiB per temporary)
 CHUNK_ELEMENTS = 1 << 22
 
-#: (logits, targets, inv_tau) -> (logprob, entropy, lse), all [N] float32
+#: (logits, targets, inv_tau) -> (logprob [N], entropy [N], norm [N, 2]) float32, where
+#: norm holds the row max m of the logits and log Σ exp((x − m)/τ)
 Forward = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-#: (logits, targets, lse, entropy, grad_logprob, grad_entropy, inv_tau) -> grad_logits
+#: (logits, targets, norm, entropy, grad_logprob, grad_entropy, inv_tau) -> grad_logits
 Backward = Callable[..., torch.Tensor]
 
 
@@ -45,11 +46,13 @@ def check_logprob_args(logits: torch.Tensor, targets: torch.Tensor, temperature:
 
 
 def _forward_chunk(logits: torch.Tensor, targets: torch.Tensor, inv_tau: float):
-    z = logits.float() * inv_tau
-    lse = torch.logsumexp(z, dim=-1)
-    logp = z - lse.unsqueeze(-1)
+    x = logits.float()
+    row_max = x.amax(-1)
+    d = (x - row_max.unsqueeze(-1)) * inv_tau  # max first: accurate under large offsets
+    log_s = torch.logsumexp(d, dim=-1)
+    logp = d - log_s.unsqueeze(-1)
     entropy = -(logp.exp() * logp).nan_to_num_(nan=0.0).sum(-1)
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy, lse
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy, torch.stack([row_max, log_s], -1)
 
 
 def forward_torch(logits: torch.Tensor, targets: torch.Tensor, inv_tau: float):
@@ -60,15 +63,15 @@ def forward_torch(logits: torch.Tensor, targets: torch.Tensor, inv_tau: float):
     ]
     if not parts:
         empty = logits.new_empty(0, dtype=torch.float32)
-        return empty, empty, empty
-    lp, ent, lse = (torch.cat(field) for field in zip(*parts, strict=True))
-    return lp, ent, lse
+        return empty, empty, empty.view(0, 2)
+    lp, ent, norm = (torch.cat(field) for field in zip(*parts, strict=True))
+    return lp, ent, norm
 
 
 def backward_torch(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    lse: torch.Tensor,
+    norm: torch.Tensor,
     entropy: torch.Tensor,
     grad_logprob: torch.Tensor,
     grad_entropy: torch.Tensor,
@@ -81,7 +84,8 @@ def backward_torch(
     """
     grad = torch.empty_like(logits)
     for rows in row_chunks(logits.shape[0], logits.shape[1], CHUNK_ELEMENTS):
-        logp = logits[rows].float() * inv_tau - lse[rows].unsqueeze(-1)
+        row_max, log_s = norm[rows].unsqueeze(-1).unbind(-2)
+        logp = (logits[rows].float() - row_max) * inv_tau - log_s
         p = logp.exp()
         ent_term = (p * (logp + entropy[rows].unsqueeze(-1))).nan_to_num_(nan=0.0)
         dz = -grad_logprob[rows].unsqueeze(-1) * p - grad_entropy[rows].unsqueeze(-1) * ent_term
@@ -107,16 +111,16 @@ class TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float, ops: RowOps):
         inv_tau = 1.0 / temperature
-        logprob, entropy, lse = ops.forward(logits, targets, inv_tau)
-        ctx.save_for_backward(logits, targets, lse, entropy)
+        logprob, entropy, norm = ops.forward(logits, targets, inv_tau)
+        ctx.save_for_backward(logits, targets, norm, entropy)
         ctx.inv_tau, ctx.ops = inv_tau, ops
         return logprob, entropy
 
     @staticmethod
     def backward(ctx, grad_logprob: torch.Tensor | None, grad_entropy: torch.Tensor | None):
-        logits, targets, lse, entropy = ctx.saved_tensors
-        g_lp, g_ent = _grads(grad_logprob, grad_entropy, lse)
-        grad = ctx.ops.backward(logits, targets, lse, entropy, g_lp, g_ent, ctx.inv_tau)
+        logits, targets, norm, entropy = ctx.saved_tensors
+        g_lp, g_ent = _grads(grad_logprob, grad_entropy, entropy)
+        grad = ctx.ops.backward(logits, targets, norm, entropy, g_lp, g_ent, ctx.inv_tau)
         return grad, None, None, None
 
 
@@ -135,22 +139,22 @@ class LinearTokenLogprobs(torch.autograd.Function):
             ops.forward(hidden[rows] @ weight.T, targets[rows], inv_tau)
             for rows in row_chunks(hidden.shape[0], 1, chunk_rows)
         ]
-        logprob, entropy, lse = (torch.cat(field) for field in zip(*parts, strict=True))
-        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+        logprob, entropy, norm = (torch.cat(field) for field in zip(*parts, strict=True))
+        ctx.save_for_backward(hidden, weight, targets, norm, entropy)
         ctx.inv_tau, ctx.ops, ctx.chunk_rows = inv_tau, ops, chunk_rows
         return logprob, entropy
 
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy):
-        hidden, weight, targets, lse, entropy = ctx.saved_tensors
-        g_lp, g_ent = _grads(grad_logprob, grad_entropy, lse)
+        hidden, weight, targets, norm, entropy = ctx.saved_tensors
+        g_lp, g_ent = _grads(grad_logprob, grad_entropy, entropy)
         want_h, want_w = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_w else None
         for rows in row_chunks(hidden.shape[0], 1, ctx.chunk_rows):
             h = hidden[rows]
             grad_logits = ctx.ops.backward(
-                h @ weight.T, targets[rows], lse[rows], entropy[rows], g_lp[rows], g_ent[rows], ctx.inv_tau
+                h @ weight.T, targets[rows], norm[rows], entropy[rows], g_lp[rows], g_ent[rows], ctx.inv_tau
             )
             if want_h:
                 grad_h[rows] = grad_logits @ weight

@@ -2,7 +2,7 @@
 
 Forward streams each row once with the online softmax of
 :func:`~unmask.kernels.sampling_triton.softmax_step` on ``z = x/τ`` and reads the
-target logit directly; it keeps ``lse`` per row for backward. Backward streams the
+target logit directly; it keeps the row max and ``log Σ e^{(x-max)/τ}`` for backward. Backward streams the
 row again and writes ``∂L/∂logits`` tile by tile in the logits dtype. Each output
 element is written by exactly one program, so results are deterministic.
 """
@@ -18,7 +18,7 @@ from unmask.kernels.sampling_triton import softmax_finish, softmax_step, tile_sh
 
 @triton.jit
 def _logprob_fwd(
-    X, stride, N, V, T, inv_tau, LOGP, ENT, LSE,
+    X, stride, N, V, T, inv_tau, LOGP, ENT, NORM,
     ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -31,18 +31,19 @@ def _logprob_fwd(
     for start in range(0, V, BLOCK):
         cols = start + cols0
         x = tl.load(row_ptr[:, None] + cols, mask=row_ok[:, None] & (cols < V), other=float("-inf"))
-        m, s, a, _, _ = softmax_step(x.to(tl.float32) * inv_tau, m, s, a)
+        m, s, a, _, _ = softmax_step(x.to(tl.float32), m, s, a, inv_tau)
     safe, log_s, entropy = softmax_finish(m, s, a)
     target = tl.load(T + rows, mask=row_ok, other=0)
-    z_t = tl.load(row_ptr + target, mask=row_ok, other=0.0).to(tl.float32) * inv_tau
-    tl.store(LOGP + rows, z_t - safe - log_s, mask=row_ok)
+    x_t = tl.load(row_ptr + target, mask=row_ok, other=0.0).to(tl.float32)
+    tl.store(LOGP + rows, (x_t - safe) * inv_tau - log_s, mask=row_ok)
     tl.store(ENT + rows, entropy, mask=row_ok)
-    tl.store(LSE + rows, safe + log_s, mask=row_ok)
+    tl.store(NORM + 2 * rows, safe, mask=row_ok)
+    tl.store(NORM + 2 * rows + 1, log_s, mask=row_ok)
 
 
 @triton.jit
 def _logprob_bwd(
-    X, stride, G, g_stride, N, V, T, LSE, ENT, G_LOGP, G_ENT, inv_tau,
+    X, stride, G, g_stride, N, V, T, NORM, ENT, G_LOGP, G_ENT, inv_tau,
     ROWS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -50,7 +51,8 @@ def _logprob_bwd(
     row_ptr = X + rows.to(tl.int64) * stride
     grad_ptr = G + rows.to(tl.int64) * g_stride
     cols0 = tl.arange(0, BLOCK)[None, :]
-    lse = tl.load(LSE + rows, mask=row_ok, other=0.0)[:, None]
+    row_max = tl.load(NORM + 2 * rows, mask=row_ok, other=0.0)[:, None]
+    log_s = tl.load(NORM + 2 * rows + 1, mask=row_ok, other=0.0)[:, None]
     entropy = tl.load(ENT + rows, mask=row_ok, other=0.0)[:, None]
     g_lp = tl.load(G_LOGP + rows, mask=row_ok, other=0.0)[:, None]
     g_ent = tl.load(G_ENT + rows, mask=row_ok, other=0.0)[:, None]
@@ -59,7 +61,7 @@ def _logprob_bwd(
         cols = start + cols0
         ok = row_ok[:, None] & (cols < V)
         x = tl.load(row_ptr[:, None] + cols, mask=ok, other=float("-inf")).to(tl.float32)
-        logp = x * inv_tau - lse
+        logp = (x - row_max) * inv_tau - log_s
         p = tl.exp(logp)
         ent_term = tl.where(p > 0, p * (logp + entropy), 0.0)
         dz = tl.where(cols == target, g_lp, 0.0) - g_lp * p - g_ent * ent_term
@@ -75,17 +77,18 @@ def forward_triton(logits: torch.Tensor, targets: torch.Tensor, inv_tau: float):
     """Triton twin of :func:`unmask.kernels.logprob.forward_torch`."""
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     n, v = logits.shape
-    logprob, entropy, lse = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(3))
+    logprob, entropy = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(2))
+    norm = torch.empty(n, 2, dtype=torch.float32, device=logits.device)
     if n:
         grid, rows, block = _grid(n, v)
         _logprob_fwd[grid](
-            logits, logits.stride(0), n, v, targets.contiguous(), inv_tau, logprob, entropy, lse,
+            logits, logits.stride(0), n, v, targets.contiguous(), inv_tau, logprob, entropy, norm,
             ROWS=rows, BLOCK=block,
         )
-    return logprob, entropy, lse
+    return logprob, entropy, norm
 
 
-def backward_triton(logits, targets, lse, entropy, grad_logprob, grad_entropy, inv_tau) -> torch.Tensor:
+def backward_triton(logits, targets, norm, entropy, grad_logprob, grad_entropy, inv_tau) -> torch.Tensor:
     """Triton twin of :func:`unmask.kernels.logprob.backward_torch`."""
     logits = logits if logits.stride(-1) == 1 else logits.contiguous()
     n, v = logits.shape
@@ -94,7 +97,7 @@ def backward_triton(logits, targets, lse, entropy, grad_logprob, grad_entropy, i
         grid, rows, block = _grid(n, v)
         _logprob_bwd[grid](
             logits, logits.stride(0), grad, grad.stride(0), n, v, targets.contiguous(),
-            lse, entropy, grad_logprob, grad_entropy, inv_tau, ROWS=rows, BLOCK=block,
+            norm, entropy, grad_logprob, grad_entropy, inv_tau, ROWS=rows, BLOCK=block,
         )
     return grad
 

@@ -24,18 +24,20 @@ TILE = 2048
 
 
 @triton.jit
-def softmax_step(x, m, s, a):
-    """Fold a ``[ROWS, BLOCK]`` tile into the running max ``m``, ``s = Σ e^{x-m}`` and
-    ``a = Σ e^{x-m}(x-m)``; also returns the max shift and ``x - m`` of the tile.
+def softmax_step(x, m, s, a, scale_by):
+    """Fold a ``[ROWS, BLOCK]`` tile into the running max ``m`` of ``x`` and, with
+    ``d = (x - m) · scale_by``, ``s = Σ e^d`` and ``a = Σ e^d d``; also returns the
+    tile's max shift (scaled) and ``d``. Subtracting the max before scaling keeps
+    ``d`` accurate for logits with a large common offset.
 
     ``-inf`` entries contribute nothing (never ``0 · -inf``), and an old sum that
     underflows under the new max is dropped rather than turned into NaN.
     """
     new_m = tl.maximum(m, tl.max(x, 1))
     safe = tl.where(new_m == float("-inf"), 0.0, new_m)
-    shift = m - safe
+    shift = (m - safe) * scale_by
     scale = tl.exp(shift)
-    d = x - safe[:, None]
+    d = (x - safe[:, None]) * scale_by
     e = tl.exp(d)
     a = tl.where(scale > 0, scale * (a + s * shift), 0.0) + tl.sum(tl.where(e > 0, e * d, 0.0), 1)
     s = scale * s + tl.sum(e, 1)
@@ -77,7 +79,7 @@ def _sample_kernel(
         b2 = tl.max(tl.where(cols0 == bi[:, None], neg_inf, x), 1)
         arg = tl.where(b1 > top1, start + bi, arg)
         top2 = tl.maximum(tl.minimum(top1, b1), tl.maximum(top2, b2))
-        top1, s, a, shift, d = softmax_step(x, top1, s, a)
+        top1, s, a, shift, d = softmax_step(x, top1, s, a, 1.0)
         if not GREEDY:
             st = tl.exp(shift.to(tl.float64) * inv_tau) * st + tl.sum(tl.exp(d.to(tl.float64) * inv_tau), 1)
     safe, log_s, entropy = softmax_finish(top1, s, a)
