@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import get_scheduler
 from unmask.rewards import RewardRunner, RewardSpec
-from unmask.rl.checkpoint import load_checkpoint, save_checkpoint
+from unmask.rl.checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from unmask.rl.estimators import Scores
 from unmask.rl.logging import MetricsLogger, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
@@ -68,6 +68,13 @@ def default_rows(recipe: Recipe) -> list[dict[str, Any]]:
     )
 
 
+def lora_replica(factory: Callable[[], DiffusionLM], **lora: Any) -> nn.Module:
+    """A rollout replica wrapped like the policy, so pushed LoRA tensors match by name."""
+    from unmask.models.lora import apply_lora
+
+    return apply_lora(factory(), **lora)
+
+
 class Trainer:
     def __init__(
         self,
@@ -76,7 +83,9 @@ class Trainer:
         eval_fn: EvalFn | None = None,
         model_factory: Callable[[], DiffusionLM] | None = None,
         rows: list[dict[str, Any]] | None = None,
+        pool: Any = None,
     ) -> None:
+        """``pool``: an existing ``RolloutPool`` (LoRA-wrapped like this run) to reuse, e.g. across a sweep."""
         self.recipe = recipe
         self.eval_fn = eval_fn
         self.out = Path(recipe.output_dir)
@@ -104,7 +113,10 @@ class Trainer:
         rw = recipe.rewards
         specs = [RewardSpec(f.name, f.weight, f.kwargs) for f in rw.functions]
         self.runner = RewardRunner(specs, num_workers=rw.num_workers, deadline_s=rw.timeout, on_error=rw.on_error)
-        self.pool = self._pool(factory)
+        self.owns_pool = pool is None
+        self.pool = self._pool(factory) if pool is None else pool
+        if self.pool is not None:
+            self.pool.update_adapter(trainable_state(self.unwrapped), 0)
         sampler = self.pool.generate if self.pool is not None else local_sampler(self.unwrapped)
         self.rollouts = Rollouts(
             self._timed("rollout", sampler), r, self._timed("reward", self.runner.score), base.tokenizer,
@@ -122,34 +134,33 @@ class Trainer:
         lora = self.recipe.lora
         if not lora.enabled:
             return base.train(), None
-        from unmask.models.lora import apply_lora
-
-        policy = apply_lora(base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules)
+        policy = lora_replica(lambda: base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                              target_modules=lora.target_modules)
         return policy.train(), None
 
     def _pool(self, factory: Callable[[], DiffusionLM]) -> Any:
         ray = self.recipe.ray
         if ray.address is None:
             return None
-        from unmask.rollouts import RolloutPool
+        if not self.recipe.lora.enabled:
+            raise UserError(
+                "ray.address: the rollout pool syncs LoRA adapters only; set lora.enabled: true "
+                "or ray.address: null to roll out in-process with fully fine-tuned weights"
+            )
+        from unmask.rollouts.pool import RolloutPool
 
-        pool = RolloutPool(factory, num_workers=ray.num_workers, address=ray.address)
-        self._push(pool, version=0)
-        return pool
+        lora = self.recipe.lora
+        replica = functools.partial(
+            lora_replica, factory, r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules
+        )
+        return RolloutPool(
+            replica, num_workers=ray.num_workers, address=None if ray.address == "local" else ray.address,
+            num_cpus_per_worker=ray.num_cpus_per_worker, num_gpus_per_worker=ray.num_gpus_per_worker,
+        )
 
     @property
     def unwrapped(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
-
-    def _push(self, pool: Any, version: int) -> None:
-        """Send the trainable tensors (only LoRA's with an adapter) to the rollout workers."""
-        if self.recipe.lora.enabled:
-            from peft import get_peft_model_state_dict
-
-            state = get_peft_model_state_dict(self.unwrapped)
-        else:
-            state = self.unwrapped.state_dict()
-        pool.update_adapter({k: v.detach().cpu() for k, v in state.items()}, version)
 
     def _timed(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -264,9 +275,10 @@ class Trainer:
         update_began = time.perf_counter()
         metrics.update(batch.metrics)
         metrics.update(self.update(batch))
-        self.scheduler.step()
+        if not metrics["skipped"]:
+            self.scheduler.step()  # the schedule counts optimizer updates, not skipped steps
         if self.pool is not None:
-            self._push(self.pool, version=self.step + 1)
+            self.pool.update_adapter(trainable_state(self.unwrapped), self.step + 1)
         total = time.perf_counter() - began
         metrics.update({
             "lr": self.scheduler.get_last_lr()[0],
@@ -299,7 +311,7 @@ class Trainer:
         state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler)
         self.step, self.bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
         if self.pool is not None:
-            self._push(self.pool, version=self.step)
+            self.pool.update_adapter(trainable_state(self.unwrapped), self.step)
 
     def steps(self) -> Iterator[dict[str, float]]:
         """Run to ``optim.max_steps``, yielding each step's metrics after logging them."""
@@ -330,8 +342,8 @@ class Trainer:
         finally:
             logger.close()
             self.runner.close()
-            if self.pool is not None:
-                self.pool.close()
+            if self.pool is not None and self.owns_pool:
+                self.pool.shutdown()
 
 
 def _describe(metrics: dict[str, float]) -> str:
@@ -348,10 +360,11 @@ def train(
     eval_fn: EvalFn | None = None,
     model_factory: Callable[[], DiffusionLM] | None = None,
     rows: list[dict[str, Any]] | None = None,
+    pool: Any = None,
 ) -> dict[str, float]:
     """Train with ``recipe``; returns the last step's metrics."""
     last: dict[str, float] = {}
-    for metrics in Trainer(recipe, eval_fn=eval_fn, model_factory=model_factory, rows=rows).steps():
+    for metrics in Trainer(recipe, eval_fn=eval_fn, model_factory=model_factory, rows=rows, pool=pool).steps():
         last = metrics
     return last
 

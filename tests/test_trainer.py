@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 from unmask.rl.logging import read_metrics
-from unmask.rl.trainer import Trainer, TrainingDiverged, train
+from unmask.rl.trainer import Trainer, TrainingDiverged, lora_replica, train
+from unmask.rollouts.pool import RolloutPool
 
 from unmask.models.tiny import tiny
 from unmask.recipe import validate_recipe
@@ -48,14 +49,25 @@ def recipe(tmp_path, algorithm: str, **sections):
     return validate_recipe(raw, "test")
 
 
+@pytest.fixture(scope="module")
+def ray_pool():
+    """One local Ray session and one-actor pool for the module: starting them costs seconds."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    pool = RolloutPool(functools.partial(lora_replica, make_model, r=4, alpha=8), num_workers=1)
+    yield pool
+    pool.shutdown()
+    ray.shutdown()
+
+
 def comparable(record):
     return {k: v for k, v in record.items() if not k.startswith("time/") and k != "tokens_per_second"}
 
 
 @pytest.mark.parametrize("algorithm", ["diffu_grpo", "mdpo", "igpo", "wd1"])
-def test_three_steps_of_each_algorithm(tmp_path, algorithm):
-    r = recipe(tmp_path, algorithm)
-    trainer = Trainer(r, model_factory=make_model, rows=ROWS)
+def test_three_steps_of_each_algorithm_through_the_ray_pool(tmp_path, algorithm, ray_pool):
+    r = recipe(tmp_path, algorithm, ray={"address": "local", "num_workers": 1})
+    trainer = Trainer(r, model_factory=make_model, rows=ROWS, pool=ray_pool)
     before = {k: v.clone() for k, v in trainer.unwrapped.named_parameters() if v.requires_grad}
     last = list(trainer.steps())[-1]
     records = read_metrics(tmp_path / algorithm / "metrics.jsonl")
@@ -64,6 +76,7 @@ def test_three_steps_of_each_algorithm(tmp_path, algorithm):
                 "time/rollout", "time/reward", "time/update", "rewards/test_trainer:digit_reward/mean"):
         assert key in last and math.isfinite(last[key]), key
     assert last["skipped"] == 0.0 and last["forward_passes"] > 0
+    assert ray_pool.num_workers == 1 and ray_pool.version == 3  # adapter pushed after every update
     after = dict(trainer.unwrapped.named_parameters())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter learned something
     assert (tmp_path / algorithm / "checkpoint-3" / "trainable.safetensors").is_file()
