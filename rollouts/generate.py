@@ -66,8 +66,8 @@ def generate(
     batch, plen = prompt_ids.shape
     device, mask_id = prompt_ids.device, model.mask_token_id
     hint_mask, hint_tokens = _check_hints(hints, batch, gen_length, mask_id, device)
-    row_seeds = _row_seeds(seed, batch)
-    generators = [torch.Generator().manual_seed(s) for s in row_seeds]
+    seeds = row_seeds(seed, batch)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     answer = torch.where(hint_mask, hint_tokens, torch.full_like(hint_tokens, mask_id))
     full_mask = None
@@ -136,7 +136,7 @@ def generate(
         "gen_length": gen_length, "steps": steps, "block_length": block_length,
         "temperature": temperature, "remasking": remasking, "cfg_scale": cfg_scale,
         "threshold": threshold, "schedule": schedule, "schedule_k": schedule_k,
-        "confidence": confidence, "seed": row_seeds,
+        "confidence": confidence, "seed": seeds,
     }
     return Trajectory(
         tokens=tokens.cpu(),
@@ -169,7 +169,8 @@ def _uniforms(generators: list[torch.Generator], length: int, device: torch.devi
     return draws[:, 0], draws[:, 1]
 
 
-def _row_seeds(seed: Seed, batch: int) -> list[int]:
+def row_seeds(seed: Seed, batch: int) -> list[int]:
+    """One seed per row: ``seed + row`` for an int, a fresh random base for ``None``."""
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     if isinstance(seed, int):

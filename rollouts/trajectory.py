@@ -95,6 +95,36 @@ class Trajectory:
         }
         return replace(self, **per_row, **per_step)
 
+    @classmethod
+    def cat(cls, parts: list[Trajectory]) -> Trajectory:
+        """Rows of several trajectories with one prompt length, in order (e.g. from pool workers).
+
+        Per-step records of parts that ran fewer steps (threshold decoding) are
+        padded with steps where nothing is masked, which leaves ``canvas`` exact.
+        """
+        if len({part.prompt_length for part in parts}) != 1:
+            raise ValueError("Trajectory.cat needs parts with the same prompt length")
+        first = parts[0]
+        per_row = {
+            name: torch.cat([getattr(part, name) for part in parts])
+            for name in ("tokens", "attention_mask", "answer_mask", "commit_step", "hint_mask", "nfe")
+        }
+        steps = max(part.num_steps for part in parts)
+        per_step = {}
+        for name in ("step_masked", "step_pred", "step_confidence", "step_logprob"):
+            if getattr(first, name) is None:
+                per_step[name] = None
+                continue
+            padded = []
+            for part in parts:
+                value = getattr(part, name)
+                filler = part.answer_ids if name == "step_pred" else torch.zeros_like(value[0])
+                extra = filler.to(value.dtype).unsqueeze(0).expand(steps - value.shape[0], -1, -1)
+                padded.append(torch.cat([value, extra]))
+            per_step[name] = torch.cat(padded, dim=1)
+        seeds = [seed for part in parts for seed in part.settings.get("seed", [])]
+        return replace(first, **per_row, **per_step, settings={**first.settings, "seed": seeds})
+
     def to(self, device: torch.device | str) -> Trajectory:
         moved = {
             name: value.to(device)
