@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unmask.models.kv_cache import KVCache
+
 
 class DiffusionLM(nn.Module):
     """Base class of every model family.
@@ -55,8 +57,21 @@ class DiffusionLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        *,
+        logits_at: torch.Tensor | None = None,
+        columns: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Position-aligned logits ``[B, L, V]``."""
+        """Position-aligned logits ``[B, L, V]`` (``[B, n, V]`` for ``n`` requested columns).
+
+        Optional, for fast rollouts (sampling.md §5): ``logits_at`` (``[n]`` long
+        canvas columns) applies the LM head only there, since the full ``[B, L, V]``
+        tensor is a step's largest for a big vocabulary. ``columns`` runs only those
+        canvas columns through the blocks (plus any the head reads, e.g. Dream's
+        ``i − 1``), attending to the other columns' keys/values in ``cache``, whose
+        computed columns are refreshed in place; it defaults to the logits columns.
+        ``cache`` without ``columns`` runs the full canvas and fills the cache.
+        """
         raise NotImplementedError
 
     def forward(
@@ -64,8 +79,9 @@ class DiffusionLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        **fast: Any,
     ) -> torch.Tensor:
-        return self.logits(input_ids, attention_mask=attention_mask, positions=positions)
+        return self.logits(input_ids, attention_mask=attention_mask, positions=positions, **fast)
 
     # -- prompts -----------------------------------------------------------
     def format_prompt(self, text: str) -> str:

@@ -1,8 +1,10 @@
 """Native Dream (Dream-org/Dream-v0-*-7B): Qwen2 weights, bidirectional attention.
 
 Dream was adapted from an autoregressive model, so its raw logits at position
-``i`` predict token ``i + 1``; ``align`` shifts them here so that the rest of the
-toolkit sees position-aligned logits like every other family.
+``i`` predict token ``i + 1``; ``logit_shift = 1`` makes the shared forward read
+the logits of position ``i`` from the block output at ``i − 1`` (each row's first
+real token keeps its own), so the rest of the toolkit sees position-aligned
+logits like every other family, also when only some positions are computed.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unmask.models.base import positions_from_mask
+from unmask.models.kv_cache import KVHook
 from unmask.models.layers import RMSNorm, attention, swiglu
-from unmask.models.native import NativeConfig, NativeLM, check_heads
+from unmask.models.native import Dims, NativeConfig, NativeLM, check_heads
 
 
 @dataclass
@@ -61,11 +63,15 @@ class DreamAttention(nn.Module):
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        key_mask: torch.Tensor | None,
+        kv: KVHook | None = None,
     ) -> torch.Tensor:
         return attention(
             x, self.q_proj, self.k_proj, self.v_proj, self.o_proj,
-            self.n_heads, self.n_kv_heads, rope, key_mask,
+            self.n_heads, self.n_kv_heads, rope, key_mask, kv,
         )  # fmt: skip
 
 
@@ -90,20 +96,25 @@ class DreamLayer(nn.Module):
         self.mlp = DreamMLP(config)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        key_mask: torch.Tensor | None,
+        kv: KVHook | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, key_mask)
+        x = x + self.self_attn(self.input_layernorm(x), rope, key_mask, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Dream(NativeLM):
-    """Dream: Qwen2 layout (``model.layers.N``, ``lm_head``), shifted logits aligned here."""
+    """Dream: Qwen2 layout (``model.layers.N``, ``lm_head``), shifted logits aligned by ``logit_shift``."""
 
     family = "dream"
     config_class = DreamConfig
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     lm_head_name = "lm_head"
     lora_scope = r"model\.layers\.\d+\.(self_attn|mlp)"
+    logit_shift = 1
 
     def __init__(self, config: DreamConfig, tokenizer: Any = None) -> None:
         super().__init__(config, tokenizer)
@@ -115,6 +126,14 @@ class Dream(NativeLM):
         self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def dims(self) -> Dims:
+        c = self.config
+        return Dims(
+            c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
+            c.num_key_value_heads, c.intermediate_size, c.vocab_size,
+        )  # fmt: skip
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
@@ -128,11 +147,3 @@ class Dream(NativeLM):
         if self.config.tie_word_embeddings:
             return F.linear(hidden, self.model.embed_tokens.weight)
         return self.lm_head(hidden)
-
-    def align(self, raw: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """``logits[:, i] = raw[:, i - 1]``; each row's first real token keeps its own."""
-        b, length, vocab = raw.shape
-        index = torch.arange(length, device=raw.device).expand(b, length)
-        first = index == 0 if attention_mask is None else positions_from_mask(attention_mask) == 0
-        source = torch.where(first, index, index - 1)
-        return raw.gather(1, source[..., None].expand(b, length, vocab))

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from unmask.models.kv_cache import KVHook
+
 
 class RMSNorm(nn.Module):
     """RMSNorm with a learned scale (``weight``).
@@ -65,16 +67,21 @@ def attention(
     n_kv_heads: int,
     rope: tuple[torch.Tensor, torch.Tensor],
     key_mask: torch.Tensor | None,
+    kv: KVHook | None = None,
 ) -> torch.Tensor:
     """Bidirectional multi-head (or grouped-query) self-attention through SDPA.
 
     ``key_mask`` ``[B, 1, 1, L]`` (True = attend) hides padding from every query.
+    ``kv`` exchanges the keys/values of ``x``'s columns for those of the whole
+    canvas (a ``KVCache`` hook), so ``x`` may hold only the recomputed columns.
     """
     b, length, _ = x.shape
     q = q_proj(x).view(b, length, n_heads, -1).transpose(1, 2)
     k = k_proj(x).view(b, length, n_kv_heads, -1).transpose(1, 2)
     v = v_proj(x).view(b, length, n_kv_heads, -1).transpose(1, 2)
     q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    if kv is not None:
+        k, v = kv(k, v)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=key_mask, is_causal=False, enable_gqa=n_kv_heads != n_heads
     )
@@ -92,12 +99,17 @@ def run_blocks(
     rope: tuple[torch.Tensor, torch.Tensor],
     key_mask: torch.Tensor | None,
     use_checkpointing: bool,
+    kv_hooks: Sequence[KVHook] | None = None,
 ) -> torch.Tensor:
-    """Apply the residual blocks, optionally recomputing activations in backward."""
-    for block in blocks:
+    """Apply the residual blocks, optionally recomputing activations in backward.
+
+    ``kv_hooks`` holds one ``KVCache`` hook per block (cached decoding, no grad).
+    """
+    for index, block in enumerate(blocks):
         call: Callable[..., torch.Tensor] = block
+        kv = None if kv_hooks is None else kv_hooks[index]
         if use_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(call, x, rope, key_mask, use_reentrant=False)
+            x = checkpoint(call, x, rope, key_mask, kv, use_reentrant=False)
         else:
-            x = call(x, rope, key_mask)
+            x = call(x, rope, key_mask, kv)
     return x

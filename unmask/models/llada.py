@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unmask.models.kv_cache import KVHook
 from unmask.models.layers import RMSNorm, attention, swiglu
-from unmask.models.native import NativeConfig, NativeLM, check_heads
+from unmask.models.native import Dims, NativeConfig, NativeLM, check_heads
 
 
 @dataclass
@@ -89,6 +90,7 @@ class LLaDABlock(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         key_mask: torch.Tensor | None,
+        kv: KVHook | None = None,
     ) -> torch.Tensor:
         x = x + attention(
             self.attn_norm(x),
@@ -100,6 +102,7 @@ class LLaDABlock(nn.Module):
             self.n_kv_heads,
             rope,
             key_mask,
+            kv,
         )
         return x + swiglu(self.ff_norm(x), self.ff_proj, self.up_proj, self.ff_out)
 
@@ -135,6 +138,11 @@ class LLaDA(NativeLM):
         ids = super().eos_token_ids
         eot = END_OF_TURN_ID
         return ids if eot in ids or eot >= self.config.padded_vocab else (*ids, eot)
+
+    @property
+    def dims(self) -> Dims:
+        c = self.config
+        return Dims(c.d_model, c.n_layers, c.n_heads, c.n_kv_heads or c.n_heads, c.mlp_hidden_size, c.padded_vocab)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.transformer.wte(input_ids)

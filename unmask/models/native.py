@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from huggingface_hub import save_torch_state_dict
@@ -18,7 +18,24 @@ from torch import nn
 
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM, positions_from_mask
+from unmask.models.kv_cache import KVCache
 from unmask.models.layers import rotary, run_blocks
+
+
+class Dims(NamedTuple):
+    """Sizes of a transformer forward: width, depth, heads, MLP hidden size, vocabulary."""
+
+    width: int
+    layers: int
+    heads: int
+    kv_heads: int
+    mlp: int
+    vocab: int
+
+
+def _union(columns: torch.Tensor, sources: torch.Tensor | None) -> torch.Tensor:
+    """Sorted distinct columns to run: the requested ones and those the head reads."""
+    return torch.unique(columns if sources is None else torch.cat([columns, sources.flatten()]))
 
 
 class CheckpointError(UserError, ValueError):
@@ -79,6 +96,8 @@ class NativeLM(DiffusionLM):
     # -- what a family provides --------------------------------------------
     head_dim: int
     rope_theta: float
+    #: raw output at position ``i`` predicts token ``i + logit_shift`` (Dream: 1)
+    logit_shift: ClassVar[int] = 0
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -91,30 +110,79 @@ class NativeLM(DiffusionLM):
         """Final norm and LM head."""
         raise NotImplementedError
 
-    def align(self, raw: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Turn the network's raw logits into position-aligned ones (identity by default)."""
-        return raw
-
     # -- forward ------------------------------------------------------------
     def logits(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        *,
+        logits_at: torch.Tensor | None = None,
+        columns: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
+        """Position-aligned logits; see ``DiffusionLM.logits`` for the optional arguments.
+
+        Rotary angles and the padding mask always come from the full canvas, so a
+        partial forward sees each column at the position the full one does.
+        """
+        b, length = input_ids.shape
         mask = None if attention_mask is None else attention_mask.bool()
         if positions is None:
             positions = (
-                torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+                torch.arange(length, device=input_ids.device).expand(b, length)
                 if mask is None
                 else positions_from_mask(mask)
             )
-        rope = rotary(positions, self.head_dim, self.rope_theta)
+        wanted = logits_at if logits_at is not None else columns
+        sources = self._logit_sources(wanted, mask, b, length, input_ids.device)
+        run = None if columns is None else _union(columns, sources)
+        if run is not None and cache is None:
+            raise ValueError("a forward over a column subset needs the KVCache holding the other columns")
+        rope = rotary(positions if run is None else positions[:, run], self.head_dim, self.rope_theta)
         key_mask = None if mask is None else mask[:, None, None, :]
         hidden = run_blocks(
-            self.blocks, self.embed(input_ids), rope, key_mask, self.gradient_checkpointing
+            self.blocks,
+            self.embed(input_ids if run is None else input_ids[:, run]),
+            rope,
+            key_mask,
+            self.gradient_checkpointing,
+            None if cache is None else cache.hooks(run),
         )
-        return self.align(self.head(hidden), mask)
+        if sources is not None:
+            index = sources if run is None else torch.searchsorted(run, sources.contiguous())
+            hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+        return self.head(hidden)
+
+    def _logit_sources(
+        self,
+        wanted: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        batch: int,
+        length: int,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """``[B, n]`` column whose block output gives the logits at each wanted column.
+
+        ``None`` means "every column, from itself" (no gather needed). With a
+        ``logit_shift`` (Dream) it is the column before, except for a row's first
+        real token (and its left padding), which keep their own output.
+        """
+        if self.logit_shift == 0:
+            return None if wanted is None else wanted.expand(batch, -1)
+        cols = torch.arange(length, device=device) if wanted is None else wanted
+        index = torch.arange(length, device=device).expand(batch, length)
+        first = (index if mask is None else positions_from_mask(mask))[:, cols] == 0
+        return torch.where(first, cols, cols - self.logit_shift)
+
+    def new_cache(self) -> KVCache:
+        """An empty cache for this model's blocks (a forward with ``columns=None`` fills it)."""
+        return KVCache(len(self.blocks))
+
+    @property
+    def dims(self) -> Dims:
+        """The sizes that set a forward's cost (read by the FLOP counter)."""
+        raise NotImplementedError
 
     # -- training switches ---------------------------------------------------
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None) -> None:

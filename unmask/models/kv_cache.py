@@ -1,0 +1,54 @@
+"""Keys and values of every block over the whole canvas, for approximate cached decoding.
+
+Block decoding (sampling.md §5) recomputes only some canvas columns per step and
+lets them attend to keys/values of the other columns kept from an earlier step.
+The cache holds, per layer, rotated keys and values for *all* columns; a forward
+over a column subset overwrites those columns in place and attends to the whole
+canvas, so prefix and dual caching differ only in which columns a step
+recomputes. Inference only: the in-place updates are invisible to autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+#: given the fresh ``(keys, values)`` of the computed columns, return those of the whole canvas
+KVHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class KVCache:
+    """Per-layer ``[B, H_kv, L, head_dim]`` keys and values (empty until a full forward fills it)."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    @property
+    def filled(self) -> bool:
+        return all(k is not None for k in self.keys)
+
+    def hooks(self, columns: torch.Tensor | None) -> list[KVHook]:
+        """One hook per layer: store all columns (``None``) or refresh ``columns`` and read the rest."""
+        if columns is not None and not self.filled:
+            raise ValueError("KVCache is empty: run a forward over every column first (columns=None)")
+        return [self._hook(layer, columns) for layer in range(len(self.keys))]
+
+    def _hook(self, layer: int, columns: torch.Tensor | None) -> KVHook:
+        def exchange(k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if columns is None:
+                self.keys[layer], self.values[layer] = k, v
+            else:
+                self.keys[layer].index_copy_(2, columns, k)
+                self.values[layer].index_copy_(2, columns, v)
+            return self.keys[layer], self.values[layer]
+
+        return exchange
+
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """The cache of the given batch rows only (the batch shrinks as rows finish)."""
+        kept = KVCache(len(self.keys))
+        kept.keys = [None if k is None else k[rows] for k in self.keys]
+        kept.values = [None if v is None else v[rows] for v in self.values]
+        return kept
