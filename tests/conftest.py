@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Triton kernels run on CPU tensors through the interpreter; must be set before torch
+# (dynamo) imports triton in compiled mode.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
 
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True, warn_only=True)
