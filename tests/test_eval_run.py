@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from unmask.cli import main
+from unmask.cli import build_parser, main, resolve_recipe_path
 from unmask.data import countdown
 from unmask.evaluation import (
     COUNTDOWN_EVAL_SEED,
@@ -19,7 +19,9 @@ from unmask.evaluation import (
     read_samples,
     settings_grid,
 )
+from unmask.evaluation.cli import apply_family_templates
 from unmask.evaluation.loading import load_eval_model
+from unmask.evaluation.settings import default_gen_lengths
 from unmask.models import tiny
 
 LABEL = "len8-steps4-block8-low_confidence-t0"
@@ -83,6 +85,7 @@ def test_every_benchmark_format_outputs_and_resume(tiny_dir: Path, shared_data: 
 
 def test_cli_agrees_with_in_memory_evaluate_on_held_out_countdown(tiny_dir: Path, tmp_path: Path) -> None:
     rows = benchmark_rows("countdown", limit=3)
+    apply_family_templates({"countdown": rows}, "tiny")
     generated = countdown.generate(3, seed=COUNTDOWN_EVAL_SEED)
     assert [(r["nums"], r["target"]) for r in rows] == [(g["nums"], g["target"]) for g in generated]
     assert _eval(tiny_dir, tmp_path / "cli", "--bench", "countdown", "--limit", "3") == 0
@@ -91,6 +94,22 @@ def test_cli_agrees_with_in_memory_evaluate_on_held_out_countdown(tiny_dir: Path
     assert [r["completion"] for r in result.records] == [r["completion"] for r in cli]
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())["results"][0]
     assert result.accuracy() == summary["accuracy"]
+
+
+def test_cli_defaults_match_the_default_runs_evaluation() -> None:
+    """`unmask eval --bench countdown` on a tiny model = the default run's greedy 2 tok/step phase."""
+    from unmask.recipe import load_recipe
+    from unmask.run import eval_rows, eval_settings
+
+    recipe = load_recipe(resolve_recipe_path("tiny/countdown_mdpo"))
+    defaults = build_parser().parse_args(["eval"])
+    (setting,) = settings_grid(default_gen_lengths("tiny"), block_length=defaults.block_length,
+                               temperature=defaults.temperature, remasking=defaults.remasking)  # fmt: skip
+    assert setting in eval_settings(recipe).values()
+    assert defaults.seed == recipe.seed and recipe.data.chat_template is False
+    rows = {"countdown": benchmark_rows("countdown")}
+    apply_family_templates(rows, "tiny")
+    assert [r["prompt"] for r in rows["countdown"]] == [r["prompt"] for r in eval_rows(recipe)]
 
 
 def test_sampled_answers_are_seeded_per_problem_and_sample(shared_data: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from unmask.data import render_prompt
 from unmask.errors import UserError
 from unmask.evaluation.benchmarks import benchmark_rows, parse_benchmarks
 from unmask.evaluation.compare import compare_runs, print_comparison
@@ -34,6 +35,28 @@ def default_out_dir(model: str, adapter: str | None) -> Path:
     name = Path(str(adapter or model).rstrip("/")).name.split(":")[-1]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name) or "model"
     return Path("runs") / "eval" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def family_template(family: str, bench: str) -> str | None:
+    """The prompt a model family was trained on, where it differs from the task's default.
+
+    Tiny models are pretrained on a shorter Countdown prompt (``unmask.pretrain``);
+    evaluating them on another would measure prompt transfer, not the model.
+    """
+    if family == "tiny" and bench == "countdown":
+        from unmask.pretrain import TINY_TEMPLATE
+
+        return TINY_TEMPLATE
+    return None
+
+
+def apply_family_templates(rows: dict[str, list[dict[str, Any]]], family: str) -> None:
+    """Re-render ``{bench: rows}`` prompts with ``family_template`` where there is one."""
+    for bench, bench_rows in rows.items():
+        template = family_template(family, bench)
+        if template is not None:
+            for row in bench_rows:
+                row["prompt"] = render_prompt(bench, row, template)
 
 
 def _check_positive(args: argparse.Namespace) -> None:
@@ -77,6 +100,7 @@ def run_eval(args: argparse.Namespace) -> int:
     benches = parse_benchmarks(args.bench)
     rows = {b: benchmark_rows(b, data_dir=args.data_dir, limit=args.limit) for b in benches}
     model = load_eval_model(args.model, args.adapter)
+    apply_family_templates(rows, model.family)
     lengths = parse_int_list("--gen-length", args.gen_length) or default_gen_lengths(model.family)
     grid = settings_grid(
         lengths, parse_int_list("--steps", args.steps), args.block_length, args.temperature, args.remasking

@@ -48,15 +48,17 @@ def sample_seed(seed: int, bench: str, problem: int, sample: int) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def encode_prompts(model: DiffusionLM, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask of chat-formatted prompts on the model's device.
+def encode_prompts(
+    model: DiffusionLM, texts: Sequence[str], chat_template: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask of (chat-formatted) prompts on the model's device.
 
     A chat template already writes the special tokens it needs, so the tokenizer
-    only adds its own (BOS) when there is none.
+    only adds its own (BOS) when none is applied.
     """
     tok = model.tokenizer
-    formatted = [model.format_prompt(t) for t in texts]
-    has_template = bool(getattr(tok, "chat_template", None))
+    has_template = chat_template and bool(getattr(tok, "chat_template", None))
+    formatted = [model.format_prompt(t) for t in texts] if has_template else list(texts)
     previous, tok.padding_side = tok.padding_side, "left"
     try:
         enc = tok(formatted, padding=True, return_tensors="pt", add_special_tokens=not has_template)
@@ -86,6 +88,7 @@ def evaluate(
     num_samples: int = 1,
     batch_size: int = 32,
     seed: int = 0,
+    chat_template: bool = True,
     log: SampleLog | None = None,
     progress: Progress | None = None,
     generate_fn: GenerateFn = generate,
@@ -94,7 +97,8 @@ def evaluate(
 
     With a ``log``, (problem, sample, setting) keys already in it are skipped and
     new records are appended after every batch, which is what makes an interrupted
-    run resumable. ``generate_fn`` defaults to the in-process sampler; a rollout
+    run resumable. ``chat_template=False`` feeds the raw prompts (recipes with
+    ``data.chat_template: false``). ``generate_fn`` defaults to the in-process sampler; a rollout
     pool's ``generate`` with the same signature spreads batches over workers.
     """
     if task not in GRADER_TASK:
@@ -114,7 +118,9 @@ def evaluate(
     try:
         for setting, units in todo.items():
             for start in range(0, len(units), batch_size):
-                batch = _run_batch(model, rows, task, setting, units[start : start + batch_size], seed, generate_fn)
+                batch = _run_batch(
+                    model, rows, task, setting, units[start : start + batch_size], seed, chat_template, generate_fn
+                )
                 fresh.extend(batch)
                 if log is not None:
                     log.append(batch)
@@ -134,11 +140,12 @@ def _run_batch(
     setting: EvalSettings,
     units: Sequence[tuple[int, int]],
     seed: int,
+    chat_template: bool,
     generate_fn: GenerateFn,
 ) -> list[dict[str, Any]]:
     """Generate, decode and grade one batch of (problem, sample) units under ``setting``."""
     prompts = [rows[p]["prompt"] for p, _ in units]
-    ids, mask = encode_prompts(model, prompts)
+    ids, mask = encode_prompts(model, prompts, chat_template)
     seeds = [sample_seed(seed, task, p, k) for p, k in units]
     started = time.perf_counter()
     trajectory = generate_fn(model, ids, attention_mask=mask, seed=seeds, **setting.as_dict())
