@@ -169,3 +169,12 @@ def test_adapter_is_merged_into_the_model(tiny_dir: Path, tmp_path: Path) -> Non
         assert torch.allclose(merged.logits(ids), peft_model.logits(ids), atol=1e-5)
         assert not torch.allclose(merged.logits(ids), load_eval_model(str(tiny_dir)).logits(ids), atol=1e-3)
     assert _eval(tiny_dir, tmp_path / "z", "--adapter", str(tmp_path), "--bench", "countdown") == 2
+
+
+@pytest.mark.slow
+def test_ray_workers_give_the_same_answers(tiny_dir: Path, tmp_path: Path) -> None:
+    args = ("--bench", "countdown", "--limit", "4", "--temperature", "0.8", "--batch-size", "4")
+    assert _eval(tiny_dir, tmp_path / "one", *args) == 0
+    assert _eval(tiny_dir, tmp_path / "two", *args, "--workers", "2") == 0
+    one, two = (read_samples(tmp_path / name / "samples.jsonl") for name in ("one", "two"))
+    assert [r["completion"] for r in one] == [r["completion"] for r in two]

@@ -8,9 +8,12 @@ and ``table.md``. Rerunning with the same ``--out`` only generates missing sampl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,10 @@ from unmask.evaluation.benchmarks import benchmark_rows, parse_benchmarks
 from unmask.evaluation.compare import compare_runs, print_comparison
 from unmask.evaluation.loading import load_eval_model
 from unmask.evaluation.report import print_table, write_report
-from unmask.evaluation.runner import evaluate
+from unmask.evaluation.runner import GenerateFn, evaluate
 from unmask.evaluation.settings import default_gen_lengths, parse_int_list, settings_grid
 from unmask.evaluation.store import SampleLog
+from unmask.rollouts import RolloutPool, generate
 
 RUN_FILE = "run.json"
 
@@ -81,6 +85,22 @@ def _claim_out_dir(out: Path, identity: dict[str, Any]) -> None:
         run_file.write_text(json.dumps(identity, indent=2) + "\n")
 
 
+@contextmanager
+def sampler(model: str, adapter: str | None, workers: int) -> Iterator[GenerateFn]:
+    """The in-process sampler, or a Ray ``RolloutPool`` of ``workers`` model replicas.
+
+    Rows carry their own seeds, so both give the same answers; the pool only adds throughput.
+    """
+    if workers == 1:
+        yield generate
+        return
+    pool = RolloutPool(functools.partial(load_eval_model, model, adapter), workers)
+    try:
+        yield lambda _model, prompt_ids, **kwargs: pool.generate(prompt_ids, **kwargs)
+    finally:
+        pool.shutdown()
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -107,18 +127,16 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     if args.num_samples > 1 and args.temperature == 0:
         console.print("[yellow]warning: --num-samples > 1 with --temperature 0 repeats near-identical answers")
-    if args.workers > 1:
-        raise UserError("--workers > 1 needs the Ray rollout pool, which is not available yet; use --workers 1")
 
     out = Path(args.out) if args.out else default_out_dir(args.model, args.adapter)
     _claim_out_dir(out, {"model": args.model, "adapter": args.adapter, "seed": args.seed})
     log = SampleLog(out)
     records = []
-    with _progress(console) as progress:
+    with sampler(args.model, args.adapter, args.workers) as generate_fn, _progress(console) as progress:
         for bench in benches:
             result = evaluate(
-                model, rows[bench], bench, grid, num_samples=args.num_samples,
-                batch_size=args.batch_size, seed=args.seed, log=log, progress=progress,
+                model, rows[bench], bench, grid, num_samples=args.num_samples, batch_size=args.batch_size,
+                seed=args.seed, log=log, progress=progress, generate_fn=generate_fn,
             )  # fmt: skip
             records.extend(result.records)
     meta = {
