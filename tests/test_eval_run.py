@@ -65,7 +65,7 @@ def test_every_benchmark_format_outputs_and_resume(tiny_dir: Path, shared_data: 
         assert isinstance(r["completion"], str) and isinstance(r["correct"], bool)
         assert 0 <= r["answer_tokens"] <= 8 and 1 <= r["nfe"] <= 4
     table = (out / "table.md").read_text().splitlines()
-    assert table[0].startswith("| benchmark | setting | problems | accuracy |")
+    assert table[0].startswith("| benchmark | setting | n | acc % |")
     assert sorted(row.split(" | ")[0].strip("| ") for row in table[2:]) == sorted(BENCHES)
     summary = json.loads((out / "summary.json").read_text())
     assert {r["bench"]: r["problems"] for r in summary["results"]} == dict.fromkeys(BENCHES, 2)

@@ -87,7 +87,7 @@ def print_comparison(comparisons: list[Comparison], console: Console | None = No
     console = console or Console()
     table = Table(title="B − A (paired bootstrap 95% CI)")
     for header in ("benchmark", "setting", "problems", "A", "B", "diff", "95% CI", "gained", "lost"):
-        table.add_column(header)
+        table.add_column(header, overflow="fold")
     for c in comparisons:
         table.add_row(
             c.bench, c.setting, str(c.ci.n), f"{100 * c.accuracy_a:.1f}", f"{100 * c.accuracy_b:.1f}",

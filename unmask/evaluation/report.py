@@ -78,7 +78,8 @@ def summarize(records: list[dict[str, Any]]) -> list[Summary]:
     return out
 
 
-HEADERS = ("benchmark", "setting", "problems", "accuracy", "pass@k", "answer len", "NFE/answer", "tokens/s")
+#: accuracy and pass@k in %, answer length in tokens, NFE = forward passes per answer
+HEADERS = ("benchmark", "setting", "n", "acc %", "pass@k %", "len", "NFE", "tok/s")
 
 
 def table_rows(summaries: list[Summary]) -> list[tuple[str, ...]]:
@@ -110,7 +111,10 @@ def markdown_table(summaries: list[Summary]) -> str:
 def rich_table(summaries: list[Summary], title: str) -> Table:
     table = Table(title=title)
     for header in HEADERS:
-        table.add_column(header, justify="left" if header in ("benchmark", "setting") else "right")
+        if header == "setting":
+            table.add_column(header, overflow="fold")  # long labels wrap instead of being cut
+        else:
+            table.add_column(header, justify="left" if header == "benchmark" else "right", no_wrap=True)
     for row in table_rows(summaries):
         table.add_row(*row)
     return table
