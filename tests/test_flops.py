@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from unmask.rollouts.flops import forward_flops
 
 from unmask.models import Dream, DreamConfig, tiny
+from unmask.rollouts.flops import forward_flops
 
 
 def measured(call) -> int:

@@ -66,11 +66,11 @@ class DiffusionLM(nn.Module):
 
         Optional, for fast rollouts (sampling.md §5): ``logits_at`` (``[n]`` long
         canvas columns) applies the LM head only there, since the full ``[B, L, V]``
-        tensor is a step's largest for a big vocabulary. ``columns`` runs only those
-        canvas columns through the blocks (plus any the head reads, e.g. Dream's
-        ``i − 1``), attending to the other columns' keys/values in ``cache``, whose
-        computed columns are refreshed in place; it defaults to the logits columns.
-        ``cache`` without ``columns`` runs the full canvas and fills the cache.
+        tensor is a step's largest for a big vocabulary. ``columns`` (``[m]`` long)
+        runs only those canvas columns through the blocks, attending to the other
+        columns' cached keys/values; their cached states are refreshed in place, and
+        logits elsewhere (``logits_at`` defaults to ``columns``) come from cached
+        states. ``cache`` without ``columns`` runs the full canvas and fills it.
         """
         raise NotImplementedError
 

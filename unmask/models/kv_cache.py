@@ -5,7 +5,10 @@ lets them attend to keys/values of the other columns kept from an earlier step.
 The cache holds, per layer, rotated keys and values for *all* columns; a forward
 over a column subset overwrites those columns in place and attends to the whole
 canvas, so prefix and dual caching differ only in which columns a step
-recomputes. Inference only: the in-place updates are invisible to autograd.
+recomputes. It also keeps the last block's output, so that logits of columns a
+step does not recompute (e.g. the masked suffix, recorded for RL) are read from
+their cached state instead of forcing a recompute. Inference only: the in-place
+updates are invisible to autograd.
 """
 
 from __future__ import annotations
@@ -24,10 +27,20 @@ class KVCache:
     def __init__(self, n_layers: int) -> None:
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
+        #: ``[B, L, d]`` output of the last block: logits of columns not recomputed come from it
+        self.hidden: torch.Tensor | None = None
 
     @property
     def filled(self) -> bool:
-        return all(k is not None for k in self.keys)
+        return self.hidden is not None
+
+    def final_hidden(self, hidden: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+        """Store (``columns=None``) or refresh the last block's output; return it for the whole canvas."""
+        if columns is None:
+            self.hidden = hidden
+        else:
+            self.hidden.index_copy_(1, columns, hidden)
+        return self.hidden
 
     def hooks(self, columns: torch.Tensor | None) -> list[KVHook]:
         """One hook per layer: store all columns (``None``) or refresh ``columns`` and read the rest."""
@@ -51,4 +64,5 @@ class KVCache:
         kept = KVCache(len(self.keys))
         kept.keys = [None if k is None else k[rows] for k in self.keys]
         kept.values = [None if v is None else v[rows] for v in self.values]
+        kept.hidden = None if self.hidden is None else self.hidden[rows]
         return kept

@@ -33,11 +33,6 @@ class Dims(NamedTuple):
     vocab: int
 
 
-def _union(columns: torch.Tensor, sources: torch.Tensor | None) -> torch.Tensor:
-    """Sorted distinct columns to run: the requested ones and those the head reads."""
-    return torch.unique(columns if sources is None else torch.cat([columns, sources.flatten()]))
-
-
 class CheckpointError(UserError, ValueError):
     """A checkpoint or model configuration the user supplied cannot be used as is."""
 
@@ -134,24 +129,25 @@ class NativeLM(DiffusionLM):
                 if mask is None
                 else positions_from_mask(mask)
             )
-        wanted = logits_at if logits_at is not None else columns
-        sources = self._logit_sources(wanted, mask, b, length, input_ids.device)
-        run = None if columns is None else _union(columns, sources)
-        if run is not None and cache is None:
+        if columns is not None and cache is None:
             raise ValueError("a forward over a column subset needs the KVCache holding the other columns")
-        rope = rotary(positions if run is None else positions[:, run], self.head_dim, self.rope_theta)
+        rope = rotary(positions if columns is None else positions[:, columns], self.head_dim, self.rope_theta)
         key_mask = None if mask is None else mask[:, None, None, :]
         hidden = run_blocks(
             self.blocks,
-            self.embed(input_ids if run is None else input_ids[:, run]),
+            self.embed(input_ids if columns is None else input_ids[:, columns]),
             rope,
             key_mask,
             self.gradient_checkpointing,
-            None if cache is None else cache.hooks(run),
+            None if cache is None else cache.hooks(columns),
+        )
+        if cache is not None:
+            hidden = cache.final_hidden(hidden, columns)
+        sources = self._logit_sources(
+            logits_at if logits_at is not None else columns, mask, b, length, input_ids.device
         )
         if sources is not None:
-            index = sources if run is None else torch.searchsorted(run, sources.contiguous())
-            hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+            hidden = hidden.gather(1, sources[..., None].expand(-1, -1, hidden.shape[-1]))
         return self.head(hidden)
 
     def _logit_sources(
