@@ -1,0 +1,63 @@
+"""The default run's pieces: decoding grid, held-out hygiene, paired report, curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unmask.errors import UserError
+from unmask.pretrain import TINY_TEMPLATE, problem_key
+from unmask.recipe import load_recipe
+from unmask.report import compare, markdown_table, plot_curves
+from unmask.run import SAMPLED, eval_rows, eval_settings, training_rows
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_tiny_recipes_validate_and_prompt_like_pretraining(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.description
+    assert recipe.data.prompt_template == TINY_TEMPLATE
+    assert recipe.model.name_or_path == "builtin:tiny-countdown"
+
+
+def test_eval_grid_is_greedy_per_tokens_per_step_plus_the_rollout_sampler() -> None:
+    recipe = load_recipe(RECIPES / "countdown_mdpo.yaml")
+    grid = eval_settings(recipe)
+    assert [(s.steps, s.temperature, s.remasking) for s in grid.values()] == [
+        (16, 0.0, "low_confidence"),
+        (8, 0.0, "low_confidence"),
+        (recipe.rollout.steps, recipe.rollout.temperature, "rcr"),
+    ]
+    assert SAMPLED in grid
+    bad = load_recipe(RECIPES / "countdown_mdpo.yaml", ["eval.steps_per_token=[3]"])
+    with pytest.raises(UserError, match="3 tokens per step does not divide"):
+        eval_settings(bad)
+
+
+def test_rl_prompts_never_include_a_heldout_problem() -> None:
+    recipe = load_recipe(RECIPES / "countdown_mdpo.yaml", ["eval.limit=300", "data.generator.size=2000"])
+    heldout = eval_rows(recipe)
+    assert len(heldout) == 300 and heldout[0]["prompt"].endswith("</answer> tags.")
+    train = training_rows(recipe, heldout)
+    assert 0 < len(train) < 2000
+    assert not {problem_key(r) for r in heldout} & {problem_key(r) for r in train}
+
+
+def test_paired_comparison_reports_interval_of_the_difference() -> None:
+    before = [0.0] * 80 + [1.0] * 20
+    after = [0.0] * 60 + [1.0] * 40  # 20 problems flipped to correct, none lost
+    row = compare("accuracy", before, after)
+    assert row.before == pytest.approx(0.2) and row.after == pytest.approx(0.4)
+    assert row.ci.diff == pytest.approx(0.2) and 0.1 < row.ci.low < 0.2 < row.ci.high
+    assert row.improved
+    assert not compare("accuracy", after, after).improved
+    table = markdown_table([row], {"train": 12.0})
+    assert "| accuracy (%) | 20.0 | 40.0 | 20.0 [" in table and "train 12 s" in table
+
+
+def test_curve_is_written_as_png(tmp_path: Path) -> None:
+    path = plot_curves([(1, 0.1), (2, 0.3)], {"greedy": [(0, 0.2), (2, 0.3)]}, tmp_path / "curve.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
