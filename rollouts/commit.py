@@ -1,7 +1,7 @@
-"""Which positions change at a step: top-k commit, threshold commit, RCR re-masking.
+"""Top-k selection per row with the reference sampler's tie-breaking (commits, RCR re-masking).
 
-Each rule takes a confidence tensor (``-inf`` / ``+inf`` where a position is not a
-candidate) and returns a boolean mask of the same shape.
+Scores are ``-inf`` / ``+inf`` where a position is not a candidate; the result is a
+boolean mask of the same shape. The threshold rule is :func:`unmask.kernels.select_commits`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,3 @@ def topk_rows(scores: torch.Tensor, counts: list[int], *, largest: bool = True) 
             chosen[row, scores[row].topk(k, largest=largest).indices] = True
     return chosen
 
-
-def threshold_commit(confidence: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Fast-dLLM rule: every candidate above ``threshold``, else the single best one.
-
-    Decided on the device for all rows at once (no host synchronisation); a row
-    without candidates commits nothing.
-    """
-    above = candidates & (confidence > threshold)
-    best = torch.zeros_like(candidates)
-    best.scatter_(1, confidence.masked_fill(~candidates, float("-inf")).argmax(1, keepdim=True), True)
-    fallback = best & candidates & ~above.any(1, keepdim=True)
-    return above | fallback

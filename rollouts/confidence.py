@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from unmask.rollouts.sampling import SampleStats
 
 from unmask.errors import UserError
+from unmask.kernels import StepSample
 
-ConfidenceFn = Callable[[SampleStats, torch.Tensor], torch.Tensor]
+ConfidenceFn = Callable[[StepSample, torch.Tensor], torch.Tensor]
 
 CONFIDENCES: dict[str, ConfidenceFn] = {
     # LLaDA's low_confidence: probability of the prediction under softmax(logits)
-    "probability": lambda stats, rand: stats.prob,
+    "probability": lambda stats, rand: stats.confidence,
     # RCR's default: probability under the sampling distribution softmax(logits / τ)
     "sampling_probability": lambda stats, rand: stats.logprob.exp(),
     "margin": lambda stats, rand: stats.margin,

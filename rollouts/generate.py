@@ -15,16 +15,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from unmask.rollouts.commit import threshold_commit, topk_rows
+
+from unmask.errors import UserError
+from unmask.kernels import sample_step, select_commits
+from unmask.models.base import DiffusionLM
+from unmask.rollouts.commit import topk_rows
 from unmask.rollouts.confidence import ConfidenceFn, resolve_confidence
 from unmask.rollouts.progress import step_progress
 from unmask.rollouts.record import StepRecorder, answer_mask
-from unmask.rollouts.sampling import sample_tokens
 from unmask.rollouts.schedules import SCHEDULES, step_counts
 from unmask.rollouts.trajectory import Trajectory
-
-from unmask.errors import UserError
-from unmask.models.base import DiffusionLM
 
 Seed = int | Sequence[int] | None
 
@@ -103,7 +103,7 @@ def generate(
                 predict = masked if record else scope
                 rows = logits[predict]
                 rows[:, mask_id] = float("-inf")  # a committed [MASK] would silently break the schedule
-                stats = sample_tokens(rows, temperature, u_sample[predict])
+                stats = sample_step(rows, temperature, uniforms=u_sample[predict])
                 pred = answer.masked_scatter(predict, stats.token)
                 conf = torch.full_like(buffer, float("-inf")).masked_scatter(predict, conf_fn(stats, u_conf[predict]).double())
                 logprob = torch.zeros_like(buffer).masked_scatter(predict, stats.logprob)
@@ -124,7 +124,7 @@ def generate(
                         padded = torch.cat([scoped.new_full((batch, plen), float("-inf")), scoped], dim=1)
                         changed = topk_rows(padded, [row[i] for row in counts])[:, plen:]
                     else:
-                        changed = threshold_commit(scoped, scope, threshold)
+                        changed = select_commits(scoped, threshold=threshold, eligible=scope)
                     answer = torch.where(changed, pred, answer)
                     recorder.add(masked, pred, conf.masked_fill(~predict, 0.0), logprob)
                 commit_step = commit_step.masked_fill(changed, t)

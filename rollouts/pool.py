@@ -12,11 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from unmask.rollouts.generate import generate, row_seeds
-from unmask.rollouts.trajectory import Trajectory
 
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
+from unmask.rollouts.generate import generate, row_seeds
+from unmask.rollouts.trajectory import Trajectory
 
 ModelFactory = Callable[[], DiffusionLM]
 

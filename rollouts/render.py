@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.markup import escape
+
 from unmask.rollouts.trajectory import Trajectory
 
 

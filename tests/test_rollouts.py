@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from reference_sampler import random_tiny, reference_generate
-from unmask.rollouts import generate
-from unmask.rollouts.schedules import step_counts
 
 from unmask.errors import UserError
+from unmask.rollouts import generate
+from unmask.rollouts.schedules import step_counts
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import math
 from types import SimpleNamespace
 
 import torch
-from unmask.rollouts import generate
 
 from unmask.models.base import DiffusionLM
+from unmask.rollouts import generate
 
 MASK, EOS, VOCAB = 7, 6, 8
 
@@ -69,6 +69,6 @@ def test_low_confidence_never_remasks():
 def test_rcr_confidence_is_pluggable():
     least_sure_first = generate(
         HandSetModel(3), PROMPT, gen_length=4, steps=4, block_length=4, remasking="rcr",
-        confidence=lambda stats, rand: -stats.prob, record=True,
+        confidence=lambda stats, rand: -stats.confidence, record=True,
     )
     assert least_sure_first.step_masked[1, 0].tolist() == [True, True, True, False]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from rich.text import Text
-from unmask.rollouts import generate
-from unmask.rollouts.render import render_denoising
 
 from unmask.models.tiny import tiny
+from unmask.rollouts import generate
+from unmask.rollouts.render import render_denoising
 
 
 def test_render_highlights_tokens_committed_at_each_step():

@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from unmask.rollouts.sampling import sample_tokens
+
+from unmask.kernels import sample_step
 
 DRAWS = 200_000
 
@@ -22,7 +23,7 @@ def chi_square_p(tokens: torch.Tensor, probs: torch.Tensor) -> float:
 
 def exact_draws(logits: torch.Tensor, temperature: float, seed: int = 0) -> torch.Tensor:
     uniforms = torch.rand(DRAWS, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    return sample_tokens(logits.expand(DRAWS, -1), temperature, uniforms).token
+    return sample_step(logits.expand(DRAWS, -1), temperature, uniforms=uniforms).token
 
 
 def gumbel_max_draws(logits: torch.Tensor, temperature: float, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
@@ -66,18 +67,18 @@ def test_float32_gumbel_noise_cannot_reach_tokens_float64_samples():
     gumbel = lambda u: -torch.log(-torch.log(u))  # noqa: E731
     assert float(logits[1] + gumbel(u_high)) < float(logits[0] + gumbel(u_low))
     tail = float(torch.softmax(logits.double(), -1)[1])
-    picks = sample_tokens(logits.expand(2, -1), 1.0, torch.tensor([1 - tail / 2, 1 - 2 * tail], dtype=torch.float64))
+    picks = sample_step(logits.expand(2, -1), 1.0, uniforms=torch.tensor([1 - tail / 2, 1 - 2 * tail], dtype=torch.float64))
     assert picks.token.tolist() == [1, 0]
-    assert math.isclose(float(picks.prob[0]), tail, rel_tol=1e-12)
+    assert math.isclose(float(picks.confidence[0]), tail, rel_tol=1e-12)
 
 
 def test_statistics_of_a_prediction():
     logits = torch.tensor([[3.0, 1.0, 0.0, -1.0]])
-    stats = sample_tokens(logits, 0.0, None)
+    stats = sample_step(logits, 0.0)
     probs = torch.softmax(logits.double(), -1)[0]
     assert stats.token.tolist() == [0]
-    assert math.isclose(float(stats.prob), float(probs[0]), rel_tol=1e-12)
+    assert math.isclose(float(stats.confidence), float(probs[0]), rel_tol=1e-12)
     assert math.isclose(float(stats.margin), float(probs[0] - probs[1]), rel_tol=1e-12)
     assert math.isclose(float(stats.entropy), float(-(probs * probs.log()).sum()), rel_tol=1e-12)
-    hot = sample_tokens(logits, 0.5, torch.tensor([0.0], dtype=torch.float64))
+    hot = sample_step(logits, 0.5, uniforms=torch.tensor([0.0], dtype=torch.float64))
     assert math.isclose(float(hot.logprob), float(torch.log_softmax(logits.double() / 0.5, -1)[0, 0]), rel_tol=1e-12)
