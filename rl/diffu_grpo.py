@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from unmask.rl.advantages import all_wrong_groups, group_advantages
 from unmask.rl.estimators import ElboEstimator, Estimator, OneStepEstimator, Scores
 from unmask.rl.losses import masked_mean

@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+
 from unmask.rollouts.trajectory import Trajectory
 
 #: an integer seed (one-step, ELBO) or ``[B]`` long step indices (per-step)
@@ -114,12 +115,13 @@ class StepEstimator(Estimator):
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         if traj.step_masked is None or traj.step_pred is None:
             raise ValueError("the per-step estimator needs trajectories sampled with record=True")
-        steps = torch.as_tensor(key, dtype=torch.long).cpu()
-        rows = torch.arange(traj.batch_size)
+        steps = torch.as_tensor(key, dtype=torch.long, device=traj.tokens.device)
+        rows = torch.arange(traj.batch_size, device=steps.device)
         canvas = torch.empty_like(traj.tokens)
+        record = traj.to("cpu")  # Trajectory.canvas builds its indices on the CPU
         for t in steps.unique().tolist():
             chosen = steps == t
-            canvas[chosen] = traj.canvas(int(t), self.mask_token_id)[chosen]
+            canvas[chosen] = record.canvas(int(t), self.mask_token_id).to(canvas.device)[chosen]
         mask = traj.step_masked[steps, rows]
         targets = traj.step_pred[steps, rows]
         logprobs, entropy = _answer_scores(

@@ -63,5 +63,5 @@ def entropy_filter(entropy: torch.Tensor, hint_mask: torch.Tensor, ratio: float)
     """``[B, L]`` bool: per row, the ``ceil(ratio · #hints)`` hint positions of highest entropy."""
     counts = torch.ceil(hint_mask.sum(1).float() * ratio).long()  # [B]
     ranked = entropy.masked_fill(~hint_mask, float("-inf")).argsort(dim=1, descending=True)
-    rank = torch.empty_like(ranked).scatter_(1, ranked, torch.arange(entropy.shape[1]).expand_as(ranked))
+    rank = torch.empty_like(ranked).scatter_(1, ranked, torch.arange(entropy.shape[1], device=entropy.device).expand_as(ranked))
     return hint_mask & (rank < counts[:, None])

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+
 from unmask.rl.advantages import all_wrong_groups, group_advantages
 from unmask.rl.diffu_grpo import DiffuGRPO
 from unmask.rl.estimators import Scores

@@ -7,6 +7,7 @@ item of the batch is one (rollout, step) pair and costs one forward/backward.
 from __future__ import annotations
 
 import torch
+
 from unmask.rl.advantages import all_wrong_groups, mdpo_advantages, top_steps
 from unmask.rl.estimators import Estimator, Key, Scores, StepEstimator
 from unmask.rl.losses import masked_mean
@@ -56,11 +57,11 @@ class MDPO(Objective):
         self, batch: TrainBatch, scores: Scores, old: Scores | None, ref: Scores | None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         mask = scores.mask
-        rows = torch.arange(len(batch))
+        rows = torch.arange(len(batch), device=mask.device)
         weight = torch.ones_like(scores.logprobs)
         if self.config.confidence_weight and batch.traj.step_confidence is not None:
             weight = batch.traj.step_confidence[batch.steps, rows].float()
-        scale = torch.ones(len(batch), 1)
+        scale = torch.ones(len(batch), 1, device=mask.device)
         if self.config.elbo_weight:
             scale = (self.gen_length / mask.sum(1, keepdim=True).clamp(min=1)).float()
         policy, kl, clipped = self.surrogate_terms(scores, old, ref, batch.advantages[:, None])

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import torch
+
 from unmask.rl.estimators import Estimator, Key, Scores
 from unmask.rl.losses import KL_ESTIMATORS, clipped_surrogate, masked_mean
 from unmask.rollouts.trajectory import Trajectory
@@ -47,6 +48,10 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return int(self.advantages.shape[0])
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        steps = None if self.steps is None else self.steps.to(device)
+        return replace(self, traj=self.traj.to(device), advantages=self.advantages.to(device), steps=steps)
 
     def select(self, rows: torch.Tensor | list[int]) -> TrainBatch:
         rows = torch.as_tensor(rows, dtype=torch.long)

@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from unmask.recipe import RolloutConfig
 from unmask.rewards import RewardBatch
 from unmask.rl.objective import RewardResult
 from unmask.rollouts import Trajectory, generate
-
-from unmask.recipe import RolloutConfig
 
 
 def encode_prompts(tokenizer: Any, texts: Sequence[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +63,7 @@ class Rollouts:
         eos_ids: Sequence[int],
         correct_threshold: float,
         record: bool,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.sample = sample
         self.settings = settings
@@ -72,6 +73,8 @@ class Rollouts:
         self.eos_ids = tuple(eos_ids)
         self.correct_threshold = correct_threshold
         self.record = record
+        #: where prompts go for sampling (the local model's device; pools move rows themselves)
+        self.device = torch.device(device)
         #: sampler seed of the current RL step (set by the trainer, so resumed runs replay it)
         self.seed = 0
 
@@ -83,9 +86,10 @@ class Rollouts:
         self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None = None
     ) -> Trajectory:
         s = self.settings
-        return self.sample(
-            prompt_ids,
-            attention_mask=attention_mask,
+        device = self.device
+        traj = self.sample(
+            prompt_ids.to(device),
+            attention_mask=attention_mask.to(device),
             gen_length=s.max_completion_length,
             steps=s.steps,
             block_length=s.block_length,
@@ -96,10 +100,11 @@ class Rollouts:
             schedule=s.schedule,
             schedule_k=s.schedule_k,
             confidence=s.rcr_confidence if s.remasking == "rcr" else None,
-            hints=hints,
+            hints=None if hints is None else hints.to(device),
             seed=self.seed,
             record=self.record,
         )
+        return traj.to("cpu")  # trajectories wait on the CPU while the accelerator trains
 
     def _grade(self, answers: torch.Tensor, rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
         texts = decode_answers(self.tokenizer, answers, self.eos_ids)

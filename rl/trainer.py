@@ -23,6 +23,10 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 from transformers import get_scheduler
+
+from unmask.errors import UserError
+from unmask.models.base import DiffusionLM
+from unmask.recipe import Recipe, save_recipe
 from unmask.rewards import RewardRunner, RewardSpec
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from unmask.rl.estimators import Scores
@@ -30,10 +34,6 @@ from unmask.rl.logging import MetricsLogger, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 from unmask.rl.stream import PromptStream
-
-from unmask.errors import UserError
-from unmask.models.base import DiffusionLM
-from unmask.recipe import Recipe, save_recipe
 
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 MAX_BAD_STEPS = 3
@@ -122,6 +122,7 @@ class Trainer:
             self._timed("rollout", sampler), r, self._timed("reward", self.runner.score), base.tokenizer,
             mask_token_id=base.mask_token_id, eos_ids=base.eos_token_ids,
             correct_threshold=recipe.algorithm.correct_threshold, record=self.objective.record_steps,
+            device="cpu" if self.pool is not None else self.accelerator.device,
         )
         self.step = 0
         self.bad_steps = 0
@@ -191,8 +192,11 @@ class Trainer:
                 return estimator.token_logprobs(self.model, batch.traj, key)
 
     def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
-        size = self.recipe.optim.per_device_train_batch_size
-        return [batch.select(torch.arange(i, min(i + size, len(batch)))) for i in range(0, len(batch), size)]
+        """Micro-batches on the training device (the buffered batch itself stays on the CPU)."""
+        size, device = self.recipe.optim.per_device_train_batch_size, self.accelerator.device
+        return [
+            batch.select(torch.arange(i, min(i + size, len(batch)))).to(device) for i in range(0, len(batch), size)
+        ]
 
     def _keys(self, micro: list[TrainBatch]) -> list[list[Any]]:
         """Estimator keys per inner iteration and micro-batch (shared by θ, θ_old and reference)."""

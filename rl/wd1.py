@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from unmask.rl.advantages import group_advantages, wd1_weights
 from unmask.rl.diffu_grpo import DiffuGRPO
 from unmask.rl.estimators import Scores
