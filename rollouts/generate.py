@@ -19,6 +19,7 @@ import torch
 from unmask.errors import UserError
 from unmask.kernels import sample_step, select_commits
 from unmask.models.base import DiffusionLM
+from unmask.rollouts.cache import StepForward
 from unmask.rollouts.commit import topk_rows
 from unmask.rollouts.confidence import ConfidenceFn, resolve_confidence
 from unmask.rollouts.progress import step_progress
@@ -49,6 +50,9 @@ def generate(
     seed: Seed = None,
     record: bool = False,
     progress: bool = False,
+    cache: str = "none",
+    partial_head: bool = True,
+    early_exit: bool = False,
 ) -> Trajectory:
     """Generate ``gen_length`` tokens after each (left-padded) prompt row.
 
@@ -59,9 +63,20 @@ def generate(
     fixed token elsewhere. ``nfe`` counts model forward passes (two per step with
     CFG) during which a row still had positions to decode. The mask token is never
     predicted (its logit is set to ``-inf``).
+
+    Speed (sampling.md §5): ``cache`` is ``"none"`` (exact), ``"prefix"`` or
+    ``"dual"`` (approximate KV caching within a block); ``partial_head`` applies the
+    LM head only where logits are read (exact). Rows with nothing to predict at a
+    step are left out of its forward, so finished rows stop costing compute; with
+    ``early_exit`` a row whose first committed EOS has no masked position before
+    it is finished at once, its masked tail filled with EOS (not with ``rcr``,
+    which may re-mask the EOS). ``flops`` counts each row's forward FLOPs and
+    ``step_cached`` marks the steps that attended to cached keys/values.
     """
     prompt_ids, attention_mask = _check_prompt(prompt_ids, attention_mask)
     _check_settings(gen_length, steps, block_length, temperature, cfg_scale, threshold, remasking, schedule)
+    if early_exit and remasking == "rcr":
+        raise UserError("early_exit needs committed tokens to stay: it cannot be used with remasking='rcr'")
     conf_fn = resolve_confidence(remasking, confidence)
     batch, plen = prompt_ids.shape
     device, mask_id = prompt_ids.device, model.mask_token_id
@@ -78,6 +93,8 @@ def generate(
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     buffer = torch.ones(batch, gen_length, dtype=torch.float64, device=device)  # RCR's running confidence
     recorder = StepRecorder(record)
+    forward = StepForward(model, prompt_ids, full_mask, gen_length, cache=cache, cfg_scale=cfg_scale, partial_head=partial_head)
+    eos_ids = torch.tensor(model.eos_token_ids, device=device)
     rcr = remasking == "rcr"
     passes = 2 if cfg_scale > 0 else 1
 
@@ -89,6 +106,7 @@ def generate(
         for block in range(num_blocks):
             hi = (block + 1) * block_length
             in_reach = pos < hi
+            forward.new_block()
             if threshold is None:
                 counts = step_counts((answer[:, block * block_length : hi] == mask_id).sum(1), block_steps, schedule, schedule_k).tolist()
             for i in range(block_steps if threshold is None else block_length):
@@ -97,16 +115,20 @@ def generate(
                 if threshold is not None and not scope.any():
                     break
                 nfe += passes * scope.any(1)
-                x = torch.cat([prompt_ids, answer], dim=1)
-                logits = _logits(model, x, full_mask, plen, cfg_scale)[:, plen:]
                 u_sample, u_conf = _uniforms(generators, gen_length, device)
                 predict = masked if record else scope
-                rows = logits[predict]
-                rows[:, mask_id] = float("-inf")  # a committed [MASK] would silently break the schedule
-                stats = sample_step(rows, temperature, uniforms=u_sample[predict])
-                pred = answer.masked_scatter(predict, stats.token)
-                conf = torch.full_like(buffer, float("-inf")).masked_scatter(predict, conf_fn(stats, u_conf[predict]).double())
-                logprob = torch.zeros_like(buffer).masked_scatter(predict, stats.logprob)
+                active = predict.any(1)
+                pred, conf, logprob = answer.clone(), torch.full_like(buffer, float("-inf")), torch.zeros_like(buffer)
+                if active.any():
+                    rows = active.nonzero().squeeze(1)
+                    logits, cols = forward(answer, rows, predict[rows], (block * block_length, hi))
+                    flat = logits[predict[rows][:, cols]]
+                    flat[:, mask_id] = float("-inf")  # a committed [MASK] would silently break the schedule
+                    stats = sample_step(flat, temperature, uniforms=u_sample[predict])
+                    pred = pred.masked_scatter(predict, stats.token)
+                    conf = conf.masked_scatter(predict, conf_fn(stats, u_conf[predict]).double())
+                    logprob = logprob.masked_scatter(predict, stats.logprob)
+                cached = active & forward.cached
                 if rcr:
                     answer = torch.where(scope, pred, answer)
                     buffer = torch.where(scope, conf, buffer)
@@ -117,7 +139,7 @@ def generate(
                         remask = topk_rows(key, keep, largest=False)
                         answer = answer.masked_fill(remask, mask_id)
                         changed = scope & ~remask
-                    recorder.add(masked, pred, buffer, logprob)
+                    recorder.add(masked, pred, buffer, logprob, cached)
                 else:
                     scoped = conf.masked_fill(~scope, float("-inf"))
                     if threshold is None:
@@ -126,7 +148,11 @@ def generate(
                     else:
                         changed = select_commits(scoped, threshold=threshold, eligible=scope)
                     answer = torch.where(changed, pred, answer)
-                    recorder.add(masked, pred, conf.masked_fill(~predict, 0.0), logprob)
+                    if early_exit:
+                        filled = _eos_tail(answer, eos_ids, mask_id)
+                        answer, pred = answer.masked_fill(filled, model.eos_token_ids[0]), pred.masked_fill(filled, model.eos_token_ids[0])
+                        changed = changed | filled
+                    recorder.add(masked, pred, conf.masked_fill(~predict, 0.0), logprob, cached)
                 commit_step = commit_step.masked_fill(changed, t)
                 t += 1
                 advance()
@@ -136,7 +162,8 @@ def generate(
         "gen_length": gen_length, "steps": steps, "block_length": block_length,
         "temperature": temperature, "remasking": remasking, "cfg_scale": cfg_scale,
         "threshold": threshold, "schedule": schedule, "schedule_k": schedule_k,
-        "confidence": confidence, "seed": seeds,
+        "confidence": confidence, "seed": seeds, "cache": cache,
+        "partial_head": partial_head, "early_exit": early_exit,
     }
     return Trajectory(
         tokens=tokens.cpu(),
@@ -147,20 +174,23 @@ def generate(
         hint_mask=hint_mask.cpu(),
         nfe=nfe.cpu(),
         settings=settings,
+        flops=forward.flops if forward.native else None,
         **recorder.tensors(),
     )
 
 
-def _logits(model: DiffusionLM, x: torch.Tensor, mask: torch.Tensor | None, plen: int, cfg_scale: float) -> torch.Tensor:
-    """Model logits, guided (§1: ``un + (w + 1)(cond − un)``, prompt masked in ``un``)."""
-    if cfg_scale <= 0:
-        return model.logits(x, attention_mask=mask)
-    uncond = x.clone()
-    real_prompt = torch.ones_like(x[:, :plen], dtype=torch.bool) if mask is None else mask[:, :plen].bool()
-    uncond[:, :plen] = uncond[:, :plen].masked_fill(real_prompt, model.mask_token_id)
-    both = model.logits(torch.cat([x, uncond]), attention_mask=None if mask is None else torch.cat([mask, mask]))
-    cond, un = both.chunk(2)
-    return un + (cfg_scale + 1) * (cond - un)
+def _eos_tail(answer: torch.Tensor, eos_ids: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """``[B, L]``: masked positions after a committed EOS with nothing masked before it.
+
+    Tokens after the first EOS are padding for rewards, so such a row is finished:
+    filling its tail ends its forwards (early exit).
+    """
+    masked = answer == mask_id
+    eos = torch.isin(answer, eos_ids)
+    first_eos = torch.where(eos.any(1), eos.long().argmax(1), answer.shape[1])
+    first_masked = torch.where(masked.any(1), masked.long().argmax(1), answer.shape[1])
+    finished = first_eos < first_masked
+    return masked & finished[:, None]
 
 
 def _uniforms(generators: list[torch.Generator], length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

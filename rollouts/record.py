@@ -16,17 +16,23 @@ class StepRecorder:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._steps: dict[str, list[torch.Tensor]] = {
-            "step_masked": [], "step_pred": [], "step_confidence": [], "step_logprob": []
+            "step_masked": [], "step_pred": [], "step_confidence": [], "step_logprob": [], "step_cached": []
         }
 
-    def add(self, masked: torch.Tensor, pred: torch.Tensor, confidence: torch.Tensor, logprob: torch.Tensor) -> None:
-        """One step: ``masked`` is the answer mask of ``x_t`` (before the step), all ``[B, L]``."""
+    def add(
+        self, masked: torch.Tensor, pred: torch.Tensor, confidence: torch.Tensor, logprob: torch.Tensor, cached: torch.Tensor
+    ) -> None:
+        """One step: ``masked`` is the answer mask of ``x_t`` (before the step), all ``[B, L]``.
+
+        ``cached`` ``[B]``: the row's forward attended to cached keys/values.
+        """
         if not self.enabled:
             return
         self._steps["step_masked"].append(masked.clone())
         self._steps["step_pred"].append(pred.clone())
         self._steps["step_confidence"].append(confidence.half())
         self._steps["step_logprob"].append(logprob.float())
+        self._steps["step_cached"].append(cached.clone())
 
     def tensors(self) -> dict[str, torch.Tensor | None]:
         """The stacked ``[T, B, L]`` tensors on the CPU (``None`` each when disabled)."""

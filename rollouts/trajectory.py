@@ -13,6 +13,10 @@ from typing import Any
 
 import torch
 
+#: fields with one entry per batch row, and per-step records ``[T, B, ...]``
+PER_ROW = ("tokens", "attention_mask", "answer_mask", "commit_step", "hint_mask", "nfe", "flops")
+PER_STEP = ("step_masked", "step_pred", "step_confidence", "step_logprob", "step_cached")
+
 
 @dataclass
 class Trajectory:
@@ -32,6 +36,8 @@ class Trajectory:
     nfe: torch.Tensor
     #: sampler settings and seed, enough to replay the rollout
     settings: dict[str, Any] = field(default_factory=dict)
+    #: ``[B]`` long: forward FLOPs spent on each row (``rollouts.flops``), when counted
+    flops: torch.Tensor | None = None
     # -- per-step record (``record=True``); T = number of steps run ---------
     #: ``[T, B, L]`` bool: answer positions masked in ``x_t`` (before step t)
     step_masked: torch.Tensor | None = None
@@ -41,6 +47,8 @@ class Trajectory:
     step_confidence: torch.Tensor | None = None
     #: ``[T, B, L]`` float: log-prob of each prediction under the sampling distribution
     step_logprob: torch.Tensor | None = None
+    #: ``[T, B]`` bool: the row's forward at step t attended to cached keys/values (approximate)
+    step_cached: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -86,12 +94,12 @@ class Trajectory:
         """A trajectory with only the given batch rows."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         per_row = {
-            name: getattr(self, name)[rows]
-            for name in ("tokens", "attention_mask", "answer_mask", "commit_step", "hint_mask", "nfe")
+            name: None if getattr(self, name) is None else getattr(self, name)[rows]
+            for name in PER_ROW
         }
         per_step = {
             name: None if getattr(self, name) is None else getattr(self, name)[:, rows]
-            for name in ("step_masked", "step_pred", "step_confidence", "step_logprob")
+            for name in PER_STEP
         }
         return replace(self, **per_row, **per_step)
 
@@ -106,12 +114,12 @@ class Trajectory:
             raise ValueError("Trajectory.cat needs parts with the same prompt length")
         first = parts[0]
         per_row = {
-            name: torch.cat([getattr(part, name) for part in parts])
-            for name in ("tokens", "attention_mask", "answer_mask", "commit_step", "hint_mask", "nfe")
+            name: None if getattr(first, name) is None else torch.cat([getattr(part, name) for part in parts])
+            for name in PER_ROW
         }
         steps = max(part.num_steps for part in parts)
         per_step = {}
-        for name in ("step_masked", "step_pred", "step_confidence", "step_logprob"):
+        for name in PER_STEP:
             if getattr(first, name) is None:
                 per_step[name] = None
                 continue
@@ -119,7 +127,7 @@ class Trajectory:
             for part in parts:
                 value = getattr(part, name)
                 filler = part.answer_ids if name == "step_pred" else torch.zeros_like(value[0])
-                extra = filler.to(value.dtype).unsqueeze(0).expand(steps - value.shape[0], -1, -1)
+                extra = filler.to(value.dtype).unsqueeze(0).expand(steps - value.shape[0], *value.shape[1:])
                 padded.append(torch.cat([value, extra]))
             per_step[name] = torch.cat(padded, dim=1)
         seeds = [seed for part in parts for seed in part.settings.get("seed", [])]
