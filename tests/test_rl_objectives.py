@@ -1,0 +1,101 @@
+"""Each objective's loss against the formula of algorithms.md on hand-set scores."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from unmask.recipe import DiffuGRPOConfig, IGPOConfig, MDPOConfig, WD1Config
+from unmask.rl.estimators import Scores
+from unmask.rl.objective import OBJECTIVES, TrainBatch, build_objective
+from unmask.rollouts.trajectory import Trajectory
+
+LP = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+OLD = torch.tensor([[-1.0, -2.7, -0.5, -3.0]])  # token 1: ratio e^0.7 ≈ 2.01, outside [0.5, 1.5]
+REF = torch.tensor([[-1.2, -2.0, -0.4, -3.0]])
+ANSWER = torch.tensor([[True, True, True, False]])  # last position is after EOS
+
+
+def trajectory(hint=None, steps=False):
+    extra = {}
+    if steps:
+        extra = {"step_masked": torch.tensor([[[True, True, False, True]]]),
+                 "step_pred": torch.zeros(1, 1, 4, dtype=torch.long),
+                 "step_confidence": torch.tensor([[[0.5, 0.25, 1.0, 1.0]]]).half()}
+    return Trajectory(
+        tokens=torch.zeros(1, 6, dtype=torch.long), attention_mask=torch.ones(1, 6, dtype=torch.bool),
+        prompt_length=2, answer_mask=ANSWER, commit_step=torch.zeros(1, 4, dtype=torch.long),
+        hint_mask=torch.zeros(1, 4, dtype=torch.bool) if hint is None else hint, nfe=torch.ones(1), **extra,
+    )
+
+
+def scores(values, mask=None, entropy=None):
+    mask = torch.ones(1, 4, dtype=torch.bool) if mask is None else mask
+    entropy = torch.ones(1, 4) if entropy is None else entropy
+    return Scores(values.clone().requires_grad_(), entropy, mask, torch.ones(1, 4))
+
+
+def build(config):
+    return build_objective(config, mask_token_id=0, temperature=1.0, gen_length=4)
+
+
+def test_all_objectives_are_registered():
+    build(WD1Config())
+    assert set(OBJECTIVES) >= {"diffu_grpo", "mdpo", "igpo", "wd1"}
+
+
+def test_diffu_grpo_loss_is_clipped_surrogate_plus_k3_over_answer_tokens():
+    objective = build(DiffuGRPOConfig(epsilon=0.5, beta=0.04))
+    batch = TrainBatch(trajectory(), torch.tensor([2.0]))
+    loss, metrics = objective.loss(batch, scores(LP), scores(OLD), scores(REF))
+    ratio = torch.exp(LP - OLD)[0, :3]
+    surrogate = torch.minimum(ratio * 2, ratio.clamp(0.5, 1.5) * 2)
+    delta = (REF - LP)[0, :3]
+    k3 = torch.exp(delta) - delta - 1
+    expected = (-surrogate + 0.04 * k3).mean()
+    assert math.isclose(loss.item(), float(expected), rel_tol=1e-6)
+    assert math.isclose(metrics["clip_fraction"], 1 / 3, rel_tol=1e-6)  # token 1 left the interval
+
+
+def test_mdpo_loss_uses_confidence_and_length_weights_over_masked_positions():
+    objective = build(MDPOConfig(beta=0.02, epsilon=0.2))
+    batch = TrainBatch(trajectory(steps=True), torch.tensor([-1.0]), steps=torch.tensor([0]))
+    masked = torch.tensor([[True, True, False, True]])
+    loss, _ = objective.loss(batch, scores(LP * masked, masked), scores(OLD * masked, masked),
+                             scores(REF * masked, masked))
+    lam = 4 / 3  # L / |M|
+    c = torch.tensor([0.5, 0.25, 1.0])
+    lp, old, ref = (t[0, [0, 1, 3]] for t in (LP, OLD, REF))
+    ratio = torch.exp(lp - old)
+    surrogate = torch.minimum(-ratio, -ratio.clamp(0.8, 1.2))
+    expected = (c * (-lam * surrogate + 0.02 * 0.5 * (ref - lp) ** 2)).mean()
+    assert math.isclose(loss.item(), float(expected), rel_tol=1e-6)
+
+
+def test_igpo_drops_low_entropy_hint_tokens_and_supports_sequence_ratios():
+    hint = torch.tensor([[True, True, False, False]])
+    entropy = torch.tensor([[0.1, 2.0, 1.0, 1.0]])
+    objective = build(IGPOConfig(beta=0.0, epsilon=0.2, entropy_clip_ratio=0.5))
+    batch = TrainBatch(trajectory(hint), torch.tensor([1.0]))
+    loss, _ = objective.loss(batch, scores(LP, entropy=entropy), scores(LP), None)
+    assert math.isclose(loss.item(), -1.0, rel_tol=1e-6)  # ratio 1: mean of −A over kept tokens
+    kept = objective.loss_mask(batch, scores(LP, entropy=entropy))
+    assert kept.tolist() == [[False, True, True, False]]  # hint 0 (low entropy) is dropped
+    seq = build(IGPOConfig(beta=0.0, sequence_level_ratio=True, entropy_clip_ratio=1.0))
+    loss, _ = seq.loss(TrainBatch(trajectory(), torch.tensor([1.0])), scores(LP), scores(OLD), None)
+    seq_ratio = math.exp(float((LP - OLD)[0, :3].mean()))
+    assert math.isclose(loss.item(), -min(seq_ratio, 1.2), rel_tol=1e-6)
+
+
+def test_wd1_loss_weights_sequence_likelihoods():
+    objective = build(WD1Config(psi=1.0))
+    traj = trajectory()
+    batch = TrainBatch(traj.select([0, 0]), torch.tensor([0.4, -0.4]))
+    lp = torch.cat([LP, LP - 1])
+    loss, _ = objective.loss(batch, Scores(lp.requires_grad_(), torch.ones(2, 4), torch.ones(2, 4).bool(),
+                                           torch.ones(2, 4)), None, None)
+    per_sequence = lp.detach()[:, :3].mean(1)
+    expected = -(torch.tensor([0.4, -0.4]) * per_sequence).mean()
+    assert math.isclose(loss.item(), float(expected), rel_tol=1e-6)
+    assert not objective.needs_old
