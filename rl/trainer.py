@@ -217,8 +217,9 @@ class Trainer:
     # -- one RL step -------------------------------------------------------------
     def rollout(self) -> tuple[Rollout, dict[str, float]]:
         r, group = self.recipe.rollout, self.recipe.rollout.num_generations
-        rows = self.stream.take(self.step * r.prompts_per_step, r.prompts_per_step)
-        rows = [row for row in rows for _ in range(group)]
+        acc = self.accelerator  # each training process rolls out its own share of the step's prompts
+        start = self.data_position + acc.process_index * r.prompts_per_step
+        rows = [row for row in self.stream.take(start, r.prompts_per_step) for _ in range(group)]
         base = self.base_model
         texts = [base.format_prompt(row["prompt"]) if self.recipe.data.chat_template else row["prompt"] for row in rows]
         prompt_ids, attention = encode_prompts(base.tokenizer, texts, base.pad_token_id)
@@ -295,6 +296,11 @@ class Trainer:
         })
         return metrics
 
+    @property
+    def data_position(self) -> int:
+        """Prompts consumed by all processes before the current step."""
+        return self.step * self.recipe.rollout.prompts_per_step * self.accelerator.num_processes
+
     def _check_divergence(self, metrics: dict[str, float]) -> None:
         bad = "loss" in metrics and not math.isfinite(metrics["loss"])
         self.bad_steps = self.bad_steps + 1 if bad else 0
@@ -308,7 +314,7 @@ class Trainer:
     def save(self) -> Path:
         return save_checkpoint(
             self.out, self.step, self.unwrapped, self.optimizer, self.scheduler,
-            {"data_position": self.step * self.recipe.rollout.prompts_per_step, "bad_steps": self.bad_steps},
+            {"data_position": self.data_position, "bad_steps": self.bad_steps},
         )
 
     def resume(self, path: str) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from unmask.recipe import DiffuGRPOConfig, IGPOConfig, MDPOConfig, WD1Config
 from unmask.rl.estimators import Scores
-from unmask.rl.objective import OBJECTIVES, TrainBatch, build_objective
+from unmask.rl.objective import OBJECTIVES, Rollout, TrainBatch, build_objective
 from unmask.rollouts.trajectory import Trajectory
 
 LP = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
@@ -99,3 +99,12 @@ def test_wd1_loss_weights_sequence_likelihoods():
     expected = -(torch.tensor([0.4, -0.4]) * per_sequence).mean()
     assert math.isclose(loss.item(), float(expected), rel_tol=1e-6)
     assert not objective.needs_old
+
+
+def test_mdpo_over_denoising_filter_keeps_prompts_whose_answer_was_right_earlier():
+    objective = build(MDPOConfig(over_denoising_filter=True))
+    step_rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    correct = torch.tensor([False, False, True, True])
+    rollout = Rollout(trajectory().select([0, 0, 0, 0]), [{}] * 4, correct.float(), correct, group_size=2)
+    # group 0: answer 0 was correct at step 1 but wrong at the end -> kept; group 1: always right -> dropped
+    assert objective.over_denoised(step_rewards, rollout).tolist() == [True, True, False, False]

@@ -7,12 +7,13 @@ import math
 
 import pytest
 import torch
+
+from unmask.errors import UserError
+from unmask.models.tiny import tiny
+from unmask.recipe import validate_recipe
 from unmask.rl.logging import read_metrics
 from unmask.rl.trainer import Trainer, TrainingDiverged, lora_replica, train
 from unmask.rollouts.pool import RolloutPool
-
-from unmask.models.tiny import tiny
-from unmask.recipe import validate_recipe
 
 TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}
 make_model = functools.partial(tiny, TINY, seed=0)
@@ -36,7 +37,8 @@ def recipe(tmp_path, algorithm: str, **sections):
         "lora": {"r": 4, "alpha": 8},
         "data": {"chat_template": False},
         "rollout": {"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 8,
-                    "steps": 4, "block_length": 8, "temperature": 1.0},
+                    "steps": 4, "block_length": 8, "temperature": 1.0,
+                    "remasking": "rcr" if algorithm == "mdpo" else "low_confidence"},
         "algorithm": {"name": algorithm, "num_iterations": 2, "correct_threshold": 0.3,
                       **({"sample_train_steps": 2} if algorithm == "mdpo" else {})},
         "rewards": {"functions": [{"name": "test_trainer:digit_reward"}], "num_workers": 0},
@@ -107,8 +109,10 @@ def test_resume_after_a_kill_gives_identical_metrics(tmp_path):
 
 
 def test_reference_is_the_base_model_with_the_adapter_disabled(tmp_path):
-    trainer = Trainer(recipe(tmp_path, "diffu_grpo", optim={"max_steps": 2}), model_factory=make_model, rows=ROWS)
+    r = recipe(tmp_path, "diffu_grpo", optim={"max_steps": 2}, logging={"report_to": ["jsonl", "tensorboard"]})
+    trainer = Trainer(r, model_factory=make_model, rows=ROWS)
     list(trainer.steps())
+    assert list((tmp_path / "diffu_grpo" / "tensorboard").glob("events.out.tfevents.*"))
     ids = torch.randint(5, 60, (2, 12))
     base = make_model().eval()
     policy = trainer.unwrapped.eval()
@@ -131,3 +135,20 @@ def test_nan_losses_skip_steps_then_stop_with_a_clear_error(tmp_path):
     records = read_metrics(tmp_path / "diffu_grpo" / "metrics.jsonl")
     assert [rec["skipped"] for rec in records] == [1.0, 1.0, 1.0]
     assert all(torch.equal(before[k], v) for k, v in trainer.unwrapped.named_parameters() if v.requires_grad)
+
+
+def test_full_fine_tuning_keeps_a_frozen_reference_copy(tmp_path):
+    trainer = Trainer(recipe(tmp_path, "mdpo", lora={"enabled": False}, optim={"max_steps": 2}),
+                      model_factory=make_model, rows=ROWS)
+    last = list(trainer.steps())[-1]
+    assert last["skipped"] == 0.0 and math.isfinite(last["kl"])
+    ids = torch.randint(5, 60, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.reference(ids), make_model()(ids))
+        assert not torch.allclose(trainer.unwrapped(ids), trainer.reference(ids))
+
+
+def test_pool_needs_lora(tmp_path):
+    r = recipe(tmp_path, "diffu_grpo", lora={"enabled": False}, ray={"address": "local", "num_workers": 1})
+    with pytest.raises(UserError, match="lora.enabled: true"):
+        Trainer(r, model_factory=make_model, rows=ROWS)
