@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from unmask.rl.advantages import (
     all_wrong_groups,
     group_advantages,

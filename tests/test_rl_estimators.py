@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from unmask.rl.estimators import ElboEstimator, OneStepEstimator, StepEstimator
-from unmask.rollouts.trajectory import Trajectory
 
 from unmask.models.tiny import tiny
+from unmask.rl.estimators import ElboEstimator, OneStepEstimator, StepEstimator
+from unmask.rollouts.trajectory import Trajectory
 
 TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from unmask.models.tiny import tiny
+from unmask.recipe import IGPOConfig, RolloutConfig
 from unmask.rewards import RewardRunner, RewardSpec
 from unmask.rl.igpo import IGPO
 from unmask.rl.objective import Rollout
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
-
-from unmask.models.tiny import tiny
-from unmask.recipe import IGPOConfig, RolloutConfig
 
 GEN = 40
 REASONING = "aaaaaaaaaaaaaaaaaaaaaaaaa #### bbbbb"

@@ -114,6 +114,8 @@ class _ObjectiveBase(Section):
     num_iterations: PositiveInt = 1
     #: divide group advantages by their std: "group", "batch" or "none" (TRL's values)
     scale_rewards: Literal["group", "batch", "none"] = "none"
+    #: an answer counts as correct (accuracy, all-wrong groups, IGPO, MDPO filter) at this total reward
+    correct_threshold: float = 1.0
 
     @field_validator("scale_rewards", mode="before")
     @classmethod
