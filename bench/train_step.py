@@ -101,7 +101,6 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=4, help="MDPO sample_train_steps")
     parser.add_argument("--micro-batch", type=int, default=16)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"tiny family, {args.device}, {args.prompts} prompts x G={args.generations}, L={args.gen_length}, "
           f"mu={args.iterations}; mean over steps 2..{args.steps}")
     header = f"{'algorithm':<11}" + "".join(f"{h:>11}" for h in (*PHASES, "step", "fwd/step"))
