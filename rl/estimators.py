@@ -118,10 +118,9 @@ class StepEstimator(Estimator):
         steps = torch.as_tensor(key, dtype=torch.long, device=traj.tokens.device)
         rows = torch.arange(traj.batch_size, device=steps.device)
         canvas = torch.empty_like(traj.tokens)
-        record = traj.to("cpu")  # Trajectory.canvas builds its indices on the CPU
         for t in steps.unique().tolist():
             chosen = steps == t
-            canvas[chosen] = record.canvas(int(t), self.mask_token_id).to(canvas.device)[chosen]
+            canvas[chosen] = traj.canvas(int(t), self.mask_token_id)[chosen]
         mask = traj.step_masked[steps, rows]
         targets = traj.step_pred[steps, rows]
         logprobs, entropy = _answer_scores(

@@ -81,10 +81,10 @@ class Trajectory:
         answer = self.answer_ids.clone()
         if t > 0:
             predicted = self.step_masked[:t]  # [t, B, L]
-            steps = torch.arange(t).view(t, 1, 1).expand_as(predicted)
+            steps = torch.arange(t, device=predicted.device).view(t, 1, 1).expand_as(predicted)
             last = torch.where(predicted, steps, torch.full_like(steps, -1)).amax(0)
-            rows = torch.arange(answer.shape[0])[:, None]
-            cols = torch.arange(answer.shape[1])[None, :]
+            rows = torch.arange(answer.shape[0], device=answer.device)[:, None]
+            cols = torch.arange(answer.shape[1], device=answer.device)[None, :]
             answer = torch.where(last >= 0, self.step_pred[last.clamp(min=0), rows, cols], answer)
         if t < self.num_steps:
             answer = answer.masked_fill(self.step_masked[t], mask_token_id)

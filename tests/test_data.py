@@ -100,3 +100,16 @@ def test_unreachable_hub_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_DATASETS_CACHE", "/nonexistent-unmask-cache")
     with pytest.raises(UserError, match="data-dir"):
         load_rows("gsm8k")
+
+
+def test_math_training_rows_take_the_boxed_answer_from_the_solution(tmp_path: Path) -> None:
+    path = tmp_path / "math_train.jsonl"
+    records = [
+        {"problem": "1+1?", "solution": "We add: $1+1=\\boxed{2}$.", "level": "Level 1", "type": "Algebra"},
+        {"problem": "x?", "solution": "no box here"},
+    ]
+    path.write_text(json.dumps(records[0]) + "\n")
+    assert load_rows("math", path=path)[0]["answer"] == "2"
+    path.write_text(json.dumps(records[1]) + "\n")
+    with pytest.raises(UserError, match="lack the column 'answer'"):
+        load_rows("math", path=path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from unmask.errors import UserError
+from unmask.rewards.extract import last_boxed
 
 #: task → (hub id, hub config, default split)
 HUB_IDS: dict[str, tuple[str, str | None, str]] = {
@@ -32,9 +33,13 @@ def _gsm8k_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _math_row(record: dict[str, Any]) -> dict[str, Any]:
+    # MATH training sets (e.g. MATH-lighteval) carry the answer only boxed inside the solution
+    answer = record["answer"] if "answer" in record else last_boxed(record["solution"])
+    if answer is None:
+        raise KeyError("answer")
     return {
         "problem": record["problem"],
-        "answer": str(record["answer"]),
+        "answer": str(answer),
         "solution": record.get("solution", ""),
         "reasoning": record.get("solution", ""),
         **{k: record[k] for k in ("subject", "level", "unique_id") if k in record},
