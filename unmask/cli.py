@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-length", type=int, default=None)
     p.add_argument("--remasking", default="low_confidence")
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--cache", default="none", help="comma list of KV caches: none,prefix,dual")
+    p.add_argument("--threshold", default=None, help="comma list of confidence thresholds (parallel decoding)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
