@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from unmask.kernels import token_logprobs
 from unmask.rollouts.trajectory import Trajectory
 
 #: an integer seed (one-step, ELBO) or ``[B]`` long step indices (per-step)
@@ -48,13 +49,16 @@ def _answer_scores(
     prompt_length: int,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of ``targets`` ``[B, L]`` at the answer positions, and entropies."""
-    logits = model(input_ids, attention_mask=attention_mask)[:, prompt_length:].float()
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    token = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    with torch.no_grad():
-        entropy = -(logp.exp() * logp).sum(-1)
-    return token, entropy
+    """Log-probs of ``targets`` ``[B, L]`` at the answer positions, and (detached) entropies.
+
+    The LM head runs only at the answer columns (``logits_at``) and the reduction
+    goes through :func:`unmask.kernels.token_logprobs`, so neither the prompt's
+    logits nor a float32 ``[B, L, V]`` copy of the answer's ever exists.
+    """
+    answer = torch.arange(prompt_length, input_ids.shape[1], device=input_ids.device)
+    logits = model(input_ids, attention_mask=attention_mask, logits_at=answer)
+    logprobs, entropy = token_logprobs(logits, targets.long(), temperature)
+    return logprobs, entropy.detach()
 
 
 class Estimator:

@@ -107,3 +107,30 @@ def test_step_estimator_needs_recorded_steps(model):
     traj.step_masked = None
     with pytest.raises(ValueError, match="record=True"):
         StepEstimator(model.mask_token_id).token_logprobs(model, traj, torch.tensor([0, 0]))
+
+
+def test_scores_through_the_kernel_match_full_log_softmax_values_and_gradients():
+    """Answer-only logits + fused kernel give the naive full-vocabulary scores and gradients."""
+    model = tiny(TINY, seed=1).train()
+    traj = hand_trajectory(model)
+    est = ElboEstimator(model.mask_token_id, coupled=True, temperature=0.8)
+    scores = est.token_logprobs(model, traj, 5)
+    assert not scores.entropy.requires_grad  # entropy is a metric / hint filter, never a gradient path
+    (scores.logprobs * scores.weight).sum().backward()
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    ratio, mask = est.draw(traj, 5)
+    naive_lp, naive_ent = [], []
+    for chosen in (mask, ~mask):
+        ids = torch.cat([traj.prompt_ids, traj.answer_ids.masked_fill(chosen, model.mask_token_id)], 1)
+        logp = torch.log_softmax(model.logits(ids, attention_mask=traj.attention_mask)[:, 4:].float() / 0.8, -1)
+        naive_lp.append(logp.gather(-1, traj.answer_ids[..., None])[..., 0])
+        naive_ent.append(-(logp.exp() * logp).sum(-1).detach())
+    expected = torch.where(mask, *naive_lp)
+    (expected * scores.weight).sum().backward()
+    torch.testing.assert_close(scores.logprobs.detach(), expected.detach())
+    torch.testing.assert_close(scores.entropy, torch.where(mask, *naive_ent))
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(fused[name], param.grad, msg=name)
+    assert any(g.abs().sum() > 0 for g in fused.values())
