@@ -97,6 +97,7 @@ class Rollouts:
             remasking=s.remasking,
             cfg_scale=s.cfg_scale,
             threshold=s.threshold,
+            cache=s.cache,
             schedule=s.schedule,
             schedule_k=s.schedule_k,
             confidence=s.rcr_confidence if s.remasking == "rcr" else None,

@@ -27,7 +27,13 @@ from unmask.evaluation.compare import compare_runs, print_comparison
 from unmask.evaluation.loading import load_eval_model
 from unmask.evaluation.report import print_table, write_report
 from unmask.evaluation.runner import GenerateFn, evaluate
-from unmask.evaluation.settings import default_gen_lengths, parse_int_list, settings_grid
+from unmask.evaluation.settings import (
+    default_gen_lengths,
+    parse_caches,
+    parse_int_list,
+    parse_thresholds,
+    settings_grid,
+)
 from unmask.evaluation.store import SampleLog
 from unmask.rollouts import RolloutPool, generate
 
@@ -123,8 +129,9 @@ def run_eval(args: argparse.Namespace) -> int:
     apply_family_templates(rows, model.family)
     lengths = parse_int_list("--gen-length", args.gen_length) or default_gen_lengths(model.family)
     grid = settings_grid(
-        lengths, parse_int_list("--steps", args.steps), args.block_length, args.temperature, args.remasking
-    )
+        lengths, parse_int_list("--steps", args.steps), args.block_length, args.temperature, args.remasking,
+        caches=parse_caches(getattr(args, "cache", None)), thresholds=parse_thresholds(getattr(args, "threshold", None)),
+    )  # fmt: skip
     if args.num_samples > 1 and args.temperature == 0:
         console.print("[yellow]warning: --num-samples > 1 with --temperature 0 repeats near-identical answers")
 

@@ -6,10 +6,12 @@ run) match samples by it: it must name everything that changes the answers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from unmask.errors import UserError
+from unmask.rollouts.cache import CACHE_MODES
 
 #: the published protocol: block 32, steps = gen_length / 2, greedy, low-confidence remasking
 DEFAULT_BLOCK_LENGTH = 32
@@ -25,6 +27,10 @@ class EvalSettings:
     block_length: int
     temperature: float = 0.0
     remasking: str = "low_confidence"
+    #: KV cache of block decoding (approximate unless "none"), sampling.md §5
+    cache: str = "none"
+    #: Fast-dLLM parallel decoding: commit every position above this confidence (§4)
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.gen_length <= 0 or self.steps <= 0 or self.block_length <= 0:
@@ -40,13 +46,25 @@ class EvalSettings:
             raise UserError(f"--temperature must be >= 0 (got {self.temperature})")
         if self.remasking not in REMASKING:
             raise UserError(f"--remasking '{self.remasking}': choose one of {', '.join(REMASKING)}")
+        if self.cache not in CACHE_MODES:
+            raise UserError(f"--cache '{self.cache}': choose from {', '.join(CACHE_MODES)}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise UserError(f"--threshold must be in (0, 1] (got {self.threshold})")
+        if self.threshold is not None and self.remasking == "rcr":
+            raise UserError("--threshold and --remasking rcr exclude each other: drop one of them")
 
     @property
     def label(self) -> str:
-        return (
+        """Exact decoding keeps its historical label; speed-ups that change answers add theirs."""
+        label = (
             f"len{self.gen_length}-steps{self.steps}-block{self.block_length}"
             f"-{self.remasking}-t{self.temperature:g}"
         )
+        if self.cache != "none":
+            label += f"-{self.cache}cache"
+        if self.threshold is not None:
+            label += f"-th{self.threshold:g}"
+        return label
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,14 +83,37 @@ def parse_int_list(option: str, text: str | None) -> list[int] | None:
     return values
 
 
+def parse_caches(text: str | None) -> list[str]:
+    """``"none,dual"`` → ``["none", "dual"]`` (validated by ``EvalSettings``); None → no cache."""
+    caches = [part.strip() for part in (text or "none").split(",") if part.strip()]
+    if not caches:
+        raise UserError(f"--cache is empty; give e.g. none,dual (choose from {', '.join(CACHE_MODES)})")
+    return caches
+
+
+def parse_thresholds(text: str | None) -> list[float | None]:
+    """``"0.9,0.7"`` → ``[0.9, 0.7]``; None → ``[None]`` (the step schedule, no threshold)."""
+    if text is None:
+        return [None]
+    try:
+        values: list[float | None] = [float(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--threshold expects a comma list of numbers in (0, 1], e.g. 0.9 (got '{text}')") from None
+    if not values:
+        raise UserError("--threshold is empty; give e.g. 0.9")
+    return values
+
+
 def settings_grid(
     gen_lengths: list[int],
     steps: list[int] | None = None,
     block_length: int | None = None,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
+    caches: Sequence[str] = ("none",),
+    thresholds: Sequence[float | None] = (None,),
 ) -> list[EvalSettings]:
-    """Every (gen_length, steps) pair; steps default to gen_length / 2 per length.
+    """Every (gen_length, steps, cache, threshold) combination; steps default to gen_length / 2.
 
     The block is ``min(block_length or 32, gen_length)`` so short answers (the tiny
     family) keep the protocol's block without exceeding the answer.
@@ -81,7 +122,9 @@ def settings_grid(
     for length in gen_lengths:
         block = min(block_length or DEFAULT_BLOCK_LENGTH, length)
         for count in steps if steps is not None else [max(1, length // 2)]:
-            grid.append(EvalSettings(length, count, block, temperature, remasking))
+            for cache in caches:
+                for threshold in thresholds:
+                    grid.append(EvalSettings(length, count, block, temperature, remasking, cache, threshold))
     return grid
 
 
