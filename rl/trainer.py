@@ -131,7 +131,14 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------
     def _policy(self, base: DiffusionLM) -> tuple[nn.Module, nn.Module | None]:
-        """LoRA (reference = adapter disabled, no copy) or full fine-tuning (reference copied lazily)."""
+        """LoRA (reference = adapter disabled, no copy) or full fine-tuning (reference copied lazily).
+
+        ``model.gradient_checkpointing`` is switched on the base model, which peft
+        wraps in place: its blocks recompute activations in backward only, so
+        no-grad passes (θ_old, reference, in-process rollouts) cost nothing extra.
+        """
+        if self.recipe.model.gradient_checkpointing:
+            base.gradient_checkpointing_enable()
         lora = self.recipe.lora
         if not lora.enabled:
             return base.train(), None

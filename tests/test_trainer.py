@@ -152,3 +152,36 @@ def test_pool_needs_lora(tmp_path):
     r = recipe(tmp_path, "diffu_grpo", lora={"enabled": False}, ray={"address": "local", "num_workers": 1})
     with pytest.raises(UserError, match="lora.enabled: true"):
         Trainer(r, model_factory=make_model, rows=ROWS)
+
+
+def count_runs(module: torch.nn.Module) -> list[int]:
+    """A list that grows by one per run of ``module.forward`` (checkpoint recomputation skips hooks)."""
+    calls: list[int] = []
+    forward = module.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    module.forward = counted
+    return calls
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_gradient_checkpointing_recomputes_blocks_with_unchanged_updates(tmp_path, lora):
+    """``model.gradient_checkpointing`` re-runs the blocks in backward; the step's update is the same."""
+    results = {}
+    for checkpointing in (False, True):
+        r = recipe(tmp_path / str(checkpointing), "diffu_grpo", lora={"enabled": lora},
+                   model={"gradient_checkpointing": checkpointing})
+        trainer = Trainer(r, model_factory=make_model, rows=ROWS)
+        calls = count_runs(trainer.base_model.blocks[0])
+        metrics = trainer.train_step()
+        params = {k: v.detach().clone() for k, v in trainer.unwrapped.named_parameters() if v.requires_grad}
+        results[checkpointing] = (len(calls), metrics, params)
+        trainer.runner.close()
+    (plain_calls, plain, plain_params), (ckpt_calls, ckpt, ckpt_params) = results[False], results[True]
+    assert ckpt_calls > plain_calls  # the recomputation in backward
+    assert comparable(ckpt) == pytest.approx(comparable(plain), rel=1e-5) and plain["skipped"] == 0.0
+    for name, value in plain_params.items():
+        torch.testing.assert_close(ckpt_params[name], value, msg=name)
