@@ -40,7 +40,38 @@ MAX_BAD_STEPS = 3
 
 
 class TrainingDiverged(UserError):
-    """The loss stayed NaN/inf for several steps in a row."""
+    """The loss (or gradient norm) stayed NaN/inf for several steps in a row."""
+
+
+class UpdateRollback:
+    """Trainable parameters and optimizer state before an update, to undo it if it diverges.
+
+    Kept on the CPU (the accelerator's memory is the scarce one); with LoRA this
+    is a few MB. Only taken when an update spans several optimizer steps, since
+    a single step is simply not taken when its loss is non-finite.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.params = [(p, p.detach().to("cpu", copy=True)) for p in model.parameters() if p.requires_grad]
+        self.optimizer_state = _cpu_copy(optimizer.state_dict())
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for param, saved in self.params:
+                param.copy_(saved)
+        self.optimizer.load_state_dict(self.optimizer_state)  # moves the state back to the params' device
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A copy of a nested optimizer state dict whose tensors live on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cpu_copy(v) for v in value]
+    return value
 
 
 def derive_seed(*parts: int) -> int:
@@ -244,7 +275,12 @@ class Trainer:
         return rollout, metrics
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
-        """``num_iterations`` passes over the buffered batch; NaN/inf losses skip the step."""
+        """``num_iterations`` passes over the buffered batch, applied all or nothing.
+
+        A NaN/inf loss (or gradient norm) anywhere skips the whole RL step: when
+        the update spans several optimizer steps, the trainable parameters and
+        optimizer state are restored to what they were before its first step.
+        """
         if len(batch) == 0:
             return {"skipped": 1.0, "empty_batch": 1.0}
         micro = self._micro_batches(batch)
@@ -253,9 +289,11 @@ class Trainer:
         ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
         accumulate = self.recipe.optim.gradient_accumulation_steps
         windows = [list(range(i, min(i + accumulate, len(micro)))) for i in range(0, len(micro), accumulate)]
+        iterations = self.recipe.algorithm.num_iterations
+        rollback = UpdateRollback(self.model, self.optimizer) if iterations * len(windows) > 1 else None
         sums: dict[str, float] = {}
         count = 0
-        for i in range(self.recipe.algorithm.num_iterations):
+        for i in range(iterations):
             for window in windows:
                 items = sum(len(micro[j]) for j in window)
                 for j in window:
@@ -264,20 +302,29 @@ class Trainer:
                         micro[j], scores, old[i][j] if old else None, ref[i][j] if ref else None
                     )
                     if not torch.isfinite(loss):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        return {"skipped": 1.0, "loss": float(loss.detach())}
+                        return self._abandon(rollback, {"loss": float(loss.detach())})
                     self.accelerator.backward(loss * len(micro[j]) / items)
                     for key, value in {"loss": float(loss.detach()), **metrics}.items():
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(
+                grad_norm = float(
                     self.accelerator.clip_grad_norm_(self.model.parameters(), self.recipe.optim.max_grad_norm)
                     if self.recipe.optim.max_grad_norm > 0
                     else 0.0
-                ) * len(window)
+                )
+                if not math.isfinite(grad_norm):
+                    return self._abandon(rollback, {"grad_norm": grad_norm})
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * len(window)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         return {"skipped": 0.0, **{k: v / count for k, v in sums.items()}}
+
+    def _abandon(self, rollback: UpdateRollback | None, metrics: dict[str, float]) -> dict[str, float]:
+        """Drop the step's gradients and undo its optimizer steps (if any were taken)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if rollback is not None:
+            rollback.restore()
+        return {"skipped": 1.0, **metrics}
 
     def train_step(self) -> dict[str, float]:
         self.timings, self.forward_passes = {}, 0
@@ -309,7 +356,7 @@ class Trainer:
         return self.step * self.recipe.rollout.prompts_per_step * self.accelerator.num_processes
 
     def _check_divergence(self, metrics: dict[str, float]) -> None:
-        bad = "loss" in metrics and not math.isfinite(metrics["loss"])
+        bad = any(not math.isfinite(metrics.get(key, 0.0)) for key in ("loss", "grad_norm"))
         self.bad_steps = self.bad_steps + 1 if bad else 0
         if self.bad_steps >= MAX_BAD_STEPS:
             raise TrainingDiverged(

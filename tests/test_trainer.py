@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -185,3 +186,27 @@ def test_gradient_checkpointing_recomputes_blocks_with_unchanged_updates(tmp_pat
     assert comparable(ckpt) == pytest.approx(comparable(plain), rel=1e-5) and plain["skipped"] == 0.0
     for name, value in plain_params.items():
         torch.testing.assert_close(ckpt_params[name], value, msg=name)
+
+
+def test_non_finite_loss_in_a_later_inner_iteration_undoes_the_whole_update(tmp_path):
+    """Iteration 1 diverges after iteration 0 stepped: parameters and Adam state are as before the step."""
+    trainer = Trainer(recipe(tmp_path, "diffu_grpo"), model_factory=make_model, rows=ROWS)
+    assert trainer.train_step()["skipped"] == 0.0  # Adam has moments to corrupt now
+    trainer.step += 1
+    params = {k: v.detach().clone() for k, v in trainer.unwrapped.named_parameters() if v.requires_grad}
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 1e36  # the first inner step overflows the adapter, the next loss is NaN
+    state = copy.deepcopy(trainer.optimizer.state_dict())
+    taken = []
+    trainer.optimizer.optimizer.register_step_post_hook(lambda *_: taken.append(1))
+    metrics = trainer.train_step()
+    assert taken and metrics["skipped"] == 1.0 and not math.isfinite(metrics["loss"])
+    for name, param in trainer.unwrapped.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param, params[name]), name
+            assert param.grad is None
+    restored = trainer.optimizer.state_dict()
+    assert restored["param_groups"] == state["param_groups"]
+    for index, moments in state["state"].items():
+        for key, value in moments.items():
+            assert torch.equal(restored["state"][index][key], value), (index, key)
