@@ -22,8 +22,9 @@ def grade(task: str, completion: str, **reference) -> GradeResult:
     """Grade one completion for ``task`` against its reference fields.
 
     References: math ``answer``; gsm8k ``answer``; countdown ``nums``, ``target`` (plus
-    optional shaping scores); sudoku ``puzzle``, ``solution``. No deadline here: run
-    through ``RewardRunner`` when inputs may be hostile.
+    optional shaping scores); sudoku ``puzzle``, ``solution``. No deadline here: grade
+    batches with ``grading.Grader`` (or rewards with ``RewardRunner``) when inputs may
+    be hostile.
     """
     grader = GRADERS.get(task)
     if grader is None:

@@ -14,13 +14,13 @@ import contextlib
 import multiprocessing as mp
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from .registry import RewardSpec
-from .worker import Outcome, serve
+from .worker import Handler, Outcome, serve
 
 _STARTUP_S = 120.0
 
@@ -32,20 +32,22 @@ class _Worker:
 
 
 class WorkerPool:
-    """``num_workers`` reward workers; ``run`` grades jobs ``(spec_index, prompt,
-    completion, columns)`` and returns one outcome per job, in order."""
+    """``num_workers`` grading workers; ``run`` hands each job (a tuple of fields) to the
+    handler ``make_handler()`` built in every worker, and returns one outcome per job, in
+    order. ``make_handler`` must be picklable (a module-level function or a partial of one),
+    e.g. ``functools.partial(reward_handler, specs)``."""
 
     def __init__(
         self,
         num_workers: int,
-        specs: list[RewardSpec],
+        make_handler: Callable[[], Handler],
         memory_limit_mb: int | None = 2048,
         start_method: str = "forkserver",
     ) -> None:
         self._ctx = mp.get_context(start_method)
         if start_method == "forkserver":
             self._ctx.set_forkserver_preload(["unmask.rewards"])
-        self._specs = specs
+        self._make_handler = make_handler
         self._memory_limit_mb = memory_limit_mb
         self.restarts = 0
         started = [self._start() for _ in range(num_workers)]
@@ -54,7 +56,7 @@ class WorkerPool:
     def _start(self) -> _Worker:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=serve, args=(child, self._specs, self._memory_limit_mb), daemon=True
+            target=serve, args=(child, self._make_handler, self._memory_limit_mb), daemon=True
         )
         process.start()
         child.close()

@@ -14,13 +14,15 @@ class GradeResult:
     ``score`` is the reward value (it may include shaping, e.g. Countdown's 0.1 for a
     well-formed wrong answer), ``correct`` is the strict verdict used for accuracy.
     ``error`` says why the answer could not be judged (nothing extracted, unparseable,
-    disallowed syntax); it is None when a verdict was reached.
+    disallowed syntax, grading past its deadline); it is None when a verdict was reached.
+    ``timed_out`` marks the deadline case, which evaluation counts on its own.
     """
 
     correct: bool
     score: float
     extracted: str | None
     error: str | None = None
+    timed_out: bool = False
 
 
 class RewardConfigError(UserError, ValueError):

@@ -7,6 +7,7 @@ items are graded once per batch and remembered for the run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import pickle
@@ -19,7 +20,7 @@ from typing import Any
 from .pool import WorkerPool
 from .registry import RewardSpec
 from .result import RewardConfigError
-from .worker import Outcome, run_item
+from .worker import Outcome, reward_handler, run_item
 
 logger = logging.getLogger("unmask.rewards")
 
@@ -94,7 +95,9 @@ class RewardRunner:
         if self.num_workers == 0:
             return [run_item(self._fns[j], p, c, cols) for j, p, c, cols in jobs]
         if self._pool is None:
-            self._pool = WorkerPool(self.num_workers, self.specs, *self._pool_args)
+            self._pool = WorkerPool(
+                self.num_workers, functools.partial(reward_handler, self.specs), *self._pool_args
+            )
         restarts = self._pool.restarts
         outcomes = self._pool.run(jobs, self.deadline_s)
         stats["worker_restarts"] += self._pool.restarts - restarts

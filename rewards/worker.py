@@ -3,6 +3,9 @@
 Used both in-process and inside pool workers so the two paths contain errors alike.
 An outcome is ``(kind, payload)``: ``("ok", value)``, ``("error", message)`` or
 ``("config", message)``; the pool adds ``("timeout", None)`` and ``("died", message)``.
+A worker runs one *handler* (a job's fields in, an outcome out), built in the worker
+by a picklable factory: ``reward_handler`` for rewards, ``grading.grade_handler`` for
+evaluation verdicts.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import numbers
 import os
 import resource
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -19,6 +22,8 @@ from .registry import RewardSpec
 from .result import RewardConfigError
 
 Outcome = tuple[str, Any]
+#: what a worker applies to each job's fields
+Handler = Callable[..., Outcome]
 _MAX_MESSAGE = 300
 
 
@@ -47,7 +52,12 @@ def run_item(fn: Any, prompt: Any, completion: Any, columns: Mapping[str, Any]) 
     except RewardConfigError as exc:
         return ("config", str(exc))
     except Exception as exc:  # a plug-in or a grader failed on this item: contain it
-        return ("error", f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
+        return error_outcome(exc)
+
+
+def error_outcome(exc: Exception) -> Outcome:
+    """The ``("error", message)`` outcome of an exception raised on one item."""
+    return ("error", f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
 
 
 def _limit_memory(extra_mb: int | None) -> None:
@@ -61,9 +71,19 @@ def _limit_memory(extra_mb: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def serve(conn: Connection, specs: list[RewardSpec], memory_limit_mb: int | None) -> None:
-    """Worker loop: load the rewards, say ready, then answer jobs until told to stop."""
+def reward_handler(specs: list[RewardSpec]) -> Handler:
+    """Jobs ``(spec_index, prompt, completion, columns)`` → reward outcomes (rewards loaded once)."""
     fns = [spec.load() for spec in specs]
+
+    def handle(index: int, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> Outcome:
+        return run_item(fns[index], prompt, completion, columns)
+
+    return handle
+
+
+def serve(conn: Connection, make_handler: Callable[[], Handler], memory_limit_mb: int | None) -> None:
+    """Worker loop: build the handler, say ready, then answer jobs until told to stop."""
+    handle = make_handler()
     _limit_memory(memory_limit_mb)
     conn.send(("ready", None))
     while True:
@@ -73,5 +93,4 @@ def serve(conn: Connection, specs: list[RewardSpec], memory_limit_mb: int | None
             return
         if job is None:
             return
-        index, prompt, completion, columns = job
-        conn.send(run_item(fns[index], prompt, completion, columns))
+        conn.send(handle(*job))

@@ -21,7 +21,7 @@ from unmask.evaluation.report import Summary, summarize
 from unmask.evaluation.settings import EvalSettings
 from unmask.evaluation.store import SampleLog, sample_key
 from unmask.models.base import DiffusionLM
-from unmask.rewards import grade
+from unmask.rewards import Grader
 from unmask.rollouts import Trajectory, generate
 
 GenerateFn = Callable[..., Trajectory]
@@ -92,6 +92,7 @@ def evaluate(
     log: SampleLog | None = None,
     progress: Progress | None = None,
     generate_fn: GenerateFn = generate,
+    grader: Grader | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``rows`` (each with a ``prompt``) of benchmark ``task``.
 
@@ -100,6 +101,9 @@ def evaluate(
     run resumable. ``chat_template=False`` feeds the raw prompts (recipes with
     ``data.chat_template: false``). ``generate_fn`` defaults to the in-process sampler; a rollout
     pool's ``generate`` with the same signature spreads batches over workers.
+    ``grader`` judges the answers (default: a ``Grader`` for this call, whose MATH
+    verdicts run under a per-item deadline; a timeout counts as wrong and the record
+    says ``grading_timeout``); pass one to reuse its workers across calls.
     """
     if task not in GRADER_TASK:
         raise ValueError(f"no grader for task {task!r}; choose one of {sorted(GRADER_TASK)}")
@@ -115,11 +119,14 @@ def evaluate(
     was_training = model.training
     model.eval()
     fresh: list[dict[str, Any]] = []
+    owned = grader is None
+    grader = Grader() if grader is None else grader
     try:
         for setting, units in todo.items():
             for start in range(0, len(units), batch_size):
                 batch = _run_batch(
-                    model, rows, task, setting, units[start : start + batch_size], seed, chat_template, generate_fn
+                    model, rows, task, setting, units[start : start + batch_size], seed, chat_template, generate_fn,
+                    grader,
                 )
                 fresh.extend(batch)
                 if log is not None:
@@ -128,6 +135,8 @@ def evaluate(
                     progress.advance(bar, len(batch))
     finally:
         model.train(was_training)
+        if owned:
+            grader.close()
     wanted = {(task, s.label, p, k) for s in grid for p in range(len(rows)) for k in range(num_samples)}
     records = [r for r in (log.records if log is not None else fresh) if sample_key(r) in wanted]
     return EvalResult(records=records, summaries=summarize(records))
@@ -142,6 +151,7 @@ def _run_batch(
     seed: int,
     chat_template: bool,
     generate_fn: GenerateFn,
+    grader: Grader,
 ) -> list[dict[str, Any]]:
     """Generate, decode and grade one batch of (problem, sample) units under ``setting``."""
     prompts = [rows[p]["prompt"] for p, _ in units]
@@ -150,18 +160,20 @@ def _run_batch(
     started = time.perf_counter()
     trajectory = generate_fn(model, ids, attention_mask=mask, seed=seeds, **setting.as_dict())
     seconds = (time.perf_counter() - started) / len(units)
+    answers = decode_answers(model, trajectory)
+    refs = [reference(task, rows[p]) for p, _ in units]
+    verdicts = grader.grade_many(GRADER_TASK[task], [text for text, _ in answers], refs)
     records = []
-    for (p, k), (completion, length), nfe, row_seed in zip(
-        units, decode_answers(model, trajectory), trajectory.nfe.tolist(), seeds, strict=True
+    for (p, k), (completion, length), verdict, ref, nfe, row_seed in zip(
+        units, answers, verdicts, refs, trajectory.nfe.tolist(), seeds, strict=True
     ):
-        ref = reference(task, rows[p])
-        verdict = grade(GRADER_TASK[task], completion, **ref)
         records.append(
             {
                 "bench": task, "setting": setting.label, "problem": p, "sample": k,
                 "settings": setting.as_dict(), "seed": row_seed, "prompt": rows[p]["prompt"],
                 "completion": completion, "extracted": verdict.extracted, "correct": verdict.correct,
-                "score": verdict.score, "error": verdict.error, "reference": ref,
+                "score": verdict.score, "error": verdict.error, "grading_timeout": verdict.timed_out,
+                "reference": ref,
                 "answer_tokens": length, "nfe": nfe, "seconds": seconds,
             }
         )  # fmt: skip
