@@ -45,6 +45,7 @@ def test_power_tower_answer_times_out_as_wrong_and_evaluation_finishes():
     assert not hostile["correct"] and hostile["grading_timeout"] and "timed out after 1 s" in hostile["error"]
     assert plain["correct"] and not plain["grading_timeout"] and plain["extracted"] == "5"
     assert sum(r["grading_timeout"] for r in result.records) == 1
+    assert [s.grading_timeouts for s in result.summaries] == [1]
     assert result.accuracy() == 0.5
 
 

@@ -40,6 +40,8 @@ class Summary:
     nfe_per_answer: float = 0.0
     #: answer tokens generated per second of sampling wall time
     tokens_per_second: float = 0.0
+    #: samples whose grading passed its deadline (counted wrong; rewards.Grader)
+    grading_timeouts: int = 0
 
 
 def group_by_problem(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, list[dict[str, Any]]]]:
@@ -73,6 +75,7 @@ def summarize(records: list[dict[str, Any]]) -> list[Summary]:
                 mean_answer_tokens=tokens / len(flat),
                 nfe_per_answer=sum(r["nfe"] for r in flat) / len(flat),
                 tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
+                grading_timeouts=sum(bool(r.get("grading_timeout")) for r in flat),
             )
         )
     return out
