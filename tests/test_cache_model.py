@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unmask.models import Dream, DreamConfig, NativeLM, tiny
+from unmask.models import Dream, DreamConfig, LLaDA, NativeLM, tiny
+from unmask.models.llada import LLaDAConfig
 
 VOCAB = 40
 
@@ -27,7 +28,17 @@ def small_dream() -> NativeLM:
     return model.eval()
 
 
-FAMILIES = [pytest.param(small_tiny, id="tiny"), pytest.param(small_dream, id="dream")]
+def small_llada() -> NativeLM:
+    config = LLaDAConfig(
+        d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48, vocab_size=VOCAB,
+        embedding_size=VOCAB, mask_token_id=39, eos_token_id=38, pad_token_id=38,
+    )  # fmt: skip
+    model = LLaDA(config)
+    model.init_weights(1, std=0.3)
+    return model.eval()
+
+
+FAMILIES = [pytest.param(small_tiny, id="tiny"), pytest.param(small_dream, id="dream"), pytest.param(small_llada, id="llada")]
 
 
 def canvas(model: NativeLM) -> tuple[torch.Tensor, torch.Tensor]:
