@@ -46,7 +46,7 @@ TINY_TEMPLATE = (
     "Put the equation in <answer> </answer> tags."
 )
 #: the settings of the shipped model (``make tiny-model``)
-DEFAULT_STEPS = 1000
+DEFAULT_STEPS = 3000
 HASH_FILE = "model.safetensors.sha256"
 TASKS = ("countdown",)
 
@@ -57,9 +57,9 @@ class PretrainConfig:
 
     steps: int = DEFAULT_STEPS
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 100
+    warmup_steps: int = 200
     #: fraction of the run at the end over which the learning rate decays linearly to 0
     decay_fraction: float = 0.3
     gen_length: int = 16

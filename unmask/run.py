@@ -135,6 +135,17 @@ def evaluate_phase(
     )
 
 
+def greedy_eval_fn(recipe: Recipe, rows: list[dict[str, Any]]) -> Callable[[DiffusionLM, int], dict[str, float]]:
+    """The trainer's periodic evaluation: held-out accuracy at the first greedy setting."""
+    name, setting = next(iter(eval_settings(recipe).items()))
+
+    def run(model: DiffusionLM, step: int) -> dict[str, float]:
+        result = evaluate(model, rows, recipe.data.task, setting, batch_size=recipe.eval.batch_size, seed=recipe.seed)
+        return {f"accuracy/{name}": result.accuracy()}
+
+    return run
+
+
 def comparisons(before: Phase, after: Phase, seed: int) -> list[Comparison]:
     """Accuracy per setting and mean reward with paired intervals; NFE per answer as is."""
     rows = [compare(f"accuracy, {name}", before.accuracy[name], after.accuracy[name], seed=seed) for name in before.accuracy]
@@ -148,16 +159,20 @@ def log_metrics(out_dir: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def training_curve(out_dir: Path) -> list[tuple[int, float]]:
-    """(step, mean reward) of the trainer's records in ``metrics.jsonl``."""
+def training_curves(out_dir: Path) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
+    """(step, mean rollout reward) and (step, held-out accuracy) series from ``metrics.jsonl``."""
     path = out_dir / METRICS_FILE
-    points = []
+    reward: list[tuple[int, float]] = []
+    accuracy: dict[str, list[tuple[int, float]]] = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
         record = json.loads(line)
-        reward = record.get("reward")
-        if "phase" not in record and reward is not None:
-            points.append((int(record["step"]), float(reward)))
-    return points
+        step = int(record["step"])
+        if "phase" not in record and "reward" in record:
+            reward.append((step, float(record["reward"])))
+        for key, value in record.items():
+            if key.startswith(("accuracy/", "eval/accuracy/")) and value is not None:
+                accuracy.setdefault(key.removeprefix("eval/").removeprefix("accuracy/"), []).append((step, float(value)))
+    return reward, {name: sorted(points) for name, points in accuracy.items()}
 
 
 def run_recipe(recipe: Recipe) -> list[Comparison]:
@@ -177,7 +192,8 @@ def run_recipe(recipe: Recipe) -> list[Comparison]:
             timings["eval before"] = before.seconds
             log_metrics(out_dir, {"phase": "eval_before", "step": 0, **before.summary()})
         started = time.perf_counter()
-        trainer = Trainer(recipe, model_factory=factory, rows=training_rows(recipe, rows))
+        periodic = greedy_eval_fn(recipe, rows) if recipe.eval.every else None
+        trainer = Trainer(recipe, eval_fn=periodic, model_factory=factory, rows=training_rows(recipe, rows))
         for _ in trainer.steps():
             pass
         model = trainer.unwrapped
@@ -196,6 +212,5 @@ def run_recipe(recipe: Recipe) -> list[Comparison]:
         json.dumps({"title": title, "timings": timings, "rows": [c.as_dict() for c in table]}, indent=2) + "\n"
     )
     if recipe.logging.plot:
-        accuracy = {name: [(0, sum(v) / len(v)), (recipe.optim.max_steps, sum(after.accuracy[name]) / len(v))] for name, v in before.accuracy.items()}
-        plot_curves(training_curve(out_dir), accuracy, out_dir / CURVE_FILE)
+        plot_curves(*training_curves(out_dir), out_dir / CURVE_FILE)
     return table
