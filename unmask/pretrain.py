@@ -67,7 +67,11 @@ class PretrainConfig:
     pool_size: int = 20_000
     #: one thread: float sums do not depend on the machine's core count, so the bytes reproduce
     threads: int = 1
-    model: dict[str, Any] = field(default_factory=dict)
+    #: smaller than ``TinyConfig``'s default: at a fixed CPU budget it sees more steps and
+    #: reached 19.8 % held-out greedy accuracy where d 128 × 4 layers reached < 3 %
+    model: dict[str, Any] = field(
+        default_factory=lambda: {"d_model": 96, "n_layers": 3, "n_heads": 4, "mlp_hidden_size": 256}
+    )
     generator: dict[str, Any] = field(
         default_factory=lambda: {"num_numbers": 3, "min_number": 1, "max_number": 10}
     )

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
+from contextlib import suppress
 from fractions import Fraction
 from functools import lru_cache
+from itertools import permutations
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,49 @@ def solve(nums: list[int] | tuple[int, ...], target: int) -> str | None:
     return solutions(nums).get(Fraction(target))
 
 
+def _div(x: Fraction, y: Fraction) -> Fraction | None:
+    return None if y == 0 else x / y
+
+
+#: 3-number expression shapes, simplest first: every solvable 3-number problem with
+#: numbers 1–10 fits one of them
+SHAPES: tuple[tuple[str, Callable[[Fraction, Fraction, Fraction], Fraction | None]], ...] = (
+    ("{a}+{b}+{c}", lambda a, b, c: a + b + c),
+    ("{a}*{b}+{c}", lambda a, b, c: a * b + c),
+    ("{a}*{b}-{c}", lambda a, b, c: a * b - c),
+    ("{a}+{b}-{c}", lambda a, b, c: a + b - c),
+    ("{a}-{b}-{c}", lambda a, b, c: a - b - c),
+    ("{a}*{b}*{c}", lambda a, b, c: a * b * c),
+    ("({a}+{b})*{c}", lambda a, b, c: (a + b) * c),
+    ("({a}-{b})*{c}", lambda a, b, c: (a - b) * c),
+    ("{a}*{b}/{c}", lambda a, b, c: _div(a * b, c)),
+    ("({a}+{b})/{c}", lambda a, b, c: _div(a + b, c)),
+    ("({a}-{b})/{c}", lambda a, b, c: _div(a - b, c)),
+    ("{a}/{b}+{c}", lambda a, b, c: _div(a, b) + c),
+    ("{a}/{b}-{c}", lambda a, b, c: _div(a, b) - c),
+    ("{a}-{b}/{c}", lambda a, b, c: a - _div(b, c)),
+    ("{a}-{b}*{c}", lambda a, b, c: a - b * c),
+    ("{a}/({b}-{c})", lambda a, b, c: _div(a, b - c)),
+    ("{a}/({b}+{c})", lambda a, b, c: _div(a, b + c)),
+)
+
+
+def canonical_solution(nums: list[int] | tuple[int, ...], target: int) -> str | None:
+    """A solution in a regular form: numbers in the order given where possible (orders
+    tried as ``itertools.permutations`` lists them), then the first shape of ``SHAPES``
+    that fits. Regular answers that mostly copy the prompt are what a small model can
+    learn to produce; other problems (or other than 3 numbers) fall back to ``solve``.
+    """
+    if len(nums) == 3:
+        goal = Fraction(target)
+        for a, b, c in permutations(nums):
+            for text, fn in SHAPES:
+                with suppress(TypeError):  # a None from a division by zero
+                    if fn(Fraction(a), Fraction(b), Fraction(c)) == goal:
+                        return text.format(a=a, b=b, c=c)
+    return solve(nums, target)
+
+
 def generate(
     n: int,
     *,
@@ -93,7 +139,7 @@ def generate(
         if not targets:
             continue
         target = rng.choice(targets)
-        rows.append({"nums": nums, "target": target, "solution": reachable[Fraction(target)]})
+        rows.append({"nums": nums, "target": target, "solution": canonical_solution(nums, target)})
     return rows
 
 
