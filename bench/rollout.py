@@ -1,4 +1,4 @@
-"""Rollout speed-ups against the reference sampler: tokens/s, FLOPs per answer, agreement.
+"""Rollout strategies and speed-ups against the reference sampler: tokens/s, FLOPs per answer, agreement.
 
     python bench/rollout.py [--model builtin:tiny-countdown] [--limit 1000] [--tiny-blocks 16,4]
                             [--llada-shape 256,4,4,768] [--threads 1] [--repeats 1]
@@ -43,6 +43,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "early exit": {"early_exit": True, "partial_head": False},
     "dual + threshold 0.9": {"cache": "dual", "threshold": 0.9, "partial_head": False},
     "dual + threshold 0.9 + partial head + early exit": {"cache": "dual", "threshold": 0.9, "early_exit": True},
+    # the other decoding strategies, same cost model as the reference (issue 4's table)
+    "random remasking": {"remasking": "random", "partial_head": False},
+    "margin": {"remasking": "margin", "partial_head": False},
+    "entropy": {"remasking": "entropy", "partial_head": False},
+    "rcr": {"remasking": "rcr", "partial_head": False},
+    "cfg 1.0": {"cfg_scale": 1.0, "partial_head": False},
 }
 
 
