@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+
 from unmask.kernels import (
     linear_token_logprobs,
     row_uniforms,

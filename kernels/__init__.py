@@ -10,6 +10,7 @@ Triton on CUDA when available, the chunked torch twin otherwise
 from __future__ import annotations
 
 import torch
+
 from unmask.kernels.commit import threshold_commits, topk_commits
 from unmask.kernels.dispatch import backend_for, set_backend, use_backend
 from unmask.kernels.logprob import (

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+
 from unmask.kernels.sampling import row_chunks
 
 #: float32 elements per row chunk of the torch twin (16 MiB per temporary)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from unmask.kernels.logprob import RowOps
 from unmask.kernels.sampling_triton import softmax_finish, softmax_step, tile_shape
 

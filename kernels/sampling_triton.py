@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from unmask.kernels.sampling import StepSample, check_sample_args
 
 #: elements per tile (ROWS × BLOCK)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from unmask.kernels import select_commits, set_backend, use_backend
 from unmask.kernels.dispatch import backend_for, requested_backend
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from unmask.kernels import linear_token_logprobs, token_logprobs, use_backend
 from unmask.kernels.dispatch import enable_interpreter
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from unmask.kernels import row_uniforms, sample_step, use_backend
 from unmask.kernels.dispatch import enable_interpreter
 from unmask.kernels.sampling import sample_step_torch

@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 import json
 
+from unmask.data.countdown import solve
 from unmask.rewards import grade
 from unmask.rewards.gsm8k import gsm8k_gold
-
-from unmask.data.countdown import solve
 
 
 def _jsonl(path):

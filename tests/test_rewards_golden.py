@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from unmask.rewards import RewardRunner, RewardSpec, grade
 
 GOLDEN = [json.loads(line) for line in (Path(__file__).parent / "golden_rewards.jsonl").open()]

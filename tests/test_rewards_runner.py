@@ -12,6 +12,7 @@ import signal
 import time
 
 import pytest
+
 from unmask.rewards import RewardConfigError, RewardRunner, RewardSpec
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from unmask.rewards import RewardRunner, RewardSpec, available, completion_text, grade, load_reward
 from unmask.rewards.countdown import evaluate
 from unmask.rewards.extract import answer_tag, last_boxed, last_math_span, last_number
