@@ -61,3 +61,13 @@ def test_paired_comparison_reports_interval_of_the_difference() -> None:
 def test_curve_is_written_as_png(tmp_path: Path) -> None:
     path = plot_curves([(1, 0.1), (2, 0.3)], {"greedy": [(0, 0.2), (2, 0.3)]}, tmp_path / "curve.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resumed_run_keeps_its_metrics_history(tmp_path) -> None:
+    from unmask.run import METRICS_FILE, log_metrics, start_metrics_log
+
+    log_metrics(tmp_path, {"step": 1})
+    start_metrics_log(tmp_path, resuming=True)
+    assert (tmp_path / METRICS_FILE).read_text().count("\n") == 1
+    start_metrics_log(tmp_path, resuming=False)
+    assert not (tmp_path / METRICS_FILE).exists()

@@ -154,6 +154,12 @@ def comparisons(before: Phase, after: Phase, seed: int) -> list[Comparison]:
     return rows
 
 
+def start_metrics_log(out_dir: Path, resuming: bool) -> None:
+    """A fresh run starts a fresh ``metrics.jsonl``; a resumed run appends to its history."""
+    if not resuming:
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
+
+
 def log_metrics(out_dir: Path, record: dict[str, Any]) -> None:
     with (out_dir / METRICS_FILE).open("a") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -179,7 +185,7 @@ def run_recipe(recipe: Recipe) -> list[Comparison]:
     """Evaluate, train, evaluate, report; returns the before/after comparisons."""
     out_dir = Path(recipe.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    start_metrics_log(out_dir, resuming=recipe.checkpoint.resume_from is not None)
     save_recipe(recipe, out_dir)
     factory = model_factory(recipe.model)
     model = factory()
