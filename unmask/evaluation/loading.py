@@ -6,8 +6,6 @@ Merging (instead of keeping a ``PeftModel`` wrapper) hands the sampler a plain
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from unmask.errors import UserError
 from unmask.models import CheckpointError, DiffusionLM, load_model
 
@@ -19,12 +17,12 @@ def load_eval_model(name_or_path: str, adapter: str | None = None) -> DiffusionL
     except CheckpointError as exc:
         raise UserError(f"--model {name_or_path}: {exc}") from None
     if adapter is not None:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise UserError(f"--adapter {adapter}: no adapter_config.json there (is it a LoRA adapter directory?)")
-        from peft import PeftModel
+        from unmask.models.lora import load_adapter
 
         try:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            model = load_adapter(model, adapter).merge_and_unload()
+        except CheckpointError as exc:
+            raise UserError(f"--adapter {adapter}: {exc}") from None
         except (ValueError, KeyError, RuntimeError) as exc:
             raise UserError(f"--adapter {adapter}: does not fit --model {name_or_path} ({exc})") from None
     return model.eval()
