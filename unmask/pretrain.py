@@ -35,6 +35,7 @@ from unmask.data import countdown, render_prompt
 from unmask.errors import UserError
 from unmask.evaluation.benchmarks import COUNTDOWN_EVAL_SIZE, benchmark_rows
 from unmask.models.base import DiffusionLM
+from unmask.rl.rollout import encode_prompts
 
 #: training problems are drawn from seeds offset from the user seed (the eval seed is far away)
 TRAIN_SEED_OFFSET = 1_000
@@ -106,19 +107,15 @@ class EncodedRows:
 def encode(model: DiffusionLM, rows: Iterable[dict[str, Any]], gen_length: int) -> EncodedRows:
     """Tokenise prompts (left padding, like the sampler) and answers (EOS to ``gen_length``)."""
     tok = model.tokenizer
-    prompts, answers = [], []
+    rows = list(rows)
+    answers = []
     for row in rows:
-        prompts.append(tok(render_prompt("countdown", row, TINY_TEMPLATE), add_special_tokens=False)["input_ids"])
         answer = tok(answer_text(row), add_special_tokens=False)["input_ids"]
         if len(answer) > gen_length:
             raise UserError(f"pretraining answer {answer_text(row)!r} is longer than gen_length {gen_length}")
         answers.append(answer + [model.eos_token_ids[0]] * (gen_length - len(answer)))
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), model.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = True
+    texts = [render_prompt("countdown", row, TINY_TEMPLATE) for row in rows]
+    ids, mask = encode_prompts(tok, texts, model.pad_token_id)
     return EncodedRows(ids, mask, torch.tensor(answers, dtype=torch.long))
 
 
