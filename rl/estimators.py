@@ -56,7 +56,7 @@ def _answer_scores(
     logits nor a float32 ``[B, L, V]`` copy of the answer's ever exists.
     """
     answer = torch.arange(prompt_length, input_ids.shape[1], device=input_ids.device)
-    logits = model(input_ids, attention_mask=attention_mask, logits_at=answer)
+    logits = model(input_ids, attention_mask=attention_mask, logits_at=answer, prompt_length=prompt_length)
     logprobs, entropy = token_logprobs(logits, targets.long(), temperature)
     return logprobs, entropy.detach()
 

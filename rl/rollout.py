@@ -98,6 +98,7 @@ class Rollouts:
             cfg_scale=s.cfg_scale,
             threshold=s.threshold,
             cache=s.cache,
+            cache_refresh=s.cache_refresh,
             schedule=s.schedule,
             schedule_k=s.schedule_k,
             confidence=s.rcr_confidence if s.remasking == "rcr" else None,

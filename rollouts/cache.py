@@ -35,6 +35,7 @@ class StepForward:
         cache: str = "none",
         cfg_scale: float = 0.0,
         partial_head: bool = True,
+        refresh: int = 0,
     ) -> None:
         if cache not in CACHE_MODES:
             raise UserError(f"unknown cache {cache!r}: use one of {', '.join(CACHE_MODES)}")
@@ -42,7 +43,12 @@ class StepForward:
         self.native = hasattr(model, "new_cache")
         if cache != "none" and not self.native:
             raise UserError(f"cache={cache!r} needs a native unmask model family (tiny, llada, dream)")
+        if refresh < 0:
+            raise UserError(f"cache_refresh must be >= 0 (0: refill only at a block's first step), got {refresh}")
         self.model, self.mode, self.cfg_scale, self.partial_head = model, cache, cfg_scale, partial_head
+        #: with a cache, every ``refresh``-th step of a block runs the full canvas again (0: only the first)
+        self.refresh = refresh
+        self._age = 0  # steps since the cache was filled
         self.prompt_ids, self.mask = prompt_ids, attention_mask  # mask covers the whole canvas
         batch, self.plen = prompt_ids.shape
         self.length = self.plen + gen_length
@@ -91,9 +97,11 @@ class StepForward:
         """
         if self.mode == "none":
             return None
-        if self._cache is None or self._cache_rows is None or not torch.isin(rows, self._cache_rows).all():
-            self._cache, self._cache_rows, self._filled = self.model.new_cache(), rows, answer
+        stale = self.refresh and self._age >= self.refresh - 1
+        if stale or self._cache is None or self._cache_rows is None or not torch.isin(rows, self._cache_rows).all():
+            self._cache, self._cache_rows, self._filled, self._age = self.model.new_cache(), rows, answer, 0
             return None
+        self._age += 1
         if not torch.equal(rows, self._cache_rows):
             keep = torch.searchsorted(self._cache_rows, rows)
             self._filled = self._filled[keep]
@@ -122,8 +130,10 @@ class StepForward:
         self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor, columns: torch.Tensor | None
     ) -> torch.Tensor:
         if not self.native:
-            return self.model.logits(x, attention_mask=mask)[:, at]
-        return self.model.logits(x, attention_mask=mask, logits_at=at, columns=columns, cache=self._cache)
+            return self.model.logits(x, attention_mask=mask, prompt_length=self.plen)[:, at]
+        return self.model.logits(
+            x, attention_mask=mask, logits_at=at, columns=columns, cache=self._cache, prompt_length=self.plen
+        )
 
     def _account(self, rows: torch.Tensor, columns: torch.Tensor | None, at: torch.Tensor) -> None:
         if not self.native:

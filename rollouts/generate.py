@@ -51,6 +51,7 @@ def generate(
     record: bool = False,
     progress: bool = False,
     cache: str = "none",
+    cache_refresh: int = 0,
     partial_head: bool = True,
     early_exit: bool = False,
 ) -> Trajectory:
@@ -93,7 +94,7 @@ def generate(
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     buffer = torch.ones(batch, gen_length, dtype=torch.float64, device=device)  # RCR's running confidence
     recorder = StepRecorder(record)
-    forward = StepForward(model, prompt_ids, full_mask, gen_length, cache=cache, cfg_scale=cfg_scale, partial_head=partial_head)
+    forward = StepForward(model, prompt_ids, full_mask, gen_length, cache=cache, cfg_scale=cfg_scale, partial_head=partial_head, refresh=cache_refresh)
     eos_ids = torch.tensor(model.eos_token_ids, device=device)
     rcr = remasking == "rcr"
     passes = 2 if cfg_scale > 0 else 1
@@ -162,7 +163,7 @@ def generate(
         "gen_length": gen_length, "steps": steps, "block_length": block_length,
         "temperature": temperature, "remasking": remasking, "cfg_scale": cfg_scale,
         "threshold": threshold, "schedule": schedule, "schedule_k": schedule_k,
-        "confidence": confidence, "seed": seeds, "cache": cache,
+        "confidence": confidence, "seed": seeds, "cache": cache, "cache_refresh": cache_refresh,
         "partial_head": partial_head, "early_exit": early_exit,
     }
     return Trajectory(

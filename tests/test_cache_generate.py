@@ -113,3 +113,32 @@ def test_bad_speed_settings_are_named(model, prompts) -> None:
         generate(model, prompts, cache="kv", **SETTINGS)
     with pytest.raises(UserError, match="early_exit"):
         generate(model, prompts, remasking="rcr", early_exit=True, **SETTINGS)
+
+
+def test_cache_refresh_recomputes_the_full_canvas_every_nth_step(prompts) -> None:
+    model = random_tiny(seed=0, scale=0.2)
+    ref = generate(model, prompts, **SETTINGS)
+    every = generate(model, prompts, cache="dual", cache_refresh=1, **SETTINGS)
+    assert torch.equal(every.tokens, ref.tokens)  # a full forward at every step is the reference
+    seen = block_inputs(model)
+    generate(model, prompts, cache="dual", cache_refresh=2, **SETTINGS)
+    canvas, batch = prompts.shape[1] + 24, prompts.shape[0]
+    assert sum(seen) == batch * 3 * 4 * (canvas + 8)  # per block: 4 × (full, then block only)
+    with pytest.raises(UserError, match="cache_refresh"):
+        generate(model, prompts, cache="dual", cache_refresh=-1, **SETTINGS)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("threshold", [None, 0.3])
+def test_prefix_cache_is_exact_when_the_prompt_is_blind_to_the_answer(prompts, cache, threshold) -> None:
+    from unmask.models import tiny
+
+    model = tiny({"d_model": 32, "n_heads": 2, "n_layers": 2, "mlp_hidden_size": 64, "prompt_attends_answer": False})
+    model.init_weights(0, std=0.2)
+    one_block = {**SETTINGS, "block_length": 24, "threshold": threshold}
+    ref = generate(model, prompts, **one_block)
+    seen = block_inputs(model)
+    ours = generate(model, prompts, cache=cache, **one_block)
+    assert torch.equal(ours.tokens, ref.tokens)
+    canvas, batch = prompts.shape[1] + 24, prompts.shape[0]
+    assert seen[0] == batch * canvas and all(width <= batch * 24 for width in seen[1:])

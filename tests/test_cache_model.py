@@ -9,10 +9,11 @@ from unmask.models import Dream, DreamConfig, LLaDA, NativeLM, tiny
 from unmask.models.llada import LLaDAConfig
 
 VOCAB = 40
+SMALL_TINY = {"d_model": 32, "n_heads": 2, "n_layers": 2, "mlp_hidden_size": 64}
 
 
 def small_tiny() -> NativeLM:
-    model = tiny({"d_model": 32, "n_heads": 2, "n_layers": 2, "mlp_hidden_size": 64})
+    model = tiny(SMALL_TINY)
     model.init_weights(1, std=0.3)  # strong weights: columns visibly influence each other
     return model
 
@@ -137,3 +138,51 @@ def test_partial_forward_without_a_filled_cache_is_refused() -> None:
         model.logits(ids, mask, columns=torch.arange(10, 12))
     with pytest.raises(ValueError, match="KVCache is empty"):
         model.logits(ids, mask, columns=torch.arange(10, 12), cache=model.new_cache())
+
+
+def blind_tiny() -> NativeLM:
+    model = tiny({**SMALL_TINY, "prompt_attends_answer": False})
+    model.init_weights(1, std=0.3)
+    return model
+
+
+def test_blind_prompt_states_do_not_depend_on_the_answer() -> None:
+    ids, mask = canvas(small_tiny())
+    other = ids.clone()
+    other[:, 10:] = torch.tensor([7, 8, 9, 10])  # a different answer after the 10-column prompt
+    blind, seeing = blind_tiny(), small_tiny()
+    torch.testing.assert_close(
+        blind.logits(other, mask, prompt_length=10)[:, :10], blind.logits(ids, mask, prompt_length=10)[:, :10]
+    )
+    assert not torch.allclose(seeing.logits(other, mask)[:, :10], seeing.logits(ids, mask)[:, :10], atol=1e-4)
+    # the answer still reads the prompt
+    prompt_changed = ids.clone()
+    prompt_changed[:, 5] = 11
+    assert not torch.allclose(
+        blind.logits(prompt_changed, mask, prompt_length=10)[:, 10:], blind.logits(ids, mask, prompt_length=10)[:, 10:]
+    )
+    with pytest.raises(ValueError, match="pass prompt_length"):
+        blind.logits(ids, mask)
+
+
+def test_blind_prompt_makes_a_prefix_cache_exact() -> None:
+    model = blind_tiny()
+    ids, mask = canvas(model)
+    cache = model.new_cache()
+    model.logits(ids, mask, cache=cache, prompt_length=10)
+    new = ids.clone()
+    new[:, 10:12] = torch.tensor([7, 8])  # commit two answer tokens
+    answer = torch.arange(10, 14)
+    out = model.logits(new, mask, columns=answer, cache=cache, prompt_length=10)
+    torch.testing.assert_close(out, model.logits(new, mask, prompt_length=10)[:, answer], atol=1e-5, rtol=1e-5)
+
+
+def test_blind_prompt_survives_a_save_and_load(tmp_path) -> None:
+    from unmask.models import load_model
+
+    model = blind_tiny()
+    model.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    assert loaded.config.prompt_attends_answer is False
+    ids, mask = canvas(model)
+    torch.testing.assert_close(loaded.logits(ids, mask, prompt_length=10), model.logits(ids, mask, prompt_length=10))

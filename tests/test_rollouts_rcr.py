@@ -25,7 +25,7 @@ class HandSetModel(DiffusionLM):
         super().__init__(SimpleNamespace(mask_token_id=MASK, eos_token_id=EOS))
         self.prompt_length = prompt_length
 
-    def logits(self, input_ids, attention_mask=None, positions=None):
+    def logits(self, input_ids, attention_mask=None, positions=None, prompt_length=None):
         answer = input_ids[:, self.prompt_length :]
         filled = (answer != MASK).sum(1, keepdim=True)
         first = torch.tensor([0.9, 0.8, 0.3, 0.2])

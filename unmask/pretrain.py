@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import random
 import shutil
 import tempfile
 import time
@@ -66,6 +67,9 @@ class PretrainConfig:
     gen_length: int = 16
     min_mask_ratio: float = 1e-3
     pool_size: int = 20_000
+    #: fraction of training answers replaced by a near miss (the expression of the closest other
+    #: value the numbers reach), like unverified attempts in a web corpus
+    near_miss_fraction: float = 0.0
     #: one thread: float sums do not depend on the machine's core count, so the bytes reproduce
     threads: int = 1
     #: smaller than ``TinyConfig``'s default: at a fixed CPU budget it sees more steps and
@@ -88,7 +92,13 @@ def training_rows(config: PretrainConfig, seed: int) -> list[dict[str, Any]]:
     heldout = benchmark_rows("countdown", limit=COUNTDOWN_EVAL_SIZE, generator=config.generator)
     excluded = {problem_key(r) for r in heldout}
     rows = countdown.generate(config.pool_size, seed=seed + TRAIN_SEED_OFFSET, **config.generator)
-    return [r for r in rows if problem_key(r) not in excluded]
+    rows = [r for r in rows if problem_key(r) not in excluded]
+    if config.near_miss_fraction:
+        rng = random.Random(seed + TRAIN_SEED_OFFSET)
+        for row in rows:
+            if rng.random() < config.near_miss_fraction:
+                row["solution"] = countdown.near_miss(row["nums"], row["target"], rng) or row["solution"]
+    return rows
 
 
 def answer_text(row: dict[str, Any]) -> str:
@@ -133,7 +143,7 @@ def masked_diffusion_loss(
     noisy = torch.where(masked, torch.full_like(answer, model.mask_token_id), answer)
     input_ids = torch.cat([batch.prompt_ids, noisy], dim=1)
     attention = torch.cat([batch.prompt_mask, torch.ones_like(masked)], dim=1)
-    logits = model.logits(input_ids, attention_mask=attention)[:, -length:]
+    logits = model.logits(input_ids, attention_mask=attention, prompt_length=batch.prompt_ids.shape[1])[:, -length:]
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), answer.reshape(-1), reduction="none")
     weighted = ce.view(n, length) * masked / t
     return (weighted.sum(1) / length).mean()
@@ -235,6 +245,11 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if (args.steps is not None and args.steps <= 0) or (args.minutes is not None and args.minutes <= 0):
         raise UserError("--steps and --minutes must be positive")
     config = PretrainConfig()
+    near_miss = args.near_miss
+    if near_miss is not None:
+        if not 0 <= near_miss < 1:
+            raise UserError(f"--near-miss {near_miss}: give a fraction in [0, 1)")
+        config = replace(config, near_miss_fraction=near_miss)
     steps = args.steps
     if args.minutes is not None:
         steps = steps_for_minutes(config, args.minutes, args.seed)

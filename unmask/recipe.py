@@ -96,6 +96,8 @@ class RolloutConfig(Section):
     schedule_k: PositiveInt = 2
     cfg_scale: NonNegFloat = 0.0
     cache: Literal["none", "prefix", "dual"] = "none"
+    #: with a cache, every ``cache_refresh``-th step of a block runs the full canvas (0: only the first)
+    cache_refresh: NonNegInt = 0
 
     @model_validator(mode="after")
     def _blocks(self) -> RolloutConfig:

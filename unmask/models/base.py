@@ -61,8 +61,13 @@ class DiffusionLM(nn.Module):
         logits_at: torch.Tensor | None = None,
         columns: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        prompt_length: int | None = None,
     ) -> torch.Tensor:
         """Position-aligned logits ``[B, L, V]`` (``[B, n, V]`` for ``n`` requested columns).
+
+        ``prompt_length`` says that the first ``prompt_length`` canvas columns are the
+        (left-padded) prompt; callers always pass it when they know it, and models whose
+        prompt does not attend to the answer (``prompt_attends_answer=False``) require it.
 
         Optional, for fast rollouts (sampling.md §5): ``logits_at`` (``[n]`` long
         canvas columns) applies the LM head only there, since the full ``[B, L, V]``

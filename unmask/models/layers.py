@@ -71,7 +71,8 @@ def attention(
 ) -> torch.Tensor:
     """Bidirectional multi-head (or grouped-query) self-attention through SDPA.
 
-    ``key_mask`` ``[B, 1, 1, L]`` (True = attend) hides padding from every query.
+    ``key_mask`` ``[B, 1, 1, L]`` (True = attend) hides padding from every query;
+    ``[B, 1, n, L]`` masks per query (a prompt blind to the answer).
     ``kv`` exchanges the keys/values of ``x``'s columns for those of the whole
     canvas (a ``KVCache`` hook), so ``x`` may hold only the recomputed columns.
     """

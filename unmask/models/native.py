@@ -115,6 +115,7 @@ class NativeLM(DiffusionLM):
         logits_at: torch.Tensor | None = None,
         columns: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        prompt_length: int | None = None,
     ) -> torch.Tensor:
         """Position-aligned logits; see ``DiffusionLM.logits`` for the optional arguments.
 
@@ -132,7 +133,7 @@ class NativeLM(DiffusionLM):
         if columns is not None and cache is None:
             raise ValueError("a forward over a column subset needs the KVCache holding the other columns")
         rope = rotary(positions if columns is None else positions[:, columns], self.head_dim, self.rope_theta)
-        key_mask = None if mask is None else mask[:, None, None, :]
+        key_mask = self._attention_mask(mask, length, columns, prompt_length, input_ids.device)
         hidden = run_blocks(
             self.blocks,
             self.embed(input_ids if columns is None else input_ids[:, columns]),
@@ -149,6 +150,34 @@ class NativeLM(DiffusionLM):
         if sources is not None:
             hidden = hidden.gather(1, sources[..., None].expand(-1, -1, hidden.shape[-1]))
         return self.head(hidden)
+
+    def _attention_mask(
+        self,
+        mask: torch.Tensor | None,
+        length: int,
+        columns: torch.Tensor | None,
+        prompt_length: int | None,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """Bool ``[B, 1, 1, L]`` padding mask, or ``[B | 1, 1, n, L]`` when the prompt is blind to the answer.
+
+        With ``prompt_attends_answer=False`` prompt queries see only prompt keys, so
+        the prompt's keys/values never depend on the answer and a prefix cache of
+        them stays exact while the answer changes.
+        """
+        key_mask = None if mask is None else mask[:, None, None, :]
+        if getattr(self.config, "prompt_attends_answer", True):
+            return key_mask
+        if prompt_length is None:
+            raise ValueError(
+                f"this {self.family} model's prompt does not attend to the answer (prompt_attends_answer=False): "
+                "pass prompt_length to logits()"
+            )
+        queries = torch.arange(length, device=device) if columns is None else columns
+        keys = torch.arange(length, device=device)
+        blind = (queries[:, None] < prompt_length) & (keys[None, :] >= prompt_length)
+        allowed = ~blind[None, None]
+        return allowed if key_mask is None else allowed & key_mask
 
     def _logit_sources(
         self,

@@ -32,6 +32,9 @@ class TinyConfig(LLaDAConfig):
     mlp_hidden_size: int = 384
     rope_theta: float = 10000.0
     max_sequence_length: int = 512
+    #: False: prompt columns attend only to the prompt (answer columns still see everything),
+    #: which makes a prefix KV cache exact; the model then needs ``prompt_length`` in ``logits``
+    prompt_attends_answer: bool = True
     # token ids: filled in from the tokenizer by ``tiny()``
     vocab_size: int = 0
     embedding_size: int | None = 0
