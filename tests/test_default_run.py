@@ -35,6 +35,10 @@ def test_eval_grid_is_greedy_per_tokens_per_step_plus_the_rollout_sampler() -> N
     bad = load_recipe(RECIPES / "countdown_mdpo.yaml", ["eval.steps_per_token=[3]"])
     with pytest.raises(UserError, match="3 tokens per step does not divide"):
         eval_settings(bad)
+    plain = load_recipe(RECIPES / "countdown_mdpo.yaml", ["eval.cache=none"])
+    assert {s.cache for s in eval_settings(plain).values()} == {"none"}
+    dual = load_recipe(RECIPES / "countdown_mdpo.yaml", ["eval.cache=dual"])
+    assert {s.cache for s in eval_settings(dual).values()} == {"dual"}
 
 
 def test_rl_prompts_never_include_a_heldout_problem() -> None:

@@ -24,7 +24,6 @@ from unmask.pretrain import (
     sha256_file,
     training_rows,
 )
-from unmask.rewards.countdown import evaluate as evaluate_countdown
 
 SMALL = {"d_model": 32, "n_heads": 2, "n_layers": 1, "mlp_hidden_size": 64}
 
@@ -37,20 +36,6 @@ def test_training_rows_exclude_every_heldout_problem() -> None:
     assert not heldout & {problem_key(r) for r in rows}
     assert training_rows(config, seed=0) == rows
     assert training_rows(config, seed=1) != rows
-
-
-def test_near_misses_replace_the_given_fraction_of_answers_with_wrong_ones() -> None:
-    config = PretrainConfig(pool_size=3000)
-    clean = training_rows(config, seed=0)
-    mixed = training_rows(replace(config, near_miss_fraction=0.3), seed=0)
-    assert [problem_key(r) for r in mixed] == [problem_key(r) for r in clean]  # same problems
-    changed = [m for c, m in zip(clean, mixed, strict=True) if c["solution"] != m["solution"]]
-    assert 0.25 < len(changed) / len(clean) < 0.35
-    for row in changed:
-        value, numbers, _ = evaluate_countdown(row["solution"])
-        assert value is not None and value != row["target"] and value.denominator == 1
-        assert sorted(numbers) == sorted(row["nums"])  # a plausible attempt: every number once
-    assert training_rows(replace(config, near_miss_fraction=0.3), seed=0) == mixed  # reproducible
 
 
 def test_encode_left_pads_prompts_and_pads_answers_with_eos() -> None:
@@ -116,8 +101,8 @@ def test_learning_rate_warms_up_holds_and_decays_to_zero() -> None:
     assert all(a >= b for a, b in zip(rates[80:], rates[81:], strict=False))
 
 
-def _args(out, steps=3, seed=0, minutes=None, task="countdown", near_miss=None) -> argparse.Namespace:
-    return argparse.Namespace(task=task, out=str(out), steps=steps, minutes=minutes, seed=seed, near_miss=near_miss)
+def _args(out, steps=3, seed=0, minutes=None, task="countdown") -> argparse.Namespace:
+    return argparse.Namespace(task=task, out=str(out), steps=steps, minutes=minutes, seed=seed)
 
 
 def test_same_seed_and_steps_give_identical_bytes(tmp_path, monkeypatch) -> None:
@@ -140,12 +125,7 @@ def test_same_seed_and_steps_give_identical_bytes(tmp_path, monkeypatch) -> None
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [
-        ({"task": "gsm8k"}, "--task 'gsm8k'"),
-        ({"minutes": 1.0}, "not both"),
-        ({"steps": 0}, "positive"),
-        ({"near_miss": 1.5}, "--near-miss 1.5"),
-    ],
+    [({"task": "gsm8k"}, "--task 'gsm8k'"), ({"minutes": 1.0}, "not both"), ({"steps": 0}, "positive")],
 )
 def test_bad_arguments_name_what_to_fix(tmp_path, kwargs, message) -> None:
     with pytest.raises(UserError, match=message):

@@ -153,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--near-miss", type=float, default=None, help="fraction of answers replaced by near misses")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("export", help="merge a LoRA adapter into its base and write a checkpoint")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import random
 import shutil
 import tempfile
 import time
@@ -48,7 +47,7 @@ TINY_TEMPLATE = (
     "Put the equation in <answer> </answer> tags."
 )
 #: the settings of the shipped model (``make tiny-model``)
-DEFAULT_STEPS = 3000
+DEFAULT_STEPS = 6000
 HASH_FILE = "model.safetensors.sha256"
 TASKS = ("countdown",)
 
@@ -67,15 +66,16 @@ class PretrainConfig:
     gen_length: int = 16
     min_mask_ratio: float = 1e-3
     pool_size: int = 20_000
-    #: fraction of training answers replaced by a near miss (the expression of the closest other
-    #: value the numbers reach), like unverified attempts in a web corpus
-    near_miss_fraction: float = 0.0
     #: one thread: float sums do not depend on the machine's core count, so the bytes reproduce
     threads: int = 1
-    #: smaller than ``TinyConfig``'s default: at a fixed CPU budget it sees more steps and
-    #: reached 19.8 % held-out greedy accuracy where d 128 × 4 layers reached < 3 %
+    #: smaller than ``TinyConfig``'s default: at a fixed CPU budget it sees more steps (d 128 × 4
+    #: layers reached < 3 % where this shape reached 20 %). The prompt does not attend to the
+    #: answer, so a prefix KV cache is exact: 3000 steps of this cost 5 points (14.8 vs 19.8 %)
+    #: against full attention, 6000 steps reach 23.0 %
     model: dict[str, Any] = field(
-        default_factory=lambda: {"d_model": 96, "n_layers": 3, "n_heads": 4, "mlp_hidden_size": 256}
+        default_factory=lambda: {
+            "d_model": 96, "n_layers": 3, "n_heads": 4, "mlp_hidden_size": 256, "prompt_attends_answer": False,
+        }  # fmt: skip
     )
     generator: dict[str, Any] = field(
         default_factory=lambda: {"num_numbers": 3, "min_number": 1, "max_number": 10}
@@ -92,13 +92,7 @@ def training_rows(config: PretrainConfig, seed: int) -> list[dict[str, Any]]:
     heldout = benchmark_rows("countdown", limit=COUNTDOWN_EVAL_SIZE, generator=config.generator)
     excluded = {problem_key(r) for r in heldout}
     rows = countdown.generate(config.pool_size, seed=seed + TRAIN_SEED_OFFSET, **config.generator)
-    rows = [r for r in rows if problem_key(r) not in excluded]
-    if config.near_miss_fraction:
-        rng = random.Random(seed + TRAIN_SEED_OFFSET)
-        for row in rows:
-            if rng.random() < config.near_miss_fraction:
-                row["solution"] = countdown.near_miss(row["nums"], row["target"], rng) or row["solution"]
-    return rows
+    return [r for r in rows if problem_key(r) not in excluded]
 
 
 def answer_text(row: dict[str, Any]) -> str:
@@ -245,11 +239,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if (args.steps is not None and args.steps <= 0) or (args.minutes is not None and args.minutes <= 0):
         raise UserError("--steps and --minutes must be positive")
     config = PretrainConfig()
-    near_miss = args.near_miss
-    if near_miss is not None:
-        if not 0 <= near_miss < 1:
-            raise UserError(f"--near-miss {near_miss}: give a fraction in [0, 1)")
-        config = replace(config, near_miss_fraction=near_miss)
     steps = args.steps
     if args.minutes is not None:
         steps = steps_for_minutes(config, args.minutes, args.seed)

@@ -219,6 +219,8 @@ class EvalConfig(Section):
     steps_per_token: list[PositiveInt] = Field(default_factory=lambda: [1])
     temperature: NonNegFloat = 0.0
     batch_size: PositiveInt = 64
+    #: KV cache of the evaluation decoding; exact only for models whose prompt is blind to the answer
+    cache: Literal["none", "prefix", "dual"] = "none"
 
 
 class LoggingConfig(Section):

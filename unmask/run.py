@@ -65,7 +65,7 @@ def model_factory(config: ModelConfig) -> Callable[[], DiffusionLM]:
 def eval_settings(recipe: Recipe) -> dict[str, EvalSettings]:
     """Greedy decoding at each ``eval.steps_per_token`` tokens per step, plus the rollout sampler."""
     rollout = recipe.rollout
-    length = rollout.max_completion_length
+    length, cache = rollout.max_completion_length, recipe.eval.cache
     grid = {}
     for per_step in recipe.eval.steps_per_token:
         if length % per_step:
@@ -74,9 +74,9 @@ def eval_settings(recipe: Recipe) -> dict[str, EvalSettings]:
                 f"rollout.max_completion_length {length}"
             )
         grid[f"greedy {per_step} tok/step"] = EvalSettings(
-            length, length // per_step, rollout.block_length, recipe.eval.temperature, "low_confidence"
+            length, length // per_step, rollout.block_length, recipe.eval.temperature, "low_confidence", cache
         )
-    grid[SAMPLED] = EvalSettings(length, rollout.steps, rollout.block_length, rollout.temperature, rollout.remasking)
+    grid[SAMPLED] = EvalSettings(length, rollout.steps, rollout.block_length, rollout.temperature, rollout.remasking, cache)
     return grid
 
 

@@ -110,16 +110,6 @@ def canonical_solution(nums: list[int] | tuple[int, ...], target: int) -> str | 
     return solve(nums, target)
 
 
-def near_miss(nums: list[int] | tuple[int, ...], target: int, rng: random.Random) -> str | None:
-    """The canonical expression of the integer closest to ``target`` (ties drawn by ``rng``) that
-    ``nums`` reach, other than ``target`` itself: a plausible but wrong attempt, or None if there is none."""
-    others = [int(v) for v in solutions(nums) if v.denominator == 1 and v != target]
-    if not others:
-        return None
-    gap = min(abs(v - target) for v in others)
-    return canonical_solution(nums, rng.choice(sorted(v for v in others if abs(v - target) == gap)))
-
-
 def generate(
     n: int,
     *,
