@@ -1,0 +1,52 @@
+"""RL really learns: a few steps on fixed Countdown prompts raise the shipped model's accuracy on them.
+
+This is the CI guard of the default run (issue 7): estimators, advantages, losses,
+the optimizer step and adapter handling all have to work for the numbers to move,
+so a regression in any RL component turns it red. It trains on 16 fixed training
+prompts (no held-out problem) with a fixed seed and measures those prompts before
+and after, 8 samples each at the rollout temperature plus greedy decoding.
+Measured when written: MDPO 23 → 51 % sampled in 10 steps, diffu-GRPO 21 → 31 %.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unmask.cli import resolve_recipe_path
+from unmask.evaluation import EvalSettings, evaluate
+from unmask.recipe import load_recipe
+from unmask.rl.trainer import Trainer
+from unmask.run import eval_rows, model_factory, training_rows
+
+STEPS = 10
+#: minimum rise of sampled accuracy on the trained prompts, in points
+MIN_GAIN = {"mdpo": 15.0, "diffu_grpo": 5.0}
+
+
+def accuracy(model, rows, remasking: str) -> float:
+    """Sampled accuracy (8 per prompt, temperature 0.7, fixed seed) in %, exact prefix cache."""
+    sampled = EvalSettings(16, 16, 16, 0.7, remasking, "prefix")
+    result = evaluate(model, rows, "countdown", sampled, num_samples=8, chat_template=False, batch_size=128, seed=123)
+    return 100 * result.accuracy()
+
+
+@pytest.mark.parametrize("algorithm", ["mdpo", "diffu_grpo"])
+def test_rl_raises_accuracy_on_the_prompts_it_trains_on(tmp_path, algorithm) -> None:
+    torch.set_num_threads(1)
+    recipe = load_recipe(
+        resolve_recipe_path(f"tiny/countdown_{algorithm}"),
+        [
+            "optim.learning_rate=1e-3", f"optim.max_steps={STEPS}", "ray.address=null", "rewards.num_workers=0",
+            f"output_dir={tmp_path}", "logging.progress=false", "logging.report_to=[none]",
+            "checkpoint.save_final=false",
+        ],
+    )  # fmt: skip
+    rows = training_rows(recipe, eval_rows(recipe))[:16]
+    trainer = Trainer(recipe, model_factory=model_factory(recipe.model), rows=rows)
+    before = accuracy(trainer.unwrapped, rows, recipe.rollout.remasking)
+    rewards = [metrics["reward"] for metrics in trainer.steps()]
+    after = accuracy(trainer.unwrapped, rows, recipe.rollout.remasking)
+    assert len(rewards) == STEPS
+    assert after - before >= MIN_GAIN[algorithm], f"{algorithm}: {before:.1f}% → {after:.1f}% on the trained prompts"
+    assert sum(rewards[-3:]) > sum(rewards[:3])  # the rollouts themselves got better
