@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .graders import GRADERS, grade
-from .pool import WorkerPool
+from .pool import LazyWorkerPool, OwnsWorkerPool
 from .result import GradeResult
 from .worker import Handler, Outcome, error_outcome
 
@@ -48,7 +48,7 @@ def check_references(task: str, references: Sequence[Mapping[str, Any]]) -> None
             raise ValueError(f"{task} references with columns {list(columns)} do not fit its grader: {exc}") from None
 
 
-class Grader:
+class Grader(OwnsWorkerPool):
     """Grades evaluation batches; tasks outside ``IN_PROCESS_TASKS`` run under ``deadline_s``.
 
     Use as a context manager (or call ``close``) to stop the workers.
@@ -64,20 +64,8 @@ class Grader:
         if deadline_s <= 0 or num_workers < 1:
             raise ValueError(f"grading needs deadline_s > 0 and num_workers >= 1 (got {deadline_s}, {num_workers})")
         self.deadline_s = deadline_s
-        self.num_workers = num_workers
-        self._pool_args = (memory_limit_mb, start_method)
-        self._pool: WorkerPool | None = None
-
-    def __enter__(self) -> Grader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        #: workers start at the first task that needs them; ``close`` (or ``with``) stops them
+        self.pool = LazyWorkerPool(num_workers, grade_handler, memory_limit_mb, start_method)
 
     def grade_many(
         self, task: str, completions: Sequence[str], references: Sequence[Mapping[str, Any]]
@@ -90,9 +78,7 @@ class Grader:
         if task in IN_PROCESS_TASKS or not jobs:
             outcomes = [grade_outcome(*job) for job in jobs]
         else:
-            if self._pool is None:
-                self._pool = WorkerPool(self.num_workers, grade_handler, *self._pool_args)
-            outcomes = self._pool.run(jobs, self.deadline_s)
+            outcomes, _ = self.pool.run(jobs, self.deadline_s)
         return [self._result(outcome) for outcome in outcomes]
 
     def _result(self, outcome: Outcome) -> GradeResult:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from .worker import Handler, Outcome, serve
 
@@ -142,3 +142,56 @@ class WorkerPool:
                 worker.process.join()
             worker.conn.close()
         self._workers = []
+
+
+class LazyWorkerPool:
+    """A ``WorkerPool`` started at the first ``run`` and stopped by ``close`` (a later ``run``
+    starts a new one): owners that may never need workers, such as a grader that only meets
+    in-process tasks, pay no start-up."""
+
+    def __init__(
+        self,
+        num_workers: int,
+        make_handler: Callable[[], Handler],
+        memory_limit_mb: int | None = 2048,
+        start_method: str = "forkserver",
+    ) -> None:
+        self._args = (num_workers, make_handler, memory_limit_mb, start_method)
+        self._pool: WorkerPool | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def run(self, jobs: list[tuple[Any, ...]], deadline_s: float) -> tuple[list[Outcome], int]:
+        """Outcomes of ``jobs`` (see ``WorkerPool.run``) and the worker restarts they caused."""
+        if self._pool is None:
+            self._pool = WorkerPool(*self._args)
+        before = self._pool.restarts
+        outcomes = self._pool.run(jobs, deadline_s)
+        return outcomes, self._pool.restarts - before
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+
+_Owner = TypeVar("_Owner", bound="OwnsWorkerPool")
+
+
+class OwnsWorkerPool:
+    """``with`` and ``close`` for classes that grade through a ``LazyWorkerPool`` in ``self.pool``."""
+
+    pool: LazyWorkerPool
+
+    def __enter__(self: _Owner) -> _Owner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (the next call that needs them starts new ones)."""
+        self.pool.close()

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .pool import WorkerPool
+from .pool import LazyWorkerPool, OwnsWorkerPool
 from .registry import RewardSpec
 from .result import RewardConfigError
 from .worker import Outcome, reward_handler, run_item
@@ -39,7 +39,7 @@ def _mean(values: list[float | None]) -> float:
     return sum(present) / len(present) if present else float("nan")
 
 
-class RewardRunner:
+class RewardRunner(OwnsWorkerPool):
     """Grades batches with ``specs`` in ``num_workers`` processes (0 = in this process,
     errors still contained but no deadline). Use as a context manager or call ``close``."""
 
@@ -68,24 +68,14 @@ class RewardRunner:
         self.num_workers = num_workers
         self.deadline_s = deadline_s
         self.on_error = on_error
-        self._pool_args = (memory_limit_mb, start_method)
-        self._pool: WorkerPool | None = None
+        #: workers start at the first batch that needs them; ``close`` (or ``with``) stops them
+        self.pool = LazyWorkerPool(
+            num_workers, functools.partial(reward_handler, self.specs), memory_limit_mb, start_method
+        )
         self._cache: OrderedDict[bytes, float | None] = OrderedDict()
         self._cache_size = cache_size
         self._logged: set[tuple[str, str]] = set()
         self.counters: Counter[str] = Counter()
-
-    def __enter__(self) -> RewardRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop the worker processes (a later ``score`` starts new ones)."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
 
     def _execute(
         self, jobs: list[tuple[int, Any, Any, dict]], stats: Counter[str]
@@ -94,13 +84,8 @@ class RewardRunner:
             return []
         if self.num_workers == 0:
             return [run_item(self._fns[j], p, c, cols) for j, p, c, cols in jobs]
-        if self._pool is None:
-            self._pool = WorkerPool(
-                self.num_workers, functools.partial(reward_handler, self.specs), *self._pool_args
-            )
-        restarts = self._pool.restarts
-        outcomes = self._pool.run(jobs, self.deadline_s)
-        stats["worker_restarts"] += self._pool.restarts - restarts
+        outcomes, restarts = self.pool.run(jobs, self.deadline_s)
+        stats["worker_restarts"] += restarts
         return outcomes
 
     def _value(self, label: str, outcome: Outcome, stats: Counter[str]) -> float | None:

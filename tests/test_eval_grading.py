@@ -52,7 +52,7 @@ def test_power_tower_answer_times_out_as_wrong_and_evaluation_finishes():
 def test_bounded_graders_run_in_process_and_bad_references_name_the_columns():
     with Grader(deadline_s=1.0, num_workers=1) as grader:
         verdicts = grader.grade_many("gsm8k", ["#### 12", "#### 13"], [{"answer": "12"}] * 2)
-        assert grader._pool is None  # no worker start-up for graders that cannot hang
+        assert not grader.pool.started  # no worker start-up for graders that cannot hang
     assert [v.correct for v in verdicts] == [True, False] and not any(v.timed_out for v in verdicts)
     with pytest.raises(ValueError, match=r"columns \['solution'\] do not fit"):
         grade_many("math", [r"\boxed{5}"], [{"solution": "5"}])
