@@ -9,12 +9,13 @@ this process and save the pool's start-up.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .graders import GRADERS, grade
-from .pool import LazyWorkerPool, OwnsWorkerPool
+from .pool import LazyWorkerPool, OwnsWorkerPool, WorkerPool
 from .result import GradeResult
 from .worker import Handler, Outcome, error_outcome
 
@@ -65,7 +66,9 @@ class Grader(OwnsWorkerPool):
             raise ValueError(f"grading needs deadline_s > 0 and num_workers >= 1 (got {deadline_s}, {num_workers})")
         self.deadline_s = deadline_s
         #: workers start at the first task that needs them; ``close`` (or ``with``) stops them
-        self.pool = LazyWorkerPool(num_workers, grade_handler, memory_limit_mb, start_method)
+        self.pool = LazyWorkerPool(
+            functools.partial(WorkerPool, num_workers, grade_handler, memory_limit_mb, start_method)
+        )
 
     def grade_many(
         self, task: str, completions: Sequence[str], references: Sequence[Mapping[str, Any]]

@@ -149,14 +149,9 @@ class LazyWorkerPool:
     starts a new one): owners that may never need workers, such as a grader that only meets
     in-process tasks, pay no start-up."""
 
-    def __init__(
-        self,
-        num_workers: int,
-        make_handler: Callable[[], Handler],
-        memory_limit_mb: int | None = 2048,
-        start_method: str = "forkserver",
-    ) -> None:
-        self._args = (num_workers, make_handler, memory_limit_mb, start_method)
+    def __init__(self, start: Callable[[], WorkerPool]) -> None:
+        """``start`` builds the pool, e.g. ``functools.partial(WorkerPool, 2, handler)``."""
+        self._start = start
         self._pool: WorkerPool | None = None
 
     @property
@@ -166,7 +161,7 @@ class LazyWorkerPool:
     def run(self, jobs: list[tuple[Any, ...]], deadline_s: float) -> tuple[list[Outcome], int]:
         """Outcomes of ``jobs`` (see ``WorkerPool.run``) and the worker restarts they caused."""
         if self._pool is None:
-            self._pool = WorkerPool(*self._args)
+            self._pool = self._start()
         before = self._pool.restarts
         outcomes = self._pool.run(jobs, deadline_s)
         return outcomes, self._pool.restarts - before

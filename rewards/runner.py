@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .pool import LazyWorkerPool, OwnsWorkerPool
+from .pool import LazyWorkerPool, OwnsWorkerPool, WorkerPool
 from .registry import RewardSpec
 from .result import RewardConfigError
 from .worker import Outcome, reward_handler, run_item
@@ -69,8 +69,9 @@ class RewardRunner(OwnsWorkerPool):
         self.deadline_s = deadline_s
         self.on_error = on_error
         #: workers start at the first batch that needs them; ``close`` (or ``with``) stops them
+        handler = functools.partial(reward_handler, self.specs)
         self.pool = LazyWorkerPool(
-            num_workers, functools.partial(reward_handler, self.specs), memory_limit_mb, start_method
+            functools.partial(WorkerPool, num_workers, handler, memory_limit_mb, start_method)
         )
         self._cache: OrderedDict[bytes, float | None] = OrderedDict()
         self._cache_size = cache_size
