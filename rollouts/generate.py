@@ -66,7 +66,9 @@ def generate(
     predicted (its logit is set to ``-inf``).
 
     Speed (sampling.md §5): ``cache`` is ``"none"`` (exact), ``"prefix"`` or
-    ``"dual"`` (approximate KV caching within a block); ``partial_head`` applies the
+    ``"dual"`` (approximate KV caching within a block, exact for the prompt of a model
+    whose prompt does not attend to the answer; ``cache_refresh`` > 0 runs the full
+    canvas again every that many steps of a block); ``partial_head`` applies the
     LM head only where logits are read (exact). Rows with nothing to predict at a
     step are left out of its forward, so finished rows stop costing compute; with
     ``early_exit`` a row whose first committed EOS has no masked position before
