@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from unmask.rl.advantages import all_wrong_groups, group_advantages
-from unmask.rl.estimators import ElboEstimator, Estimator, OneStepEstimator, Scores
+from unmask.rl.estimators import (
+    ElboEstimator,
+    Estimator,
+    OneStepEstimator,
+    Scores,
+    TrajectoryEstimator,
+)
 from unmask.rl.losses import masked_mean
 from unmask.rl.objective import Objective, Rollout, RolloutContext, TrainBatch, register
 
@@ -14,9 +20,16 @@ from unmask.rl.objective import Objective, Rollout, RolloutContext, TrainBatch, 
 class DiffuGRPO(Objective):
     name = "diffu_grpo"
 
+    @property
+    def record_steps(self) -> bool:
+        return isinstance(self.estimator, TrajectoryEstimator)
+
     def build_estimator(self, mask_token_id: int, temperature: float) -> Estimator:
-        if getattr(self.config, "estimator", "one_step") == "elbo":
+        choice = getattr(self.config, "estimator", "one_step")
+        if choice == "elbo":
             return ElboEstimator(mask_token_id, coupled=True)
+        if choice == "trajectory":
+            return TrajectoryEstimator(mask_token_id, temperature=temperature or 1.0)
         return OneStepEstimator(mask_token_id, p_mask=self.config.p_mask)
 
     def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:

@@ -48,8 +48,12 @@ def _answer_scores(
     targets: torch.Tensor,
     prompt_length: int,
     temperature: float,
+    exclude: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of ``targets`` ``[B, L]`` at the answer positions, and (detached) entropies.
+
+    ``exclude`` drops one token from the distribution: the sampler never emits
+    ``[MASK]``, so scoring its own choices exactly renormalises without it.
 
     The LM head runs only at the answer columns (``logits_at``) and the reduction
     goes through :func:`unmask.kernels.token_logprobs`, so neither the prompt's
@@ -57,6 +61,8 @@ def _answer_scores(
     """
     answer = torch.arange(prompt_length, input_ids.shape[1], device=input_ids.device)
     logits = model(input_ids, attention_mask=attention_mask, logits_at=answer, prompt_length=prompt_length)
+    if exclude is not None:
+        logits = logits.index_fill(-1, torch.tensor([exclude], device=logits.device), float("-inf"))
     logprobs, entropy = token_logprobs(logits, targets.long(), temperature)
     return logprobs, entropy.detach()
 
@@ -128,9 +134,53 @@ class StepEstimator(Estimator):
         mask = traj.step_masked[steps, rows]
         targets = traj.step_pred[steps, rows]
         logprobs, entropy = _answer_scores(
-            model, canvas, traj.attention_mask, targets, traj.prompt_length, self.temperature
+            model, canvas, traj.attention_mask, targets, traj.prompt_length, self.temperature, self.mask_token_id
         )
         return Scores(logprobs * mask, entropy, mask, torch.ones_like(logprobs))
+
+
+class TrajectoryEstimator(Estimator):
+    """Exact replay (TraceRL): each answer token scored on the canvas of the step that committed it.
+
+    The sum over tokens is the log-likelihood of the sampler's own token choices
+    (given where it chose to unmask), so the policy gradient moves the decoding
+    policy itself rather than a fully-masked proxy of it. It costs one forward per
+    distinct commit step of a row (``T`` passes at one token per step); use the
+    sampling temperature. Hint positions (``commit_step = −1``) are not scored.
+    """
+
+    varies_per_iteration = False
+
+    def key_for(self, traj: Trajectory, seed: int) -> Key:
+        return 0
+
+    def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
+        if traj.step_masked is None or traj.step_pred is None:
+            raise ValueError("the trajectory estimator needs trajectories sampled with record=True")
+        commit = traj.commit_step  # [B, L]
+        steps = max(traj.num_steps, int(commit.max()) + 1)
+        committed = torch.zeros(traj.batch_size, steps, dtype=torch.bool, device=commit.device)
+        scored = commit >= 0
+        committed.scatter_(1, commit.clamp(min=0), scored)  # [B, T]: the row commits something at t
+        canvases, rows, times = [], [], []
+        for t in committed.any(0).nonzero().flatten().tolist():
+            chosen = committed[:, t].nonzero().flatten()
+            canvases.append(traj.canvas(t, self.mask_token_id)[chosen])
+            rows.append(chosen)
+            times.append(torch.full_like(chosen, t))
+        canvases, rows, times = torch.cat(canvases), torch.cat(rows), torch.cat(times)
+        logprobs, entropy = _answer_scores(
+            model, canvases, traj.attention_mask[rows], traj.answer_ids[rows], traj.prompt_length, self.temperature,
+            self.mask_token_id,
+        )
+        self.passes = steps
+        index = torch.full_like(committed, -1, dtype=torch.long)
+        index[rows, times] = torch.arange(len(rows), device=rows.device)
+        pick = index.gather(1, commit.clamp(min=0))  # [B, L]: the item holding each token's commit step
+        cols = torch.arange(commit.shape[1], device=commit.device).expand_as(commit)
+        logprobs = torch.where(scored, logprobs[pick.clamp(min=0), cols], torch.zeros((), device=commit.device))
+        entropy = torch.where(scored, entropy[pick.clamp(min=0), cols], torch.zeros((), device=commit.device))
+        return Scores(logprobs, entropy, scored, torch.ones_like(logprobs))
 
 
 class ElboEstimator(Estimator):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from unmask.models.tiny import tiny
-from unmask.rl.estimators import ElboEstimator, OneStepEstimator, StepEstimator
+from unmask.rl.estimators import ElboEstimator, OneStepEstimator, StepEstimator, TrajectoryEstimator
+from unmask.rollouts import generate
 from unmask.rollouts.trajectory import Trajectory
 
 TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}
@@ -36,9 +37,12 @@ def hand_trajectory(model) -> Trajectory:
     )
 
 
-def direct_logprobs(model, ids, attention, targets, temperature=1.0):
+def direct_logprobs(model, ids, attention, targets, temperature=1.0, exclude_mask=False):
+    """Log-softmax at the answer; ``exclude_mask`` renormalises without [MASK], as the sampler does."""
     with torch.no_grad():
         logits = model.logits(ids, attention_mask=attention)[:, 4:] / temperature
+    if exclude_mask:
+        logits[..., model.mask_token_id] = float("-inf")
     return torch.log_softmax(logits.float(), -1).gather(-1, targets[..., None])[..., 0]
 
 
@@ -70,7 +74,7 @@ def test_step_estimator_scores_prediction_on_recorded_canvas(model):
     # row 0 at step 1: committed a, b at step 0; row 1 at step 0: all masked
     canvas = torch.tensor([[10, 11, 12, 13, 20, 21, m, m], [traj.tokens[1, 0], 14, 15, 16, m, m, m, m]])
     targets = torch.tensor([[0, 0, 22, 23], [24, 32, 26, 33]])
-    expected = direct_logprobs(model, canvas, traj.attention_mask, targets, 0.7)
+    expected = direct_logprobs(model, canvas, traj.attention_mask, targets, 0.7, exclude_mask=True)
     expected_mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
     assert torch.equal(scores.mask, expected_mask)
     torch.testing.assert_close(scores.logprobs, expected * expected_mask)
@@ -134,3 +138,37 @@ def test_scores_through_the_kernel_match_full_log_softmax_values_and_gradients()
     for name, param in model.named_parameters():
         torch.testing.assert_close(fused[name], param.grad, msg=name)
     assert any(g.abs().sum() > 0 for g in fused.values())
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "rcr"])
+def test_trajectory_estimator_replays_the_samplers_own_log_probs(model, remasking):
+    """Each token scored on the canvas of its commit step equals the sampler's recorded log-prob."""
+    prompts = torch.randint(5, 60, (3, 5))
+    traj = generate(
+        model, prompts, gen_length=8, steps=4, block_length=4, temperature=0.7, remasking=remasking,
+        seed=3, record=True,
+    )  # fmt: skip
+    est = TrajectoryEstimator(model.mask_token_id, temperature=0.7)
+    with torch.no_grad():
+        scores = est.token_logprobs(model, traj, est.key_for(traj, 0))
+    rows = torch.arange(3)[:, None]
+    cols = torch.arange(8)[None, :]
+    recorded = traj.step_logprob[traj.commit_step, rows, cols]
+    assert scores.mask.all() and est.passes == 4
+    torch.testing.assert_close(scores.logprobs, recorded, atol=1e-5, rtol=1e-5)
+    assert (scores.logprobs < 0).all()
+
+
+def test_trajectory_estimator_skips_hints_and_needs_recorded_steps(model):
+    traj = hand_trajectory(model)
+    traj.commit_step[0, 1] = -1  # a hint: fixed before sampling, not the policy's choice
+    est = TrajectoryEstimator(model.mask_token_id)
+    with torch.no_grad():
+        scores = est.token_logprobs(model, traj, 0)
+    assert not scores.mask[0, 1] and scores.logprobs[0, 1] == 0 and scores.mask.sum() == 7
+    m = model.mask_token_id
+    step1 = torch.tensor([[10, 11, 12, 13, 20, 21, m, m]])  # row 0 commits positions 2, 3 at step 1
+    expected = direct_logprobs(model, step1, traj.attention_mask[:1], traj.answer_ids[:1], exclude_mask=True)
+    torch.testing.assert_close(scores.logprobs[0, 2:], expected[0, 2:])
+    with pytest.raises(ValueError, match="record=True"):
+        est.token_logprobs(model, Trajectory(**{**vars(traj), "step_masked": None}), 0)

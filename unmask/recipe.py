@@ -131,7 +131,7 @@ class DiffuGRPOConfig(_ObjectiveBase):
     name: Literal["diffu_grpo"] = "diffu_grpo"
     epsilon: NonNegFloat = 0.5
     p_mask: Probability = 0.15
-    estimator: Literal["one_step", "elbo"] = "one_step"
+    estimator: Literal["one_step", "elbo", "trajectory"] = "one_step"
 
 
 class MDPOConfig(_ObjectiveBase):
