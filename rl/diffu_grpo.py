@@ -29,7 +29,9 @@ class DiffuGRPO(Objective):
         if choice == "elbo":
             return ElboEstimator(mask_token_id, coupled=True)
         if choice == "trajectory":
-            return TrajectoryEstimator(mask_token_id, temperature=temperature or 1.0)
+            return TrajectoryEstimator(
+                mask_token_id, temperature=temperature or 1.0, steps_per_row=self.config.trajectory_steps
+            )
         return OneStepEstimator(mask_token_id, p_mask=self.config.p_mask)
 
     def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:

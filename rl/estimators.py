@@ -11,7 +11,6 @@ same masks, which is what makes their ratios meaningful.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -71,7 +70,7 @@ class Estimator:
     """Base: subclasses build the masked input(s) and say which positions they score."""
 
     #: whether ``key_for`` changes across inner iterations (so θ_old/ref are re-scored)
-    varies_per_iteration: ClassVar[bool] = True
+    varies_per_iteration: bool = True
     #: model forward passes per ``token_logprobs`` call
     passes: int = 1
 
@@ -145,14 +144,16 @@ class TrajectoryEstimator(Estimator):
     The sum over tokens is the log-likelihood of the sampler's own token choices
     (given where it chose to unmask), so the policy gradient moves the decoding
     policy itself rather than a fully-masked proxy of it. It costs one forward per
-    distinct commit step of a row (``T`` passes at one token per step); use the
+    distinct commit step of a row (``T`` passes at one token per step); with
+    ``steps_per_row = k`` each row scores only ``k`` of its commit steps, drawn
+    from ``key`` (an unbiased per-token estimate at ``k/T`` of the cost). Use the
     sampling temperature. Hint positions (``commit_step = −1``) are not scored.
     """
 
-    varies_per_iteration = False
-
-    def key_for(self, traj: Trajectory, seed: int) -> Key:
-        return 0
+    def __init__(self, mask_token_id: int, temperature: float = 1.0, steps_per_row: int | None = None) -> None:
+        super().__init__(mask_token_id, temperature)
+        self.steps_per_row = steps_per_row
+        self.varies_per_iteration = steps_per_row is not None
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         if traj.step_masked is None or traj.step_pred is None:
@@ -162,6 +163,11 @@ class TrajectoryEstimator(Estimator):
         committed = torch.zeros(traj.batch_size, steps, dtype=torch.bool, device=commit.device)
         scored = commit >= 0
         committed.scatter_(1, commit.clamp(min=0), scored)  # [B, T]: the row commits something at t
+        if self.steps_per_row is not None:
+            draw = torch.rand(committed.shape, generator=_generator(int(key))).to(commit.device)
+            rank = draw.masked_fill(~committed, 2.0).argsort(1).argsort(1)
+            committed &= rank < self.steps_per_row
+            scored &= committed.gather(1, commit.clamp(min=0))
         canvases, rows, times = [], [], []
         for t in committed.any(0).nonzero().flatten().tolist():
             chosen = committed[:, t].nonzero().flatten()
@@ -173,7 +179,7 @@ class TrajectoryEstimator(Estimator):
             model, canvases, traj.attention_mask[rows], traj.answer_ids[rows], traj.prompt_length, self.temperature,
             self.mask_token_id,
         )
-        self.passes = steps
+        self.passes = steps if self.steps_per_row is None else min(steps, self.steps_per_row)
         index = torch.full_like(committed, -1, dtype=torch.long)
         index[rows, times] = torch.arange(len(rows), device=rows.device)
         pick = index.gather(1, commit.clamp(min=0))  # [B, L]: the item holding each token's commit step

@@ -172,3 +172,19 @@ def test_trajectory_estimator_skips_hints_and_needs_recorded_steps(model):
     torch.testing.assert_close(scores.logprobs[0, 2:], expected[0, 2:])
     with pytest.raises(ValueError, match="record=True"):
         est.token_logprobs(model, Trajectory(**{**vars(traj), "step_masked": None}), 0)
+
+
+def test_trajectory_estimator_subsamples_whole_commit_steps_per_row(model):
+    prompts = torch.randint(5, 60, (4, 5))
+    traj = generate(model, prompts, gen_length=8, steps=8, block_length=8, temperature=0.7, seed=5, record=True)
+    full = TrajectoryEstimator(model.mask_token_id, temperature=0.7)
+    sub = TrajectoryEstimator(model.mask_token_id, temperature=0.7, steps_per_row=3)
+    with torch.no_grad():
+        exact = full.token_logprobs(model, traj, 0)
+        first, again, other = (sub.token_logprobs(model, traj, key) for key in (11, 11, 12))
+    assert sub.varies_per_iteration and not full.varies_per_iteration
+    for row in range(4):
+        assert len(traj.commit_step[row][first.mask[row]].unique()) == 3  # three whole steps
+    torch.testing.assert_close(first.logprobs[first.mask], exact.logprobs[first.mask])
+    assert (first.logprobs[~first.mask] == 0).all()
+    assert torch.equal(first.mask, again.mask) and not torch.equal(first.mask, other.mask)

@@ -31,17 +31,17 @@ def inf_reward(prompts, completions, **columns):
     return [float("inf")] * len(completions)
 
 
-def recipe(tmp_path, algorithm: str, **sections):
+def recipe(tmp_path, name: str, **sections):
     raw = {
         "seed": 0,
-        "output_dir": str(tmp_path / algorithm),
+        "output_dir": str(tmp_path / name),
         "lora": {"r": 4, "alpha": 8},
         "data": {"chat_template": False},
         "rollout": {"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 8,
                     "steps": 4, "block_length": 8, "temperature": 1.0,
-                    "remasking": "rcr" if algorithm == "mdpo" else "low_confidence"},
-        "algorithm": {"name": algorithm, "num_iterations": 2, "correct_threshold": 0.3,
-                      **({"sample_train_steps": 2} if algorithm == "mdpo" else {})},
+                    "remasking": "rcr" if name == "mdpo" else "low_confidence"},
+        "algorithm": {"name": name, "num_iterations": 2, "correct_threshold": 0.3,
+                      **({"sample_train_steps": 2} if name == "mdpo" else {})},
         "rewards": {"functions": [{"name": "test_trainer:digit_reward"}], "num_workers": 0},
         "optim": {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 2,
                   "gradient_accumulation_steps": 2},
@@ -67,9 +67,16 @@ def comparable(record):
     return {k: v for k, v in record.items() if not k.startswith("time/") and k != "tokens_per_second"}
 
 
-@pytest.mark.parametrize("algorithm", ["diffu_grpo", "mdpo", "igpo", "wd1"])
-def test_three_steps_of_each_algorithm_through_the_ray_pool(tmp_path, algorithm, ray_pool):
-    r = recipe(tmp_path, algorithm, ray={"address": "local", "num_workers": 1})
+TRACE = {"estimator": "trajectory", "trajectory_steps": 2}  # diffu-GRPO on replayed commit steps
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "options"),
+    [("diffu_grpo", {}), ("diffu_grpo", TRACE), ("mdpo", {}), ("igpo", {}), ("wd1", {})],
+    ids=["diffu_grpo", "diffu_grpo-trajectory", "mdpo", "igpo", "wd1"],
+)
+def test_three_steps_of_each_algorithm_through_the_ray_pool(tmp_path, algorithm, options, ray_pool):
+    r = recipe(tmp_path, algorithm, ray={"address": "local", "num_workers": 1}, algorithm=options)
     trainer = Trainer(r, model_factory=make_model, rows=ROWS, pool=ray_pool)
     before = {k: v.clone() for k, v in trainer.unwrapped.named_parameters() if v.requires_grad}
     last = list(trainer.steps())[-1]

@@ -132,6 +132,8 @@ class DiffuGRPOConfig(_ObjectiveBase):
     epsilon: NonNegFloat = 0.5
     p_mask: Probability = 0.15
     estimator: Literal["one_step", "elbo", "trajectory"] = "one_step"
+    #: trajectory estimator: commit steps scored per row (None: all, exact; k: k/T of the cost)
+    trajectory_steps: PositiveInt | None = None
 
 
 class MDPOConfig(_ObjectiveBase):
