@@ -1,6 +1,6 @@
-"""Learning benchmark: MDPO, diffu-GRPO, IGPO and wd1 on the tiny Countdown model.
+"""Learning benchmark: MDPO, diffu-GRPO (one-step and trajectory-replay estimators), IGPO and wd1 on the tiny Countdown model.
 
-Every algorithm runs its shipped recipe (``recipes/tiny/countdown_*.yaml``) from the
+Every variant runs its shipped recipe (``recipes/tiny/countdown_*.yaml``) from the
 same model, seed and step budget, and is evaluated greedily (one token per step)
 on the same held-out problems every ``--every`` steps. The table shows held-out
 accuracy after equal numbers of gradient updates and after equal training wall
@@ -23,7 +23,7 @@ from unmask.recipe import load_recipe
 from unmask.rl.trainer import Trainer
 from unmask.run import eval_rows, greedy_eval_fn, model_factory, training_rows
 
-ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1")
+ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
 Curve = list[tuple[int, float, float]]  # (step, training seconds so far, accuracy)
