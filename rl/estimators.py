@@ -82,6 +82,10 @@ class Estimator:
         """The key of one inner iteration (``seed`` is drawn by the trainer)."""
         return seed
 
+    def passes_for(self, traj: Trajectory) -> int:
+        """Model forward passes per row that one ``token_logprobs`` call on ``traj`` costs."""
+        return self.passes
+
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         raise NotImplementedError
 
@@ -155,12 +159,19 @@ class TrajectoryEstimator(Estimator):
         self.steps_per_row = steps_per_row
         self.varies_per_iteration = steps_per_row is not None
 
+    @staticmethod
+    def steps(traj: Trajectory) -> int:
+        """Denoising steps of ``traj`` (commit steps index ``[0, steps)``)."""
+        return max(traj.num_steps, int(traj.commit_step.max()) + 1)
+
+    def passes_for(self, traj: Trajectory) -> int:
+        return min(self.steps(traj), self.steps_per_row or self.steps(traj))
+
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         if traj.step_masked is None or traj.step_pred is None:
             raise ValueError("the trajectory estimator needs trajectories sampled with record=True")
         commit = traj.commit_step  # [B, L]
-        steps = max(traj.num_steps, int(commit.max()) + 1)
-        committed = torch.zeros(traj.batch_size, steps, dtype=torch.bool, device=commit.device)
+        committed = torch.zeros(traj.batch_size, self.steps(traj), dtype=torch.bool, device=commit.device)
         scored = commit >= 0
         committed.scatter_(1, commit.clamp(min=0), scored)  # [B, T]: the row commits something at t
         if self.steps_per_row is not None:
@@ -168,6 +179,8 @@ class TrajectoryEstimator(Estimator):
             rank = draw.masked_fill(~committed, 2.0).argsort(1).argsort(1)
             committed &= rank < self.steps_per_row
             scored &= committed.gather(1, commit.clamp(min=0))
+        if not committed.any():
+            raise ValueError("the trajectory estimator got no token the policy chose: every answer token is a hint")
         canvases, rows, times = [], [], []
         for t in committed.any(0).nonzero().flatten().tolist():
             chosen = committed[:, t].nonzero().flatten()
@@ -179,7 +192,6 @@ class TrajectoryEstimator(Estimator):
             model, canvases, traj.attention_mask[rows], traj.answer_ids[rows], traj.prompt_length, self.temperature,
             self.mask_token_id,
         )
-        self.passes = steps if self.steps_per_row is None else min(steps, self.steps_per_row)
         index = torch.full_like(committed, -1, dtype=torch.long)
         index[rows, times] = torch.arange(len(rows), device=rows.device)
         pick = index.gather(1, commit.clamp(min=0))  # [B, L]: the item holding each token's commit step

@@ -218,19 +218,16 @@ class Trainer:
     # -- scoring ---------------------------------------------------------------
     def _scores(self, batch: TrainBatch, key: Any, which: str) -> Scores:
         estimator = self.objective.estimator
+        self.forward_passes += estimator.passes_for(batch.traj)
         if which == "policy":
-            scores = estimator.token_logprobs(self.model, batch.traj, key)
-        else:
-            with torch.no_grad():
-                if which == "old":
-                    scores = estimator.token_logprobs(self.model, batch.traj, key)
-                elif self.reference is not None:
-                    scores = estimator.token_logprobs(self.reference, batch.traj, key)
-                else:
-                    with self.unwrapped.disable_adapter():
-                        scores = estimator.token_logprobs(self.model, batch.traj, key)
-        self.forward_passes += estimator.passes  # after the call: some estimators count per batch
-        return scores
+            return estimator.token_logprobs(self.model, batch.traj, key)
+        with torch.no_grad():
+            if which == "old":
+                return estimator.token_logprobs(self.model, batch.traj, key)
+            if self.reference is not None:
+                return estimator.token_logprobs(self.reference, batch.traj, key)
+            with self.unwrapped.disable_adapter():
+                return estimator.token_logprobs(self.model, batch.traj, key)
 
     def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
         """Micro-batches on the training device (the buffered batch itself stays on the CPU)."""

@@ -154,7 +154,7 @@ def test_trajectory_estimator_replays_the_samplers_own_log_probs(model, remaskin
     rows = torch.arange(3)[:, None]
     cols = torch.arange(8)[None, :]
     recorded = traj.step_logprob[traj.commit_step, rows, cols]
-    assert scores.mask.all() and est.passes == 4
+    assert scores.mask.all() and est.passes_for(traj) == 4
     torch.testing.assert_close(scores.logprobs, recorded, atol=1e-5, rtol=1e-5)
     assert (scores.logprobs < 0).all()
 
@@ -172,6 +172,9 @@ def test_trajectory_estimator_skips_hints_and_needs_recorded_steps(model):
     torch.testing.assert_close(scores.logprobs[0, 2:], expected[0, 2:])
     with pytest.raises(ValueError, match="record=True"):
         est.token_logprobs(model, Trajectory(**{**vars(traj), "step_masked": None}), 0)
+    all_hints = Trajectory(**{**vars(traj), "commit_step": torch.full_like(traj.commit_step, -1)})
+    with pytest.raises(ValueError, match="every answer token is a hint"):
+        est.token_logprobs(model, all_hints, 0)
 
 
 def test_trajectory_estimator_subsamples_whole_commit_steps_per_row(model):
@@ -183,6 +186,7 @@ def test_trajectory_estimator_subsamples_whole_commit_steps_per_row(model):
         exact = full.token_logprobs(model, traj, 0)
         first, again, other = (sub.token_logprobs(model, traj, key) for key in (11, 11, 12))
     assert sub.varies_per_iteration and not full.varies_per_iteration
+    assert (full.passes_for(traj), sub.passes_for(traj)) == (8, 3)
     for row in range(4):
         assert len(traj.commit_step[row][first.mask[row]].unique()) == 3  # three whole steps
     torch.testing.assert_close(first.logprobs[first.mask], exact.logprobs[first.mask])
