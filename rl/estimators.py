@@ -66,6 +66,15 @@ def _answer_scores(
     return logprobs, entropy.detach()
 
 
+def _canvases(traj: Trajectory, rows: torch.Tensor, steps: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """The canvas ``x_t`` the sampler saw, for each ``(rows[i], steps[i])`` pair: ``[len(rows), P + L]``."""
+    canvases = traj.tokens.new_empty(len(rows), traj.tokens.shape[1])
+    for t in steps.unique().tolist():
+        chosen = steps == t
+        canvases[chosen] = traj.canvas(int(t), mask_token_id)[rows[chosen]]
+    return canvases
+
+
 class Estimator:
     """Base: subclasses build the masked input(s) and say which positions they score."""
 
@@ -130,10 +139,7 @@ class StepEstimator(Estimator):
             raise ValueError("the per-step estimator needs trajectories sampled with record=True")
         steps = torch.as_tensor(key, dtype=torch.long, device=traj.tokens.device)
         rows = torch.arange(traj.batch_size, device=steps.device)
-        canvas = torch.empty_like(traj.tokens)
-        for t in steps.unique().tolist():
-            chosen = steps == t
-            canvas[chosen] = traj.canvas(int(t), self.mask_token_id)[chosen]
+        canvas = _canvases(traj, rows, steps, self.mask_token_id)
         mask = traj.step_masked[steps, rows]
         targets = traj.step_pred[steps, rows]
         logprobs, entropy = _answer_scores(
@@ -165,7 +171,8 @@ class TrajectoryEstimator(Estimator):
         return max(traj.num_steps, int(traj.commit_step.max()) + 1)
 
     def passes_for(self, traj: Trajectory) -> int:
-        return min(self.steps(traj), self.steps_per_row or self.steps(traj))
+        steps = self.steps(traj)
+        return steps if self.steps_per_row is None else min(steps, self.steps_per_row)
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         if traj.step_masked is None or traj.step_pred is None:
@@ -181,23 +188,17 @@ class TrajectoryEstimator(Estimator):
             scored &= committed.gather(1, commit.clamp(min=0))
         if not committed.any():
             raise ValueError("the trajectory estimator got no token the policy chose: every answer token is a hint")
-        canvases, rows, times = [], [], []
-        for t in committed.any(0).nonzero().flatten().tolist():
-            chosen = committed[:, t].nonzero().flatten()
-            canvases.append(traj.canvas(t, self.mask_token_id)[chosen])
-            rows.append(chosen)
-            times.append(torch.full_like(chosen, t))
-        canvases, rows, times = torch.cat(canvases), torch.cat(rows), torch.cat(times)
+        rows, times = committed.nonzero(as_tuple=True)  # one replayed canvas per (row, commit step)
         logprobs, entropy = _answer_scores(
-            model, canvases, traj.attention_mask[rows], traj.answer_ids[rows], traj.prompt_length, self.temperature,
-            self.mask_token_id,
+            model, _canvases(traj, rows, times, self.mask_token_id), traj.attention_mask[rows],
+            traj.answer_ids[rows], traj.prompt_length, self.temperature, self.mask_token_id,
         )
-        index = torch.full_like(committed, -1, dtype=torch.long)
+        index = torch.zeros_like(committed, dtype=torch.long)
         index[rows, times] = torch.arange(len(rows), device=rows.device)
-        pick = index.gather(1, commit.clamp(min=0))  # [B, L]: the item holding each token's commit step
+        pick = index.gather(1, commit.clamp(min=0))  # [B, L]: the item replaying each token's commit step
         cols = torch.arange(commit.shape[1], device=commit.device).expand_as(commit)
-        logprobs = torch.where(scored, logprobs[pick.clamp(min=0), cols], torch.zeros((), device=commit.device))
-        entropy = torch.where(scored, entropy[pick.clamp(min=0), cols], torch.zeros((), device=commit.device))
+        logprobs = logprobs[pick, cols].masked_fill(~scored, 0.0)
+        entropy = entropy[pick, cols].masked_fill(~scored, 0.0)
         return Scores(logprobs, entropy, scored, torch.ones_like(logprobs))
 
 
