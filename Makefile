@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # On a CPU machine this takes the local CPU wheel; elsewhere PyPI's build for your platform.
 TORCH_SPEC ?= torch==2.13.0
-RECIPE ?= tiny/countdown_mdpo
+RECIPE ?= tiny/countdown_diffu_grpo_trajectory
 ARGS ?=
 MODEL ?= builtin:tiny-countdown
 BENCH ?= countdown

@@ -22,7 +22,7 @@ from unmask.evaluation import EvalSettings, evaluate
 from unmask.models import load_model
 from unmask.rollouts import Trajectory, generate
 
-#: the default run's greedy evaluation (recipes/tiny/countdown_mdpo.yaml): one 16-token block
+#: the tiny recipes' greedy evaluation (recipes/tiny/*.yaml): one 16-token block
 DEFAULT = {"gen_length": 16, "steps": 16, "block_length": 16}
 FAST = {"cache": "dual", "threshold": 0.9}
 THRESHOLD = {"threshold": 0.9}

@@ -16,6 +16,7 @@ from unmask.models import load_model, tiny
 from unmask.pretrain import (
     HASH_FILE,
     PretrainConfig,
+    careless_solution,
     encode,
     learning_rate,
     masked_diffusion_loss,
@@ -36,6 +37,17 @@ def test_training_rows_exclude_every_heldout_problem() -> None:
     assert not heldout & {problem_key(r) for r in rows}
     assert training_rows(config, seed=0) == rows
     assert training_rows(config, seed=1) != rows
+
+
+def test_careless_fraction_replaces_that_share_of_demonstrations_reproducibly() -> None:
+    clean = training_rows(PretrainConfig(pool_size=3000, careless_fraction=0.0), seed=0)
+    noisy = training_rows(PretrainConfig(pool_size=3000, careless_fraction=0.3), seed=0)
+    assert [problem_key(r) for r in clean] == [problem_key(r) for r in noisy]  # same problems
+    changed = [n for c, n in zip(clean, noisy, strict=True) if c["solution"] != n["solution"]]
+    assert all(r["solution"] == careless_solution(r["nums"]) for r in changed)
+    assert 0.2 < len(changed) / len(noisy) < 0.3  # 30 % drawn; a few sums are already right
+    assert careless_solution([7, 2, 9]) == "7+2+9"
+    assert training_rows(PretrainConfig(pool_size=3000, careless_fraction=0.3), seed=0) == noisy
 
 
 def test_encode_left_pads_prompts_and_pads_answers_with_eos() -> None:

@@ -8,6 +8,12 @@ loss: the prompt is never masked, each answer token is masked with probability
 tokens is weighted by ``1/t`` and normalised by the answer length, which makes it
 an upper bound of the answer's negative log-likelihood.
 
+A fifth of the demonstrations are careless (``careless_fraction``): the numbers
+simply added up, whatever the target, like the mixed-quality answers of scraped SFT
+data. This gives the model a habit that reward can remove and that is not tied to
+particular problems; a model trained on clean demonstrations only showed no
+held-out RL gain in any configuration measured (README, "The default run").
+
 Everything is a function of ``--seed`` and the step count (never of wall time),
 and runs with a fixed number of CPU threads, so ``make tiny-model`` reproduces the
 shipped weights byte for byte. Problems of the held-out evaluation set
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import random
 import shutil
 import tempfile
 import time
@@ -39,6 +46,7 @@ from unmask.rl.rollout import encode_prompts
 
 #: training problems are drawn from seeds offset from the user seed (the eval seed is far away)
 TRAIN_SEED_OFFSET = 1_000
+CARELESS_SEED_OFFSET = 2_000
 #: the tiny model's prompt: the standard Countdown prompt without its constant middle
 #: sentence, which costs 30 of 51 tokens and most of the compute; the tiny recipes
 #: set ``data.prompt_template`` to this string
@@ -47,7 +55,7 @@ TINY_TEMPLATE = (
     "Put the equation in <answer> </answer> tags."
 )
 #: the settings of the shipped model (``make tiny-model``)
-DEFAULT_STEPS = 6000
+DEFAULT_STEPS = 9000
 HASH_FILE = "model.safetensors.sha256"
 TASKS = ("countdown",)
 
@@ -71,7 +79,7 @@ class PretrainConfig:
     #: smaller than ``TinyConfig``'s default: at a fixed CPU budget it sees more steps (d 128 × 4
     #: layers reached < 3 % where this shape reached 20 %). The prompt does not attend to the
     #: answer, so a prefix KV cache is exact: 3000 steps of this cost 5 points (14.8 vs 19.8 %)
-    #: against full attention, 6000 steps reach 23.0 %
+    #: against full attention; 6000 clean steps reach 23.0 %, 9000 careless-mixed 19.8 %
     model: dict[str, Any] = field(
         default_factory=lambda: {
             "d_model": 96, "n_layers": 3, "n_heads": 4, "mlp_hidden_size": 256, "prompt_attends_answer": False,
@@ -80,6 +88,10 @@ class PretrainConfig:
     generator: dict[str, Any] = field(
         default_factory=lambda: {"num_numbers": 3, "min_number": 1, "max_number": 10}
     )
+    #: share of demonstrations replaced by a careless answer that ignores the target (the
+    #: numbers added up in the order given): greedy decoding then answers carelessly on
+    #: ~40 % of held-out problems, a prompt-independent habit for RL to remove
+    careless_fraction: float = 0.2
 
 
 def problem_key(row: dict[str, Any]) -> tuple[tuple[int, ...], int]:
@@ -92,7 +104,17 @@ def training_rows(config: PretrainConfig, seed: int) -> list[dict[str, Any]]:
     heldout = benchmark_rows("countdown", limit=COUNTDOWN_EVAL_SIZE, generator=config.generator)
     excluded = {problem_key(r) for r in heldout}
     rows = countdown.generate(config.pool_size, seed=seed + TRAIN_SEED_OFFSET, **config.generator)
-    return [r for r in rows if problem_key(r) not in excluded]
+    rows = [r for r in rows if problem_key(r) not in excluded]
+    rng = random.Random(seed + CARELESS_SEED_OFFSET)
+    for row in rows:
+        if rng.random() < config.careless_fraction:
+            row["solution"] = careless_solution(row["nums"])
+    return rows
+
+
+def careless_solution(nums: list[int]) -> str:
+    """The shortcut answer of a solver that ignores the target: every number added up."""
+    return "+".join(str(n) for n in nums)
 
 
 def answer_text(row: dict[str, Any]) -> str:
