@@ -6,7 +6,8 @@ so a regression in any RL component turns it red. It trains on 16 fixed training
 prompts (no held-out problem) with a fixed seed and measures those prompts before
 and after, 8 samples each at the rollout temperature plus greedy decoding.
 Measured on the shipped model (careless-demonstration pretraining, see README): MDPO
-27.3 → 33.6 % sampled in 10 steps, diffu-GRPO with trajectory replay 27.3 → 35.2 %;
+27.3 → 33.6 % sampled in 10 steps, diffu-GRPO with trajectory replay 27.3 → 35.2 %
+with rollouts at τ 0.7 (its recipe now rolls out at 1.0 and still clears 5 points);
 one-step diffu-GRPO clears its 5-point bar. The runs are seeded and single-threaded, so
 the numbers repeat exactly; a broken component leaves them near zero or negative.
 """
