@@ -4,7 +4,7 @@ This is the CI guard of the default run (issue 7): estimators, advantages, losse
 the optimizer step and adapter handling all have to work for the numbers to move,
 so a regression in any RL component turns it red. It trains on 16 fixed training
 prompts (no held-out problem) with a fixed seed and measures those prompts before
-and after, 8 samples each at the rollout temperature plus greedy decoding.
+and after, 8 samples each at temperature 0.7 (whatever the recipe rolls out at).
 Measured on the shipped model (careless-demonstration pretraining, see README): MDPO
 27.3 → 33.6 % sampled in 10 steps, diffu-GRPO with trajectory replay 27.3 → 35.2 %
 with rollouts at τ 0.7 (its recipe now rolls out at 1.0 and still clears 5 points);
