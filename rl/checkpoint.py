@@ -1,5 +1,9 @@
 """Atomic training checkpoints: trainable weights, optimizer, scheduler, RNG, step, data position.
 
+A LoRA run's checkpoint is also a peft adapter directory (``adapter_config.json`` +
+``adapter_model.safetensors``), so ``unmask export --adapter`` and ``unmask eval
+--adapter`` take ``checkpoint-N`` as it is, without the recipe that made it.
+
 A checkpoint is written into a temporary sibling directory and renamed into place,
 so a run killed mid-write leaves either the previous checkpoint or the new one,
 never a half-written directory that ``resume_from`` would trust.
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -55,6 +60,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}-", dir=directory))
     try:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
+        if isinstance(model, PeftModel):
+            model.save_pretrained(tmp)
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / OPTIM,

@@ -9,7 +9,9 @@ import math
 import pytest
 import torch
 
+from unmask.cli import main
 from unmask.errors import UserError
+from unmask.models import load_model
 from unmask.models.tiny import tiny
 from unmask.recipe import validate_recipe
 from unmask.rl.logging import read_metrics
@@ -90,6 +92,22 @@ def test_three_steps_of_each_algorithm_through_the_ray_pool(tmp_path, algorithm,
     after = dict(trainer.unwrapped.named_parameters())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter learned something
     assert (tmp_path / algorithm / "checkpoint-3" / "trainable.safetensors").is_file()
+
+
+def test_lora_checkpoint_is_a_peft_adapter_that_export_merges(tmp_path):
+    """``unmask export --adapter runs/x/checkpoint-N`` gives the trained policy's logits."""
+    trainer = Trainer(recipe(tmp_path, "diffu_grpo"), model_factory=make_model, rows=ROWS)
+    list(trainer.steps())
+    make_model().save_pretrained(tmp_path / "base")
+    checkpoint = tmp_path / "diffu_grpo" / "checkpoint-3"
+    assert main(["export", "--model", str(tmp_path / "base"), "--adapter", str(checkpoint),
+                 "--out", str(tmp_path / "merged")]) == 0
+    ids = torch.randint(0, 50, (2, 12))
+    trainer.unwrapped.eval()
+    with torch.no_grad():
+        expected = trainer.unwrapped(ids)
+        assert torch.allclose(load_model(tmp_path / "merged").logits(ids), expected, atol=1e-5)
+        assert not torch.allclose(make_model().logits(ids), expected, atol=1e-4)  # training moved it
 
 
 def test_resume_after_a_kill_gives_identical_metrics(tmp_path):
