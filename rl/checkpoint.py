@@ -62,6 +62,7 @@ def save_checkpoint(
         save_file(trainable_state(model), str(tmp / WEIGHTS))
         if isinstance(model, PeftModel):
             model.save_pretrained(tmp)
+            (tmp / "README.md").unlink(missing_ok=True)  # peft's blank model card, not ours to ship
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / OPTIM,
