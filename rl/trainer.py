@@ -131,7 +131,9 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
         )
-        self.scheduler = get_scheduler(o.lr_scheduler_type, optimizer, o.warmup_steps, o.max_steps)
+        # transformers' "constant" schedule ignores warmup; a recipe's warmup_steps must not be silently dropped
+        schedule = "constant_with_warmup" if o.lr_scheduler_type == "constant" and o.warmup_steps else o.lr_scheduler_type
+        self.scheduler = get_scheduler(schedule, optimizer, o.warmup_steps, o.max_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         r = recipe.rollout
         self.objective: Objective = build_objective(

@@ -94,6 +94,14 @@ def test_three_steps_of_each_algorithm_through_the_ray_pool(tmp_path, algorithm,
     assert (tmp_path / algorithm / "checkpoint-3" / "trainable.safetensors").is_file()
 
 
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_warmup_steps_ramp_the_learning_rate_for_every_schedule(tmp_path, schedule):
+    r = recipe(tmp_path, "diffu_grpo", optim={"max_steps": 4, "warmup_steps": 2, "lr_scheduler_type": schedule})
+    lrs = [metrics["lr"] for metrics in Trainer(r, model_factory=make_model, rows=ROWS).steps()]
+    assert lrs[0] < lrs[1] == pytest.approx(1e-2), lrs  # ramps to the peak, then holds or decays
+    assert lrs[3] == pytest.approx(1e-2) if schedule == "constant" else lrs[3] < lrs[2]
+
+
 def test_lora_checkpoint_is_a_peft_adapter_that_export_merges(tmp_path):
     """``unmask export --adapter runs/x/checkpoint-N`` gives the trained policy's logits."""
     trainer = Trainer(recipe(tmp_path, "diffu_grpo"), model_factory=make_model, rows=ROWS)
