@@ -8,7 +8,7 @@ loss: the prompt is never masked, each answer token is masked with probability
 tokens is weighted by ``1/t`` and normalised by the answer length, which makes it
 an upper bound of the answer's negative log-likelihood.
 
-A fifth of the demonstrations are careless (``careless_fraction``): the numbers
+Three in ten demonstrations are careless (``careless_fraction``): the numbers
 simply added up, whatever the target, like the mixed-quality answers of scraped SFT
 data. This gives the model a habit that reward can remove and that is not tied to
 particular problems; a model trained on clean demonstrations only showed no
@@ -55,7 +55,7 @@ TINY_TEMPLATE = (
     "Put the equation in <answer> </answer> tags."
 )
 #: the settings of the shipped model (``make tiny-model``)
-DEFAULT_STEPS = 9000
+DEFAULT_STEPS = 18_000
 HASH_FILE = "model.safetensors.sha256"
 TASKS = ("countdown",)
 
@@ -79,7 +79,7 @@ class PretrainConfig:
     #: smaller than ``TinyConfig``'s default: at a fixed CPU budget it sees more steps (d 128 × 4
     #: layers reached < 3 % where this shape reached 20 %). The prompt does not attend to the
     #: answer, so a prefix KV cache is exact: 3000 steps of this cost 5 points (14.8 vs 19.8 %)
-    #: against full attention; 6000 clean steps reach 23.0 %, 9000 careless-mixed 19.8 %
+    #: against full attention; 6000 clean steps reach 23.0 %, 18 000 with 30 % careless 16.2 %
     model: dict[str, Any] = field(
         default_factory=lambda: {
             "d_model": 96, "n_layers": 3, "n_heads": 4, "mlp_hidden_size": 256, "prompt_attends_answer": False,
@@ -90,8 +90,8 @@ class PretrainConfig:
     )
     #: share of demonstrations replaced by a careless answer that ignores the target (the
     #: numbers added up in the order given): greedy decoding then answers carelessly on
-    #: ~40 % of held-out problems, a prompt-independent habit for RL to remove
-    careless_fraction: float = 0.2
+    #: 66 % of held-out problems, a prompt-independent habit for RL to remove
+    careless_fraction: float = 0.3
 
 
 def problem_key(row: dict[str, Any]) -> tuple[tuple[int, ...], int]:
