@@ -1,8 +1,9 @@
 """Atomic training checkpoints: trainable weights, optimizer, scheduler, RNG, step, data position.
 
-A LoRA run's checkpoint is also a peft adapter directory (``adapter_config.json`` +
+A LoRA run's weights are stored as a peft adapter directory (``adapter_config.json`` +
 ``adapter_model.safetensors``), so ``unmask export --adapter`` and ``unmask eval
---adapter`` take ``checkpoint-N`` as it is, without the recipe that made it.
+--adapter`` take ``checkpoint-N`` as it is, and resume reads the same file: the
+adapter is stored once. A full fine-tune stores its weights in ``trainable.safetensors``.
 
 A checkpoint is written into a temporary sibling directory and renamed into place,
 so a run killed mid-write leaves either the previous checkpoint or the new one,
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unmask.errors import UserError
 
 WEIGHTS = "trainable.safetensors"
+ADAPTER = "adapter_model.safetensors"
 STATE = "trainer_state.json"
 OPTIM = "optim.pt"
 
@@ -59,10 +61,11 @@ def save_checkpoint(
     final = directory / f"checkpoint-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}-", dir=directory))
     try:
-        save_file(trainable_state(model), str(tmp / WEIGHTS))
         if isinstance(model, PeftModel):
             model.save_pretrained(tmp)
             (tmp / "README.md").unlink(missing_ok=True)  # peft's blank model card, not ours to ship
+        else:
+            save_file(trainable_state(model), str(tmp / WEIGHTS))
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / OPTIM,
@@ -82,25 +85,42 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore everything ``save_checkpoint`` wrote; returns the trainer state (``step``, …)."""
     path = Path(path)
-    missing = [name for name in (WEIGHTS, STATE, OPTIM) if not (path / name).is_file()]
+    is_lora = isinstance(model, PeftModel)
+    missing = [name for name in (ADAPTER if is_lora else WEIGHTS, STATE, OPTIM) if not (path / name).is_file()]
     if missing:
         raise UserError(
-            f"checkpoint.resume_from: {path} is not an unmask checkpoint (missing {', '.join(missing)}); "
-            "point it at a checkpoint-N directory of a previous run"
+            f"checkpoint.resume_from: {path} is not an unmask checkpoint of a "
+            f"{'LoRA' if is_lora else 'full fine-tuning'} run (missing {', '.join(missing)}); "
+            "point it at a checkpoint-N directory of a previous run with the same lora settings"
         )
-    weights = load_file(str(path / WEIGHTS))
-    params = dict(model.named_parameters())
-    unknown = sorted(set(weights) - set(params))
-    if unknown:
-        raise UserError(
-            f"checkpoint.resume_from: {path} holds weights this model does not have ({unknown[0]}, …); "
-            "resume with the same model and lora settings"
-        )
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
+    load_trainable_weights(path, model, is_lora)
     extra = torch.load(path / OPTIM, weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
     return json.loads((path / STATE).read_text())
+
+
+def load_trainable_weights(path: Path, model: nn.Module, is_lora: bool) -> None:
+    """Copy the checkpoint's weights into ``model``, refusing weights the model does not have."""
+    if is_lora:
+        try:
+            unknown = sorted(set_peft_model_state_dict(model, load_file(str(path / ADAPTER))).unexpected_keys)
+        except RuntimeError as err:  # torch's size-mismatch report: another lora.r or model
+            raise UserError(
+                f"checkpoint.resume_from: {path} was trained with other shapes ({str(err).splitlines()[-1].strip()}); "
+                "resume with the same model and lora settings"
+            ) from err
+    else:
+        weights = load_file(str(path / WEIGHTS))
+        params = dict(model.named_parameters())
+        unknown = sorted(set(weights) - set(params))
+        if not unknown:
+            with torch.no_grad():
+                for name, value in weights.items():
+                    params[name].copy_(value)
+    if unknown:
+        raise UserError(
+            f"checkpoint.resume_from: {path} holds weights this model does not have ({unknown[0]}, …); "
+            "resume with the same model and lora settings"
+        )

@@ -91,7 +91,7 @@ def test_three_steps_of_each_algorithm_through_the_ray_pool(tmp_path, algorithm,
     assert ray_pool.num_workers == 1 and ray_pool.version == 3  # adapter pushed after every update
     after = dict(trainer.unwrapped.named_parameters())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the adapter learned something
-    assert (tmp_path / algorithm / "checkpoint-3" / "trainable.safetensors").is_file()
+    assert (tmp_path / algorithm / "checkpoint-3" / "adapter_model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
@@ -243,3 +243,16 @@ def test_non_finite_loss_in_a_later_inner_iteration_undoes_the_whole_update(tmp_
     for index, moments in state["state"].items():
         for key, value in moments.items():
             assert torch.equal(restored["state"][index][key], value), (index, key)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"lora": {"enabled": False}}, "missing trainable.safetensors"),
+    ({"lora": {"r": 8, "alpha": 16}}, "other shapes"),
+])
+def test_resume_into_other_lora_settings_names_the_setting(tmp_path, change, message):
+    saved = recipe(tmp_path / "saved", "diffu_grpo", optim={"max_steps": 2}, checkpoint={"save_steps": 2})
+    train(saved, model_factory=make_model, rows=ROWS)
+    other = recipe(tmp_path / "other", "diffu_grpo", checkpoint={
+        "resume_from": str(tmp_path / "saved" / "diffu_grpo" / "checkpoint-2")}, **change)
+    with pytest.raises(UserError, match=message):
+        train(other, model_factory=make_model, rows=ROWS)
