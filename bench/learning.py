@@ -8,6 +8,10 @@ time (the shortest run's; evaluation time excluded): the toolkit's own version
 of the papers' comparison.
 
     python bench/learning.py --steps 20 --every 5 --limit 300 --seed 0
+
+``--set KEY=VALUE …`` overrides every recipe alike (e.g. the default run's
+``optim.learning_rate=1e-3 rollout.num_generations=16``), so the objectives can be
+compared at one shared RL setting rather than at each recipe's own.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def run(algorithm: str, args: argparse.Namespace) -> Curve:
         [
             f"seed={args.seed}", f"optim.max_steps={args.steps}", f"eval.limit={args.limit}",
             f"eval.every={args.every}", f"output_dir={args.out}/{algorithm}",
-            "logging.progress=false", "logging.plot=false", "checkpoint.save_final=false",
+            "logging.progress=false", "logging.plot=false", "checkpoint.save_final=false", *args.set,
         ],
     )  # fmt: skip
     rows = eval_rows(recipe)
@@ -67,11 +71,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--out", default="runs/bench-learning")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
     args = parser.parse_args()
     curves = {name: run(name, args) for name in args.algorithms.split(",")}
     budget = min(curve[-1][1] for curve in curves.values())
     steps = [step for step, _, _ in next(iter(curves.values()))]
-    table = Table(title=f"held-out greedy accuracy (%), {args.limit} problems, seed {args.seed}")
+    overrides = f", {' '.join(args.set)}" if args.set else ""
+    table = Table(title=f"held-out greedy accuracy (%), {args.limit} problems, seed {args.seed}{overrides}")
     table.add_column("algorithm")
     for step in steps:
         table.add_column(f"step {step}", justify="right")
