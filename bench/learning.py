@@ -78,7 +78,7 @@ def main() -> None:
     steps = [step for step, _, _ in next(iter(curves.values()))]
     overrides = f", {' '.join(args.set)}" if args.set else ""
     table = Table(title=f"held-out greedy accuracy (%), {args.limit} problems, seed {args.seed}{overrides}")
-    table.add_column("algorithm")
+    table.add_column("algorithm", no_wrap=True)
     for step in steps:
         table.add_column(f"step {step}", justify="right")
     table.add_column(f"at {budget:.0f} s", justify="right")
