@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_rl_estimators import TINY, direct_logprobs
+from test_rl_estimators import TINY
 
 from unmask.errors import RecipeError
 from unmask.models.tiny import tiny
