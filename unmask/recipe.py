@@ -89,8 +89,11 @@ class RolloutConfig(Section):
     block_length: PositiveInt = 32
     temperature: NonNegFloat = 0.7
     remasking: Literal["low_confidence", "random", "margin", "entropy", "rcr"] = "low_confidence"
-    #: confidence function used by RCR
-    rcr_confidence: Literal["probability", "margin", "neg_entropy"] = "probability"
+    #: confidence function used by RCR (rollouts/confidence.py); by default the probability of the
+    #: sampled token under the sampling distribution softmax(logits / τ) (sampling.md §3.4)
+    rcr_confidence: Literal["sampling_probability", "probability", "margin", "entropy", "random"] = (
+        "sampling_probability"
+    )
     threshold: Probability | None = None
     schedule: Literal["linear", "cosine", "pow_k", "log", "exp"] = "linear"
     schedule_k: PositiveInt = 2
@@ -144,6 +147,9 @@ class MDPOConfig(_ObjectiveBase):
     confidence_weight: bool = True
     elbo_weight: bool = True
     over_denoising_filter: bool = False
+    #: what scores intermediate predictions: "correctness" (1 if the recipe's reward reaches
+    #: correct_threshold, else 0, as published) or "reward" (the recipe's full weighted reward)
+    step_reward: Literal["correctness", "reward"] = "correctness"
 
 
 class IGPOConfig(_ObjectiveBase):
