@@ -39,8 +39,12 @@ class MDPO(Objective):
     def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
         group = rollout.group_size
         step_rewards = ctx.score_steps(rollout.traj, rollout.rows)  # [N, T]
+        if self.config.step_reward == "correctness":
+            # shaping credit (Countdown's 0.1 for a well-formed wrong answer) would become a
+            # full-size advantage once each step is normalised across a group with no correct answer
+            step_rewards = (step_rewards >= self.config.correct_threshold).float()
         advantages = mdpo_advantages(step_rewards, group)
-        steps = top_steps(advantages, group, self.config.sample_train_steps)  # [N, k]
+        steps = top_steps(advantages, self.config.sample_train_steps)  # [N, k]
         keep = torch.ones(len(rollout.rows), dtype=torch.bool)
         if self.config.over_denoising_filter:
             keep = self.over_denoised(step_rewards, rollout)

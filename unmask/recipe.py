@@ -89,8 +89,11 @@ class RolloutConfig(Section):
     block_length: PositiveInt = 32
     temperature: NonNegFloat = 0.7
     remasking: Literal["low_confidence", "random", "margin", "entropy", "rcr"] = "low_confidence"
-    #: confidence function used by RCR
-    rcr_confidence: Literal["probability", "margin", "neg_entropy"] = "probability"
+    #: confidence function used by RCR (rollouts/confidence.py); by default the probability of the
+    #: sampled token under the sampling distribution softmax(logits / τ) (sampling.md §3.4)
+    rcr_confidence: Literal["sampling_probability", "probability", "margin", "entropy", "random"] = (
+        "sampling_probability"
+    )
     threshold: Probability | None = None
     schedule: Literal["linear", "cosine", "pow_k", "log", "exp"] = "linear"
     schedule_k: PositiveInt = 2
@@ -144,6 +147,9 @@ class MDPOConfig(_ObjectiveBase):
     confidence_weight: bool = True
     elbo_weight: bool = True
     over_denoising_filter: bool = False
+    #: what scores intermediate predictions: "correctness" (1 if the recipe's reward reaches
+    #: correct_threshold, else 0, as published) or "reward" (the recipe's full weighted reward)
+    step_reward: Literal["correctness", "reward"] = "correctness"
 
 
 class IGPOConfig(_ObjectiveBase):
@@ -258,6 +264,19 @@ class OptimConfig(Section):
     max_steps: PositiveInt = 20
     per_device_train_batch_size: PositiveInt = 8
     gradient_accumulation_steps: PositiveInt = 1
+    #: optimizer steps per pass over a rollout batch, however many micro-batches it
+    #: has (1: the published MDPO trainer's one step per rollout); replaces
+    #: gradient_accumulation_steps, so set only one of the two
+    optimizer_steps_per_rollout: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_step_rule(self) -> OptimConfig:
+        if self.optimizer_steps_per_rollout is not None and self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                "set either gradient_accumulation_steps or optimizer_steps_per_rollout, not both "
+                "(optimizer_steps_per_rollout decides how many micro-batches each step accumulates)"
+            )
+        return self
 
 
 class EvalConfig(Section):
