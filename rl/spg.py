@@ -21,10 +21,7 @@ from unmask.rl.objective import Objective, Rollout, RolloutContext, TrainBatch, 
 @register
 class SPG(Objective):
     name = "spg"
-
-    @property
-    def needs_old(self) -> bool:
-        return False
+    needs_old = False
 
     def build_estimator(self, mask_token_id: int, temperature: float) -> Estimator:
         c = self.config
