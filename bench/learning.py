@@ -27,7 +27,7 @@ from unmask.recipe import load_recipe
 from unmask.rl.trainer import Trainer
 from unmask.run import eval_rows, greedy_eval_fn, model_factory, training_rows
 
-ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory")
+ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory", "spg", "espo", "bgpo")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
 Curve = list[tuple[int, float, float]]  # (step, training seconds so far, accuracy)
