@@ -7,11 +7,14 @@ import math
 import pytest
 import torch
 from test_rl_estimators import TINY
+from test_rl_old_policy import spy
+from test_trainer import ROWS, make_model, recipe
 
 from unmask.models.tiny import tiny
 from unmask.recipe import BGPOConfig
 from unmask.rl.estimators import Scores, sequence_elbo
 from unmask.rl.objective import Rollout, TrainBatch, build_objective
+from unmask.rl.trainer import Trainer
 from unmask.rollouts import generate
 from unmask.rollouts.trajectory import Trajectory
 
@@ -177,3 +180,16 @@ def test_separate_backwards_match_the_summed_one_with_memory_flat_in_n_t():
         assert any(g.abs().sum() > 0 for g in separate)
     assert peaks["items", 8] <= 1.05 * peaks["items", 2]
     assert peaks["sum", 8] >= 2.5 * peaks["sum", 2]  # the meter does see graphs pile up
+
+
+def test_bound_is_active_on_the_trainers_later_optimizer_steps(tmp_path):
+    """Several optimizer steps per rollout batch: θ_old is scored, so d ≠ 0 after the first step."""
+    r = recipe(tmp_path, "bgpo", algorithm={"num_iterations": 1, "mc_samples": 2},
+               optim={"gradient_accumulation_steps": 1})
+    trainer = Trainer(r, model_factory=make_model, rows=ROWS)
+    calls = spy(trainer)
+    assert trainer.train_step()["skipped"] == 0.0
+    assert len(calls) == 4  # 2 prompts × 2 answers × 2 samples, micro-batches of 2
+    assert calls[0]["old"] is None and calls[0]["metrics"]["bgpo/abs_d"] == 0.0  # on-policy: REINFORCE
+    assert all(call["old"] is not None for call in calls[1:])
+    assert max(call["metrics"]["bgpo/abs_d"] for call in calls[1:]) > 1e-4  # θ moved: the bound is active

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 from test_rl_estimators import TINY
+from test_rl_old_policy import spy
+from test_trainer import ROWS, make_model, recipe
 
 from unmask.models.tiny import tiny
 from unmask.recipe import ESPOConfig
@@ -14,6 +16,7 @@ from unmask.rl.advantages import leave_one_out_advantages
 from unmask.rl.estimators import Scores, sequence_elbo
 from unmask.rl.mc_estimators import ExactCountEstimator, Sample, pool
 from unmask.rl.objective import TrainBatch, build_objective
+from unmask.rl.trainer import Trainer
 from unmask.rollouts import generate
 from unmask.rollouts.trajectory import Trajectory
 
@@ -144,3 +147,16 @@ def test_leave_one_out_baseline():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     expected = torch.tensor([1 - 0.0, 0 - 1 / 2, 0 - 1 / 2, 0.0, 0.0, 0.0])  # r_i − mean of the other two
     torch.testing.assert_close(leave_one_out_advantages(rewards, 3), expected)
+
+
+def test_later_inner_iterations_see_a_ratio_from_theta_old(tmp_path):
+    """μ = 2 on one batch: θ_old and the reference are scored with the θ pass's masks; ρ moves off 1."""
+    r = recipe(tmp_path, "espo", algorithm={"num_iterations": 2, "epsilon": 1e-4, "beta": 0.01})
+    trainer = Trainer(r, model_factory=make_model, rows=ROWS)
+    calls = spy(trainer)
+    metrics = trainer.train_step()
+    assert metrics["skipped"] == 0.0 and metrics["kl"] >= 0
+    assert len(calls) == 4 and all(call["old"] is not None for call in calls)  # 2 iterations × 2 micro-batches
+    first = [sequence_elbo(c["scores"]).detach() - sequence_elbo(c["old"]) for c in calls[:2]]
+    assert all(d.abs().max() < 1e-4 for d in first)  # the first step: ρ = 1 on shared masks
+    assert max(c["metrics"]["clip_fraction"] for c in calls[2:]) > 0  # ε = 1e-4 binds once θ moved
