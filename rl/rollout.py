@@ -83,8 +83,10 @@ class Rollouts:
         return self._tokenizer
 
     def generate(
-        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None = None
+        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None = None,
+        temperature: float | None = None,
     ) -> Trajectory:
+        """Sample with the recipe's settings; ``temperature`` overrides its temperature (0: greedy)."""
         s = self.settings
         device = self.device
         traj = self.sample(
@@ -93,7 +95,7 @@ class Rollouts:
             gen_length=s.max_completion_length,
             steps=s.steps,
             block_length=s.block_length,
-            temperature=s.temperature,
+            temperature=s.temperature if temperature is None else temperature,
             remasking=s.remasking,
             cfg_scale=s.cfg_scale,
             threshold=s.threshold,

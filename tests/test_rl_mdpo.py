@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_trainer import make_model
 
+from unmask.errors import UserError
 from unmask.models.tiny_tokenizer import build_tiny_tokenizer
 from unmask.recipe import MDPOConfig, Recipe, RolloutConfig, load_recipe
 from unmask.rewards import RewardRunner, RewardSpec
@@ -117,3 +118,51 @@ def test_every_sampler_value_the_recipe_accepts_generates(field, value):
     settings = RolloutConfig(**base, **{field: value})
     traj = rollouts(settings, make_model()).generate(torch.randint(5, 40, (2, 4)), torch.ones(2, 4, dtype=torch.bool))
     assert traj.answer_ids.shape == (2, 8) and (traj.answer_ids != build_tiny_tokenizer().mask_token_id).all()
+
+
+def test_in_rollout_over_denoising_filter_keeps_whole_groups_that_showed_it():
+    objective = build_objective(MDPOConfig(over_denoising_filter="rollout", sample_train_steps=1), mask_token_id=0,
+                                temperature=1.0, gen_length=3)
+    step_rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    correct = torch.tensor([False, False, True, True])
+    traj = one_step_trajectory([7, 8, 9], 0).select([0, 0, 0, 0])
+    batch = objective.prepare(Rollout(traj, [{}] * 4, correct.float(), correct, group_size=2), StepRewards(step_rewards))
+    # group 0 (answer 0 right at step 1, wrong at the end) trains both its answers; group 1 is dropped
+    assert len(batch) == 2 and batch.metrics["kept_fraction"] == 0.5
+
+
+def differs_from_final(prompts, completions, final, **columns):
+    """1 where a text differs from the row's greedy final answer: every intermediate prediction that
+    differs is 'right' and the final answer itself 'wrong'; rows without ``final`` score 0."""
+    return [float(f is not None and c != f) for c, f in zip(completions, final, strict=True)]
+
+
+def test_greedy_pre_pass_keeps_the_over_denoised_training_prompts(tmp_path):
+    """On the shipped model: rows whose greedy final answer is 'wrong' while an earlier prediction differs."""
+    from unmask.rl.rollout import decode_answers, intermediate_answers
+    from unmask.rl.trainer import Trainer
+    from unmask.run import eval_rows, model_factory
+
+    overrides = [f"output_dir={tmp_path}", "ray.address=null", "rewards.num_workers=0", "logging.progress=false",
+                 "logging.report_to=[none]", "rollout.num_generations=2", "rollout.prompts_per_step=2",
+                 "algorithm.sample_train_steps=2"]
+    plain = load_recipe(ROOT / "tiny" / "countdown_mdpo.yaml", overrides)
+    factory = model_factory(plain.model)
+    rows = eval_rows(plain)[:8]
+    trainer = Trainer(plain, model_factory=factory, rows=rows)
+    traj = trainer.rollouts.generate(*trainer.encode(rows), temperature=0.0)
+    finals = decode_answers(trainer.rollouts.tokenizer, traj.answer_ids, trainer.rollouts.eos_ids)
+    marked = [{**row, "final": final if i % 2 == 0 else None} for i, (row, final) in enumerate(zip(rows, finals, strict=True))]
+    greedy = load_recipe(ROOT / "tiny" / "countdown_mdpo.yaml", [
+        *overrides, "algorithm.over_denoising_filter=greedy",
+        "rewards.functions=[{name: 'test_rl_mdpo:differs_from_final'}]"])
+    filtered = Trainer(greedy, model_factory=factory, rows=marked)
+    steps = intermediate_answers(traj, trainer.rollouts.mask_token_id)
+    texts = [trainer.rollouts.tokenizer.batch_decode(step.tolist(), skip_special_tokens=True) for step in steps]
+    moved = [any(step[i] != finals[i] for step in texts) for i in range(len(rows))]
+    expected = [row for i, row in enumerate(marked) if i % 2 == 0 and moved[i]]
+    assert 0 < len(expected) < len(rows) // 2 + 1
+    assert filtered.stream.rows == expected  # right at some step, wrong at the end
+    assert filtered.train_step()["skipped"] == 0.0
+    with pytest.raises(UserError, match="none of the 8 training prompts"):
+        Trainer(greedy, model_factory=factory, rows=[{**row, "final": None} for row in marked])

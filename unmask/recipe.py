@@ -146,10 +146,20 @@ class MDPOConfig(_ObjectiveBase):
     sample_train_steps: PositiveInt = 8
     confidence_weight: bool = True
     elbo_weight: bool = True
-    over_denoising_filter: bool = False
+    #: train only on over-denoised prompts (an intermediate prediction right, the final answer
+    #: wrong): "greedy" finds them once before training with a greedy pre-pass over the training
+    #: set, as the paper does; "rollout" (or true) keeps the groups where a rollout showed it
+    over_denoising_filter: Literal["off", "rollout", "greedy"] = "off"
     #: what scores intermediate predictions: "correctness" (1 if the recipe's reward reaches
     #: correct_threshold, else 0, as published) or "reward" (the recipe's full weighted reward)
     step_reward: Literal["correctness", "reward"] = "correctness"
+
+    @field_validator("over_denoising_filter", mode="before")
+    @classmethod
+    def _bool_filter(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "rollout" if value else "off"
+        return value
 
 
 class IGPOConfig(_ObjectiveBase):
