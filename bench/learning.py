@@ -1,4 +1,4 @@
-"""Learning benchmark: MDPO, diffu-GRPO (one-step and trajectory-replay estimators), IGPO and wd1 on the tiny Countdown model.
+"""Learning benchmark: MDPO, diffu-GRPO (one-step, trajectory replay), IGPO, wd1, SPG, ESPO and BGPO on tiny Countdown.
 
 Every variant runs its shipped recipe (``recipes/tiny/countdown_*.yaml``) from the
 same model and step budget, for each seed, and is evaluated greedily at one and at
