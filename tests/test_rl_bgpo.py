@@ -10,8 +10,9 @@ from test_rl_estimators import TINY
 from test_rl_old_policy import spy
 from test_trainer import ROWS, make_model, recipe
 
+from unmask.errors import RecipeError
 from unmask.models.tiny import tiny
-from unmask.recipe import BGPOConfig
+from unmask.recipe import BGPOConfig, validate_recipe
 from unmask.rl.estimators import Scores, sequence_elbo
 from unmask.rl.objective import Rollout, TrainBatch, build_objective
 from unmask.rl.trainer import Trainer
@@ -193,3 +194,10 @@ def test_bound_is_active_on_the_trainers_later_optimizer_steps(tmp_path):
     assert calls[0]["old"] is None and calls[0]["metrics"]["bgpo/abs_d"] == 0.0  # on-policy: REINFORCE
     assert all(call["old"] is not None for call in calls[1:])
     assert max(call["metrics"]["bgpo/abs_d"] for call in calls[1:]) > 1e-4  # θ moved: the bound is active
+
+
+def test_recipe_errors_name_the_bgpo_key():
+    with pytest.raises(RecipeError, match=r"unknown key 'algorithm.n_t'; allowed keys: .*mc_samples"):
+        validate_recipe({"algorithm": {"name": "bgpo", "n_t": 4}}, "r.yaml")
+    with pytest.raises(RecipeError, match="algorithm.*beta must be 0: bgpo has no KL term"):
+        validate_recipe({"algorithm": {"name": "bgpo", "beta": 0.01}}, "r.yaml")
