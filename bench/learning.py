@@ -56,6 +56,17 @@ def greedy_accuracy(model: Any, recipe: Any, rows: list[dict[str, Any]]) -> dict
     return out
 
 
+def start_accuracy(model: Any, recipe: Any, rows: list[dict[str, Any]], out: Path) -> dict[str, list[float]]:
+    """The start model's greedy answers, evaluated once per output folder: greedy decoding of one
+    model on one problem set gives the same answers for every objective and seed."""
+    cache = out / f"start-{recipe.model.name_or_path.replace(':', '_').replace('/', '_')}-{len(rows)}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result = greedy_accuracy(model, recipe, rows)
+    write_json(result, cache)
+    return result
+
+
 def weight_change(start: dict[str, torch.Tensor], model: Any) -> float:
     """L2 norm of the trainable parameters' change since ``start``."""
     now = trainable_state(model)
@@ -76,7 +87,7 @@ def run(algorithm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     factory = model_factory(recipe.model)
     trainer = Trainer(recipe, model_factory=factory, rows=training_rows(recipe, rows))
     start = {k: v.clone() for k, v in trainable_state(trainer.unwrapped).items()}
-    first = greedy_accuracy(trainer.unwrapped, recipe, rows)
+    first = start_accuracy(trainer.unwrapped, recipe, rows, Path(args.out))
     curve = [{"step": 0, "updates": 0, "seconds": 0.0, "weight_change": 0.0,
               **{name: statistics.mean(v) for name, v in first.items()}}]
     updates, seconds, kl, last = 0, 0.0, [], first
@@ -94,12 +105,12 @@ def run(algorithm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
             "kl": kl, "before": first, "after": last}
 
 
-def save(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{result['algorithm']}-seed{result['seed']}.json"
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
+def write_json(value: Any, target: Path) -> None:
+    """Atomically: several benchmark processes may share one output folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
-        json.dump(result, handle)
+        json.dump(value, handle)
     os.replace(tmp, target)
 
 
@@ -182,7 +193,7 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for algorithm in args.algorithms.split(","):
                 began = time.perf_counter()
-                save(run(algorithm, seed, args), out)
+                write_json(run(algorithm, seed, args), out / f"{algorithm}-seed{seed}.json")
                 print(f"  ({time.perf_counter() - began:.0f} s with evaluations)", flush=True)
     report(out)
 

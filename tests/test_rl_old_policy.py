@@ -69,7 +69,7 @@ def test_one_optimizer_step_per_rollout_needs_no_old_pass(tmp_path):
     steps = []
     real_step = trainer.optimizer.step
     trainer.optimizer.step = lambda *a, **k: steps.append(1) or real_step(*a, **k)
-    trainer.train_step()
+    assert trainer.train_step()["optimizer_steps"] == 1.0
     assert len(calls) == 4 and len(steps) == 1  # 4 (answer, step) items of 2: 2 micro-batches, one step
     assert all(call["old"] is None for call in calls)
 

@@ -112,6 +112,11 @@ class RolloutConfig(Section):
         return self
 
 
+def _from_bool(value: Any, true: str, false: str) -> Any:
+    """Older recipes gave some choices as booleans; map them to the names they meant."""
+    return (true if value else false) if isinstance(value, bool) else value
+
+
 class _ObjectiveBase(Section):
     beta: NonNegFloat = 0.04
     epsilon: NonNegFloat = 0.2
@@ -122,12 +127,7 @@ class _ObjectiveBase(Section):
     #: an answer counts as correct (accuracy, all-wrong groups, IGPO, MDPO filter) at this total reward
     correct_threshold: float = 1.0
 
-    @field_validator("scale_rewards", mode="before")
-    @classmethod
-    def _bool_scale(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return "group" if value else "none"
-        return value
+    _bool_scale = field_validator("scale_rewards", mode="before")(lambda v: _from_bool(v, "group", "none"))
 
 
 class DiffuGRPOConfig(_ObjectiveBase):
@@ -154,12 +154,7 @@ class MDPOConfig(_ObjectiveBase):
     #: correct_threshold, else 0, as published) or "reward" (the recipe's full weighted reward)
     step_reward: Literal["correctness", "reward"] = "correctness"
 
-    @field_validator("over_denoising_filter", mode="before")
-    @classmethod
-    def _bool_filter(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return "rollout" if value else "off"
-        return value
+    _bool_filter = field_validator("over_denoising_filter", mode="before")(lambda v: _from_bool(v, "rollout", "off"))
 
 
 class IGPOConfig(_ObjectiveBase):
