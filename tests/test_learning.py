@@ -30,7 +30,8 @@ from unmask.run import eval_rows, model_factory, training_rows
 STEPS = 10
 #: minimum rise of sampled accuracy on the trained prompts, in points
 MIN_GAIN = {"mdpo": 1.0, "diffu_grpo": 8.0, "diffu_grpo_trajectory": 8.0}
-#: marked slow (1-3 min each): measured 30.5 → SPG 44.5, ESPO 51.6, BGPO 46.9, coupled-ELBO diffu-GRPO 43.8 %
+#: slow-marked (1-3 min each); measured with issue 19's trainer: 30.5 → SPG 44.5, ESPO 51.6, BGPO 46.9,
+#: coupled-ELBO diffu-GRPO 43.8 %
 SLOW_GAIN = {"spg": 8.0, "espo": 8.0, "bgpo": 8.0, "diffu_grpo_elbo": 8.0}
 #: variants trained from another recipe with overrides
 VARIANTS = {"diffu_grpo_elbo": ("diffu_grpo", ["algorithm.estimator=elbo"])}
