@@ -1,6 +1,9 @@
-"""Grading throughput per grader (in-process and pool) and dedup on an MDPO-like batch.
+"""Grading throughput per grader (in-process and pool), on real MATH500 answers, and
+dedup on an MDPO-like batch.
 
-Run: python bench/rewards.py [--workers N] [--items N]. Prints numbers, asserts nothing.
+Run: python bench/rewards.py [--workers N] [--items N] [--real DIR]. Prints numbers,
+asserts nothing. The real-answer rows need d1's LLaDA MATH500 generations
+(default ../shared/data/real_generations; skipped when absent).
 """
 
 from __future__ import annotations
@@ -8,8 +11,12 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
+from unmask.evaluation.generations import read_generations
 from unmask.rewards import RewardRunner, RewardSpec
+
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_generations"
 
 WORKLOADS = {
     "math": (lambda i: f"so \\boxed{{\\frac{{{i}}}{{{i + 1}}}}}", {"answer": "\\frac{1}{2}"}),
@@ -48,11 +55,66 @@ def mdpo_batch(steps: int, group: int, seed: int = 0) -> list[str]:
     return texts
 
 
+def real_math(directory: Path) -> list[tuple[str, str]]:
+    """(completion, gold) of every real LLaDA MATH500 answer in ``directory``."""
+    paths = sorted(directory.glob("math500_*.json"))
+    return [(i.completion, i.reference["answer"]) for p in paths for i in read_generations(p)[0]]
+
+
+def grpo_stream(pairs: list[tuple[str, str]], group: int, prompts: int, epochs: int, seed: int = 0):
+    """Steps of ``prompts`` x ``group`` (completion, gold): each prompt's group holds its own
+    real answer and ``group - 1`` real answers to other problems (drawn with ``seed``), so
+    a step mixes right and wrong forms; prompts cycle in order for ``epochs`` epochs."""
+    rng = random.Random(seed)
+    order = list(range(len(pairs))) * epochs
+    for start in range(0, len(order), prompts):
+        step = []
+        for p in order[start : start + prompts]:
+            others = rng.sample(range(len(pairs)), group - 1)
+            step += [(pairs[p][0], pairs[p][1])] + [(pairs[o][0], pairs[p][1]) for o in others]
+        yield step
+
+
+def real_math_rows(pairs: list[tuple[str, str]], workers: int) -> None:
+    """Answers/s on real MATH500 answers: each distinct answer once (cold), and a
+    training-like stream through one runner (its cache and dedup work across steps)."""
+    with RewardRunner([RewardSpec("math")], num_workers=workers) as runner:
+        runner.score(["", ""], ["\\boxed{x}", "\\boxed{y}"], {"answer": ["1", "2"]})  # start the pool
+        started = time.perf_counter()
+        batch = runner.score([""] * len(pairs), [c for c, _ in pairs], {"answer": [g for _, g in pairs]})
+        seconds = time.perf_counter() - started
+    m = batch.metrics
+    print(
+        f"math, {len(pairs)} distinct real answers: {len(pairs) / seconds:.0f} answers/s "
+        f"({m['in_process'] / m['graded']:.0%} decided in process, the rest by math-verify in the pool)"
+    )
+    for epochs in (1, 2):
+        with RewardRunner([RewardSpec("math")], num_workers=workers) as runner:
+            runner.score(["", ""], ["\\boxed{x}", "\\boxed{y}"], {"answer": ["1", "2"]})
+            total, started = 0, time.perf_counter()
+            for step in grpo_stream(pairs, group=8, prompts=8, epochs=epochs):
+                runner.score([""] * len(step), [c for c, _ in step], {"answer": [g for _, g in step]})
+                total += len(step)
+            seconds = time.perf_counter() - started
+            c = runner.counters
+        print(
+            f"math, GRPO-like stream (8 prompts x 8 answers a step, {epochs} epoch(s)): {total / seconds:.0f} answers/s "
+            f"({total} answers; in process {c['in_process'] / c['graded']:.0%} of {c['graded']} graded, "
+            f"cache hits {c['cache_hits'] / total:.0%}, dedup hits {c['dedup_hits'] / total:.0%})"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--items", type=int, default=400)
+    parser.add_argument("--real", type=Path, default=REAL_DIR, help="folder of d1's MATH500 generations")
     args = parser.parse_args()
+    pairs = real_math(args.real)
+    if pairs:
+        real_math_rows(pairs, args.workers)
+    else:
+        print(f"(no MATH500 generations in {args.real}: real-answer rows skipped)")
     print(f"{'grader':<10} {'in-process/s':>13} {f'pool({args.workers})/s':>12}")
     for task in WORKLOADS:
         single = throughput(task, args.items, 0)

@@ -41,6 +41,9 @@ _DOLLAR = re.compile(r"\\\$")
 _UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[a-zA-Z ]*\}(?:\^\{?[23]\}?)?\s*$")
 _PERCENT = re.compile(r"\\?%\s*$")
 _DEGREES = re.compile(r"(?:\^\{?\\circ\}?|°)\s*$")
+_INFINITY = {"\\infty": [math.inf], "+\\infty": [math.inf], "-\\infty": [-math.inf]}
+_DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,(?:\\!)?\d{3})+(?:\.\d+)?")
 _TOKEN = re.compile(r"\d+\.\d*|\.\d+|\d+|\\[a-zA-Z]+|\S")
 
 
@@ -206,6 +209,8 @@ def _strip(text: str, pattern: re.Pattern) -> tuple[bool, str]:
 
 
 def _far(a: float, b: float) -> bool:
+    if math.isinf(a) or math.isinf(b):
+        return a != b
     gap = abs(a - b)
     return gap > 1e-6 and gap > FAR * max(abs(a), abs(b))
 
@@ -213,8 +218,10 @@ def _far(a: float, b: float) -> bool:
 def quick_equal(gold: str, answer: str) -> bool | None:
     """True/False where the cheap path is certain of math-verify's verdict, else None.
 
-    True needs identical normalised text or the same exact rational; False needs every
-    reading of one side far from every reading of the other.
+    True needs identical normalised text or the same exact rational. False needs one
+    side fully read as numbers (one, or a list, tuple, interval or set of them) and an
+    element of the other side far from all of them: unequal however math-verify reads
+    the brackets, units, ``%`` or degrees.
     """
     gold_n, answer_n = normalise(gold), normalise(answer)
     if not gold_n or not answer_n:
@@ -224,7 +231,33 @@ def quick_equal(gold: str, answer: str) -> bool | None:
     g, a = value_of(gold_n), value_of(answer_n)
     if isinstance(g, Fraction) and isinstance(a, Fraction) and g == a:
         return True
-    gold_values, answer_values = _readings(gold_n), _readings(answer_n)
-    if gold_values and answer_values and all(_far(x, y) for x in gold_values for y in answer_values):
+    gold_elements, answer_elements = _elements(gold_n), _elements(answer_n)
+    if _stray(gold_elements, answer_elements) or _stray(answer_elements, gold_elements):
         return False
     return None
+
+
+def _elements(text: str) -> list[list[float] | None]:
+    """Readings of each element of ``text`` read as a number or a bracketed/bare list of
+    them (``\\infty`` included); an unreadable element is None. A thousands-separated
+    number (``10,080``) is one element."""
+    inner = text.strip()
+    if _DECIMAL_COMMA.fullmatch(inner):
+        return [None]  # 0,5 may be a decimal comma: leave it to math-verify
+    if not _THOUSANDS.fullmatch(inner):
+        if inner[:2] == "\\{" and inner[-2:] == "\\}":
+            inner = inner[2:-2]
+        elif inner[:1] in "([" and inner[-1:] in ")]" and "," in inner:
+            inner = inner[1:-1]
+    parts = [inner] if _THOUSANDS.fullmatch(inner) else inner.split(",")
+    return [_INFINITY.get(part.strip().replace(" ", "")) or _readings(part.strip()) or None for part in parts]
+
+
+def _stray(these: list[list[float] | None], others: list[list[float] | None]) -> bool:
+    """Every element of ``others`` is read, and one element of ``these`` is far from all."""
+    if not others or any(o is None for o in others):
+        return False
+    return any(
+        t is not None and all(_far(x, y) for o in others for x in t for y in o)  # type: ignore[union-attr]
+        for t in these
+    )

@@ -56,6 +56,13 @@ def test_no_verdict_changes_on_the_real_development_set(shared_data):
         ("-\\frac{24}{25}", "\\frac{7}{25}", False),
         ("120^\\circ", "45", False),  # far under degrees and radians alike
         ("\\$18.90", "11.70", False),
+        ("5", "(3, -1)", False),  # a list with an element far from the number
+        ("(8,-2)", "(5,5)", False),
+        ("(-\\infty, 0]", "[0, \\infty]", False),
+        ("2, 3", "2, 4", False),
+        ("2, 3", "3, 2", None),  # same elements: order and brackets are math-verify's call
+        ("5", "5, 5", None),
+        ("0.5", "0,5", None),  # maybe a decimal comma
         ("\\frac{1}{3}", "0.333333", None),  # close: math-verify's rounding decides
         ("30^\\circ", "30", None),
         ("50\\%", "0.5", None),
