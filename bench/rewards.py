@@ -9,6 +9,7 @@ asserts nothing. The real-answer rows need d1's LLaDA MATH500 generations
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from pathlib import Path
@@ -55,6 +56,36 @@ def mdpo_batch(steps: int, group: int, seed: int = 0) -> list[str]:
     return texts
 
 
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process and all its descendants
+    (pool workers, forkserver): load-independent, unlike wall time on a shared machine."""
+    root = os.getpid() if root is None else root
+    stats, parents = {}, {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(name)] = int(fields[1])
+            stats[int(name)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(stats.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def _rates(answers: int, seconds: float, cpu: float, workers: int) -> str:
+    cores = max(workers, 1)
+    return (
+        f"{answers / seconds:.0f} answers/s wall, {answers / cpu:.0f} answers per CPU-second "
+        f"(≈ {cores * answers / cpu:.0f}/s on {cores} idle cores if the work splits evenly)"
+    )
+
+
 def real_math(directory: Path) -> list[tuple[str, str]]:
     """(completion, gold) of every real LLaDA MATH500 answer in ``directory``."""
     paths = sorted(directory.glob("math500_*.json"))
@@ -77,30 +108,31 @@ def grpo_stream(pairs: list[tuple[str, str]], group: int, prompts: int, epochs: 
 
 def real_math_rows(pairs: list[tuple[str, str]], workers: int) -> None:
     """Answers/s on real MATH500 answers: each distinct answer once (cold), and a
-    training-like stream through one runner (its cache and dedup work across steps)."""
+    training-like stream through one runner (its cache and dedup work across steps).
+    Wall rates depend on the machine's load; CPU-second rates do not."""
     with RewardRunner([RewardSpec("math")], num_workers=workers) as runner:
         runner.score(["", ""], ["\\boxed{x}", "\\boxed{y}"], {"answer": ["1", "2"]})  # start the pool
-        started = time.perf_counter()
+        cpu, started = tree_cpu_seconds(), time.perf_counter()
         batch = runner.score([""] * len(pairs), [c for c, _ in pairs], {"answer": [g for _, g in pairs]})
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, tree_cpu_seconds() - cpu
     m = batch.metrics
     print(
-        f"math, {len(pairs)} distinct real answers: {len(pairs) / seconds:.0f} answers/s "
-        f"({m['in_process'] / m['graded']:.0%} decided in process, the rest by math-verify in the pool)"
+        f"math, {len(pairs)} distinct real answers: {_rates(len(pairs), seconds, cpu, workers)}; "
+        f"{m['in_process'] / m['graded']:.0%} decided in process, the rest by math-verify in the pool"
     )
     for epochs in (1, 2):
         with RewardRunner([RewardSpec("math")], num_workers=workers) as runner:
             runner.score(["", ""], ["\\boxed{x}", "\\boxed{y}"], {"answer": ["1", "2"]})
-            total, started = 0, time.perf_counter()
+            total, cpu, started = 0, tree_cpu_seconds(), time.perf_counter()
             for step in grpo_stream(pairs, group=8, prompts=8, epochs=epochs):
                 runner.score([""] * len(step), [c for c, _ in step], {"answer": [g for _, g in step]})
                 total += len(step)
-            seconds = time.perf_counter() - started
+            seconds, cpu = time.perf_counter() - started, tree_cpu_seconds() - cpu
             c = runner.counters
         print(
-            f"math, GRPO-like stream (8 prompts x 8 answers a step, {epochs} epoch(s)): {total / seconds:.0f} answers/s "
-            f"({total} answers; in process {c['in_process'] / c['graded']:.0%} of {c['graded']} graded, "
-            f"cache hits {c['cache_hits'] / total:.0%}, dedup hits {c['dedup_hits'] / total:.0%})"
+            f"math, GRPO-like stream (8 prompts x 8 answers a step, {epochs} epoch(s), {total} answers): "
+            f"{_rates(total, seconds, cpu, workers)}; in process {c['in_process'] / c['graded']:.0%} of "
+            f"{c['graded']} graded, cache hits {c['cache_hits'] / total:.0%}, dedup hits {c['dedup_hits'] / total:.0%}"
         )
 
 
