@@ -17,7 +17,9 @@ used: it is not a grader of unmask.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import operator
 import re
 import sys
 from collections import defaultdict
@@ -141,48 +143,27 @@ def d1_countdown(text: str, nums: list[int], target: int) -> tuple[bool, str | N
     return value is not None and abs(value - target) < 1e-5, equation
 
 
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
 def _arith(equation: str) -> float | None:
-    """Value of a ``+-*/()`` expression of integers (stands in for d1's restricted eval)."""
-    tokens = re.findall(r"\d+\.?\d*|[-+*/()]", equation)
-    pos = 0
+    """Value of a ``+-*/()`` expression (d1 evaluates it with a restricted ``eval``; here
+    Python's own parser builds the tree and only numbers and the four operators are
+    computed, exactly, so nothing is executed)."""
 
-    def expr() -> Fraction:
-        nonlocal pos
-        value = term()
-        while pos < len(tokens) and tokens[pos] in "+-":
-            op = tokens[pos]
-            pos += 1
-            value = value + term() if op == "+" else value - term()
-        return value
-
-    def term() -> Fraction:
-        nonlocal pos
-        value = factor()
-        while pos < len(tokens) and tokens[pos] in "*/":
-            op = tokens[pos]
-            pos += 1
-            value = value * factor() if op == "*" else value / factor()
-        return value
-
-    def factor() -> Fraction:
-        nonlocal pos
-        token = tokens[pos]
-        pos += 1
-        if token == "-":
-            return -factor()
-        if token == "+":
-            return factor()
-        if token == "(":
-            value = expr()
-            pos += 1
-            return value
-        return Fraction(token)
+    def value(node: ast.AST) -> Fraction:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return Fraction(str(node.value))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            return -value(node.operand) if isinstance(node.op, ast.USub) else value(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError("not arithmetic")
 
     try:
-        value = expr()
-    except (IndexError, ZeroDivisionError, ValueError):
+        return float(value(ast.parse(equation.strip(), mode="eval").body))
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
         return None
-    return float(value) if pos == len(tokens) else None
 
 
 def d1_sudoku(text: str, puzzle: str, solution: str) -> tuple[float, str | None]:
