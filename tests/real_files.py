@@ -18,10 +18,13 @@ import torch
 from huggingface_hub import save_torch_state_dict
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from unmask.models import NativeLM
-from unmask.models.loading import family_class
+from unmask.models.loading import meta_model
 
 LLADA, DREAM = "llada-8b-instruct", "dream-v0-instruct-7b"
+#: exact parameter counts of the two configs (published: 8.02 B and 7.62 B); derivation in docs/models.md
+PARAMETERS = {LLADA: 8_015_581_184, DREAM: 7_615_616_512}
+#: trainable parameters of LoRA r=128 on all seven linear layers of every block
+LORA_R128 = {LLADA: 335_544_320, DREAM: 322_961_408}
 #: files copied as they are from the shared folders (whatever each folder has)
 COPIED = (
     "config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -37,13 +40,6 @@ CUTS = {
 
 def real_config(models_dir: Path, name: str) -> dict[str, Any]:
     return json.loads((models_dir / name / "config.json").read_text())
-
-
-def meta_model(config: dict[str, Any], source: str = "config.json") -> NativeLM:
-    """The native model a ``config.json`` describes, on the meta device (no memory)."""
-    cls = family_class(config, None, Path(source))
-    with torch.device("meta"):
-        return cls(cls.config_class.from_dict(config, source=source))
 
 
 def write_llada_standin_vocabulary(folder: Path) -> None:
@@ -83,7 +79,7 @@ def cut_down_checkpoint(models_dir: Path, name: str, out: Path, seed: int = 0) -
     tokenizer_folder(models_dir, name, out)
     config = {**real_config(models_dir, name), **CUTS[name]}
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    model = meta_model(config).to_empty(device="cpu")
+    model = meta_model(out).to_empty(device="cpu")
     model.init_weights(seed=seed)
     state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
     save_torch_state_dict(state, out, max_shard_size="8MB")

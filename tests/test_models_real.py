@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from real_files import DREAM, LLADA, cut_down_checkpoint, meta_model, real_config, tokenizer_folder
+from real_files import DREAM, LLADA, PARAMETERS, cut_down_checkpoint, real_config, tokenizer_folder
 from safetensors import safe_open
 
 from unmask.cli import main
 from unmask.models import Dream, LLaDA, load_model
-from unmask.models.loading import load_tokenizer
-from unmask.models.lora import apply_lora
+from unmask.models.loading import load_tokenizer, meta_model
 from unmask.rl.rollout import decode_answers
 from unmask.rollouts.record import answer_mask
 
@@ -59,7 +58,7 @@ def test_dream_tokenizer_is_qwen2_bpe_with_added_tokens(dream_tokenizer, shared_
 
 
 def test_dream_format_prompt_is_the_real_chat_template(shared_models: Path, shared_data: Path) -> None:
-    model = meta_model(real_config(shared_models, DREAM))
+    model = meta_model(shared_models / DREAM)
     model.tokenizer = load_tokenizer(shared_models / DREAM, Dream)
     question = _jsonl(shared_data / "gsm8k_test.jsonl", 1)[0]["question"]
     expected = (
@@ -79,7 +78,7 @@ def test_dream_round_trips_real_prompts(dream_tokenizer, shared_data: Path) -> N
 
 
 def test_dream_answers_end_at_im_end_and_endoftext(dream_tokenizer, shared_models: Path) -> None:
-    model = meta_model(real_config(shared_models, DREAM))
+    model = meta_model(shared_models / DREAM)
     assert model.eos_token_ids == (151643, 151645)
     ids = dream_tokenizer("The answer is \\boxed{4}.<|im_end|><|endoftext|><|endoftext|>",
                           add_special_tokens=False)["input_ids"]  # fmt: skip
@@ -97,7 +96,7 @@ def llada_tokenizer(shared_models: Path, tmp_path: Path) -> object:
 
 
 def test_llada_format_prompt_is_the_real_chat_template(llada_tokenizer, shared_models: Path) -> None:
-    model = meta_model(real_config(shared_models, LLADA))
+    model = meta_model(shared_models / LLADA)
     model.tokenizer = llada_tokenizer
     assert llada_tokenizer.chat_template  # read from the real tokenizer_config.json
     text = model.format_prompt("  What is 7 * 6?\n")  # the template trims the message
@@ -111,7 +110,7 @@ def test_llada_format_prompt_is_the_real_chat_template(llada_tokenizer, shared_m
 
 
 def test_llada_special_ids_and_answer_ends(llada_tokenizer, shared_models: Path) -> None:
-    model = meta_model(real_config(shared_models, LLADA))
+    model = meta_model(shared_models / LLADA)
     assert model.mask_token_id == 126336 == llada_tokenizer.convert_tokens_to_ids("<|mdm_mask|>")
     assert model.eos_token_ids == (126081, 126348)
     assert (llada_tokenizer.eos_token_id, llada_tokenizer.bos_token_id) == (126081, 126080)
@@ -158,33 +157,17 @@ def official_dream_tensors(c: dict) -> dict[str, tuple[int, ...]]:
     return names
 
 
-#: exact parameter counts of the two configs (published: 8.02 B and 7.62 B); derivation in docs/models.md
-PARAMETERS = {LLADA: 8_015_581_184, DREAM: 7_615_616_512}
-#: LoRA r=128 on all seven linear layers of every block (the GPU recipes' setting)
-LORA_R128 = {LLADA: 335_544_320, DREAM: 322_961_408}
-
-
 @pytest.mark.parametrize(("name", "family", "official"), [
     (LLADA, LLaDA, official_llada_tensors), (DREAM, Dream, official_dream_tensors),
 ])  # fmt: skip
 def test_real_config_on_meta_device(shared_models: Path, name: str, family: type, official) -> None:
     config = real_config(shared_models, name)
-    model = meta_model(config)
+    model = meta_model(shared_models / name)
     assert type(model) is family
     state = model.state_dict()
     assert {k: tuple(t.shape) for k, t in state.items()} == official(config)
     assert sum(p.numel() for p in model.parameters()) == PARAMETERS[name]
     assert round(PARAMETERS[name] / 1e9, 2) == {LLADA: 8.02, DREAM: 7.62}[name]
-
-
-@pytest.mark.parametrize("name", [LLADA, DREAM])
-def test_lora_r128_trainable_count(shared_models: Path, name: str) -> None:
-    model = apply_lora(meta_model(real_config(shared_models, name)), r=128, alpha=64, dropout=0.05)
-    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    assert sum(trainable.values()) == LORA_R128[name]
-    layers = real_config(shared_models, name).get("n_layers") or real_config(shared_models, name)["num_hidden_layers"]
-    assert len(trainable) == 2 * 7 * layers  # A and B of seven layers per block, nothing else
-    assert not any("lm_head" in n or "transformer.ff_out" in n for n in trainable)
 
 
 # -- a cut-down real checkpoint, end to end ---------------------------------------------

@@ -9,18 +9,20 @@ recipe's weighted rewards. The pinned verdicts are the answers' truth, read by h
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from real_files import DREAM, LLADA, meta_model, real_config, tokenizer_folder
+from real_files import DREAM, LLADA, LORA_R128, PARAMETERS, tokenizer_folder
 
 from unmask.data import render_prompt
-from unmask.models.loading import load_tokenizer
+from unmask.models.loading import load_tokenizer, meta_model
 from unmask.recipe import Recipe, load_recipe
 from unmask.rl.rollout import decode_answers
+from unmask.rl.trainer import lora_replica
 from unmask.run import reward_runner
 
 RECIPES = sorted(Path("recipes/llada").glob("*.yaml")) + sorted(Path("recipes/dream").glob("*.yaml"))
@@ -105,6 +107,17 @@ def as_rollout_text(item: dict[str, Any], family: str) -> str:
     return "<reasoning>" + item["generations"].replace("<|eot_id|>", END_OF_TURN[family])
 
 
+FOLDERS = {"llada": LLADA, "dream": DREAM}
+
+
+@functools.cache
+def trainable(folder: Path, r: int, alpha: int, dropout: float, targets: tuple[str, ...] | None) -> tuple[int, int]:
+    """(trainable, adapted layers) of the real config wrapped the way the trainer wraps the policy."""
+    policy = lora_replica(lambda: meta_model(folder), r=r, alpha=alpha, dropout=dropout, target_modules=targets)
+    adapted = {name.rsplit(".lora_", 1)[0] for name, p in policy.named_parameters() if p.requires_grad}
+    return policy.get_nb_trainable_parameters()[0], len(adapted)
+
+
 @pytest.fixture(params=RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def recipe(request: pytest.FixtureRequest) -> Recipe:
     return load_recipe(request.param)
@@ -113,8 +126,8 @@ def recipe(request: pytest.FixtureRequest) -> Recipe:
 @pytest.fixture
 def family_model(recipe: Recipe, shared_models: Path, tmp_path: Path) -> Any:
     """The recipe's model family from its real config (meta device) with its real tokenizer."""
-    name = {"llada": LLADA, "dream": DREAM}[recipe.model.family]
-    model = meta_model(real_config(shared_models, name))
+    name = FOLDERS[recipe.model.family]
+    model = meta_model(shared_models / name)
     assert model.family == recipe.model.family
     model.tokenizer = load_tokenizer(tokenizer_folder(shared_models, name, tmp_path / name), type(model))
     return model
@@ -156,3 +169,16 @@ def test_recipe_rewards_on_real_answers(recipe: Recipe, family_model: Any, share
     assert counted == [truth and not under for _, truth, under in items]
     for name, values in result.per_reward.items():  # every reward tells these real answers apart
         assert len(set(values)) > 1, f"reward {name} gives {values[0]} to every real answer"
+
+
+def test_recipe_trainable_parameters(recipe: Recipe, shared_models: Path) -> None:
+    """LoRA recipes adapt all seven linear layers of every block (r 128); MDPO trains every weight."""
+    name, lora = FOLDERS[recipe.model.family], recipe.lora
+    if not lora.enabled:
+        model = meta_model(shared_models / name)
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == PARAMETERS[name]
+        return
+    targets = None if lora.target_modules is None else tuple(lora.target_modules)
+    count, layers = trainable(shared_models / name, lora.r, lora.alpha, lora.dropout, targets)
+    blocks = {LLADA: 32, DREAM: 28}[name]
+    assert (lora.r, layers, count) == (128, 7 * blocks, LORA_R128[name])

@@ -165,6 +165,20 @@ def load_tokenizer(path: Path, cls: type[NativeLM]) -> Any:
         ) from exc
 
 
+def meta_model(name_or_path: str | Path, family: str | None = None) -> NativeLM:
+    """The model a checkpoint's ``config.json`` describes, on the meta device, without tokenizer.
+
+    Costs no memory, so an 8 B config gives its exact tensor names, shapes and
+    parameter (and LoRA) counts on any machine.
+    """
+    path = resolve_checkpoint(name_or_path)
+    raw = read_config(path)
+    cls = family_class(raw, family, path / "config.json")
+    config = cls.config_class.from_dict(raw, source=str(path / "config.json"))
+    with torch.device("meta"):
+        return cls(config)
+
+
 def load_model(
     name_or_path: str | Path,
     family: str | None = None,
@@ -173,10 +187,7 @@ def load_model(
 ) -> NativeLM:
     """Load a tiny, LLaDA or Dream checkpoint directory (or hub id) in eval mode."""
     path = resolve_checkpoint(name_or_path)
-    raw = read_config(path)
-    cls = family_class(raw, family, path / "config.json")
-    config = cls.config_class.from_dict(raw, source=str(path / "config.json"))
-    with torch.device("meta"):
-        model = cls(config, load_tokenizer(path, cls))
+    model = meta_model(path, family)
+    model.tokenizer = load_tokenizer(path, type(model))
     load_weights(model, path, resolve_dtype(dtype), device or "cpu")
     return model.eval()
