@@ -65,6 +65,12 @@ def last_math_span(text: str) -> str | None:
     return next(g for g in last.groups() if g is not None).strip()
 
 
+def first_number(text: str) -> str | None:
+    """The first number written in ``text`` (``-1,234.5`` style), or None."""
+    match = _NUMBER.search(text)
+    return None if match is None else match.group(0)
+
+
 def last_number(text: str) -> str | None:
     """The last number written in ``text`` (``-1,234.5`` style), or None."""
     last = None

@@ -30,11 +30,14 @@ _SQRT_PARENS = re.compile(r"\\sqrt\s*\(([^()]*)\)")
 
 def extract_math_answer(completion: str) -> str | None:
     """The answer a MATH-style completion commits to: last box, else ``<answer>``
-    content, else the last LaTeX math span."""
+    content, else the last LaTeX math span. An ``<answer>`` block left empty is no
+    answer: the reasoning's last formula is not read in its place."""
     for extractor in (last_boxed, answer_tag, last_math_span):
         found = extractor(completion)
-        if found:
+        if found is not None and found.strip():
             return found.strip()
+        if extractor is answer_tag and found is not None:
+            return None
     return None
 
 

@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (resumes if it exists)")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two eval runs")
+    p.add_argument("--regrade", nargs="+", metavar="FILE", type=Path,
+                   help="re-score generation files (d1 JSON, unmask samples.jsonl, completion JSONL) without a model")
+    p.add_argument("--task", help="with --regrade: grader for files whose task cannot be inferred (math, gsm8k, ...)")
+    p.add_argument("--show-disagreements", action="store_true",
+                   help="with --regrade: list items whose stored verdict differs from unmask's")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="generate for one prompt and show the denoising process")

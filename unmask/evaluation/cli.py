@@ -117,6 +117,10 @@ def _progress(console: Console) -> Progress:
 def run_eval(args: argparse.Namespace) -> int:
     """Entry point of ``unmask eval`` (see ``unmask.cli``)."""
     console = Console()
+    if getattr(args, "regrade", None):
+        from unmask.evaluation.regrade import run_regrade
+
+        return run_regrade(args, console)
     if args.compare:
         print_comparison(compare_runs(*args.compare, seed=args.seed), console)
         return 0
