@@ -182,3 +182,18 @@ def test_recipe_trainable_parameters(recipe: Recipe, shared_models: Path) -> Non
     count, layers = trainable(shared_models / name, lora.r, lora.alpha, lora.dropout, targets)
     blocks = {LLADA: 32, DREAM: 28}[name]
     assert (lora.r, layers, count) == (128, 7 * blocks, LORA_R128[name])
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.stem == "gsm8k_diffu_grpo"], ids=lambda p: p.parent.name)
+def test_gsm8k_threshold_needs_the_right_number(path: Path, shared_data: Path) -> None:
+    """In the layout the prompt asks for, d1's four format terms alone reach 2.0: a
+    well-formed wrong answer must not count as correct, a well-formed right one must."""
+    recipe = load_recipe(path)
+    item = dev_items(shared_data, "gsm8k")[0][0]
+    gold = dataset_row("gsm8k", item)["answer"]
+    texts = [f"<reasoning>\nworking\n</reasoning>\n<answer>\n{number}\n</answer>{end}"
+             for number in (gold, int(gold) + 1) for end in ("", "\n")]  # fmt: skip
+    with reward_runner(recipe) as runner:
+        totals = runner.score([""] * 4, texts, {"answer": [gold] * 4}).totals
+    assert max(totals[2:]) >= 2.0  # the format terms' own maximum
+    assert [t >= recipe.algorithm.correct_threshold for t in totals] == [True, True, False, False]
