@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from real_files import DREAM, LLADA, LORA_R128, PARAMETERS, tokenizer_folder
 
 from unmask.data import render_prompt
+from unmask.errors import UserError
 from unmask.models.loading import load_tokenizer, meta_model
 from unmask.recipe import Recipe, load_recipe
 from unmask.rl.rollout import decode_answers
@@ -28,7 +30,7 @@ from unmask.run import reward_runner
 RECIPES = sorted(Path("recipes/llada").glob("*.yaml")) + sorted(Path("recipes/dream").glob("*.yaml"))
 GENERATIONS = "real_generations/{task}_instruct_128_64_{shard}_generations.json"
 #: the recipe tasks' development-set files (MATH recipes are read on MATH500)
-DEV_TASK = {"gsm8k": "gsm8k", "math": "math500", "countdown": "countdown"}
+DEV_TASK = {"gsm8k": "gsm8k", "math": "math500", "countdown": "countdown", "sudoku": "sudoku"}
 
 #: (task, shard, index) → is the answer right? Read by hand: the final answer the model
 #: states, against the reference (Countdown: every number once, value equals the target).
@@ -59,6 +61,10 @@ TRUTH: dict[tuple[str, int, int], bool] = {
     ("countdown", 0, 9): True,   # 37 - 52 + 22 = 7
     ("countdown", 0, 12): False,  # (48 + 54) - 19 = 83, target 25
     ("countdown", 0, 13): True,  # 35 - 20 + 11 = 26
+    ("sudoku", 0, 0): False,   # the puzzle copied back
+    ("sudoku", 0, 1): True,    # 1234432121433412
+    ("sudoku", 0, 3): False,   # rows 3 and 4 repeat digits
+    ("sudoku", 0, 6): False,   # 15 digits over three lines
 }
 #: right answers whose weighted total stays under the recipe's ``correct_threshold``: d1's
 #: xmlcount charges 0.001 per character after a tag that a cut-off answer never closes, so
@@ -73,6 +79,7 @@ ASKS = {
     "boxed": ("\\boxed",),
     "math": ("\\boxed",),
     "countdown": ("<answer>",),
+    "sudoku": ("<answer>",),
 }
 #: each family's end-of-turn marker as its tokenizer writes it
 END_OF_TURN = {"llada": "<|eot_id|>", "dream": "<|im_end|>"}
@@ -95,6 +102,8 @@ def dataset_row(task: str, item: dict[str, Any]) -> dict[str, Any]:
         return {"question": item["question"], "answer": f"{gold:g}"}
     if task == "math":
         return {"problem": item["question"], "answer": gold, "solution": ""}
+    if task == "sudoku":
+        return {"puzzle": re.search(r"\d{16}", item["question"]).group(0), "solution": gold}
     return {"nums": gold[0], "target": gold[1]}
 
 
@@ -197,3 +206,12 @@ def test_gsm8k_threshold_needs_the_right_number(path: Path, shared_data: Path) -
         totals = runner.score([""] * 4, texts, {"answer": [gold] * 4}).totals
     assert max(totals[2:]) >= 2.0  # the format terms' own maximum
     assert [t >= recipe.algorithm.correct_threshold for t in totals] == [True, True, False, False]
+
+
+def test_d1_style_covers_every_task_it_names_and_nothing_else() -> None:
+    row = {"question": "Q", "problem": "P", "nums": [1, 2], "target": 3, "puzzle": "0" * 16}
+    for task in ("gsm8k", "math", "countdown", "sudoku"):
+        text = render_prompt(task, row, "d1")
+        assert all(tag in text for tag in ASKS["xmlcount"]) and "{" not in text.replace("\\boxed{", "")
+    with pytest.raises(UserError, match="style 'd1' has no prompt for task 'poetry'"):
+        render_prompt("poetry", row, "d1")
