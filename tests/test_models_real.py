@@ -186,6 +186,11 @@ def test_cut_down_checkpoint_loads_and_samples(
     with safe_open(folder / shards[-1], framework="pt") as f:
         for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
             assert torch.equal(state[key], f.get_tensor(key).float()), key
+    again = load_model(model.save_pretrained(tmp_path / "saved"))  # what checkpoints and exports write
+    prompt = model.format_prompt("What is 7 * 6? Answer in \\boxed{}.")
+    assert again.format_prompt("What is 7 * 6? Answer in \\boxed{}.") == prompt
+    assert again.tokenizer(prompt)["input_ids"] == model.tokenizer(prompt)["input_ids"]
+    assert again.eos_token_ids == model.eos_token_ids
     code = main(["sample", "--model", str(folder), "--prompt", "What is 7 * 6?",
                  "--gen-length", "16", "--steps", "8", "--block-length", "8"])  # fmt: skip
     out = capsys.readouterr().out
