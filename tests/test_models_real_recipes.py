@@ -193,7 +193,11 @@ def test_recipe_trainable_parameters(recipe: Recipe, shared_models: Path) -> Non
     assert (lora.r, layers, count) == (128, 7 * blocks, LORA_R128[name])
 
 
-@pytest.mark.parametrize("path", [p for p in RECIPES if p.stem == "gsm8k_diffu_grpo"], ids=lambda p: p.parent.name)
+#: recipes with d1's GSM8K shaping (correctness 2.0 plus format terms that also sum to 2.0)
+D1_GSM8K = [p for p in RECIPES if {"gsm8k", "int_answer"} <= {f.name for f in load_recipe(p).rewards.functions}]
+
+
+@pytest.mark.parametrize("path", D1_GSM8K, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_gsm8k_threshold_needs_the_right_number(path: Path, shared_data: Path) -> None:
     """In the layout the prompt asks for, d1's four format terms alone reach 2.0: a
     well-formed wrong answer must not count as correct, a well-formed right one must."""
