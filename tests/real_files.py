@@ -74,12 +74,17 @@ def tokenizer_folder(models_dir: Path, name: str, out: Path) -> Path:
     return out
 
 
-def cut_down_checkpoint(models_dir: Path, name: str, out: Path, seed: int = 0) -> Path:
-    """Real config (cut by ``CUTS``) + real tokenizer files + random bf16 weights in several shards."""
+def cut_down_folder(models_dir: Path, name: str, out: Path) -> Path:
+    """Real tokenizer files and the real config cut by ``CUTS`` (no weights yet)."""
     tokenizer_folder(models_dir, name, out)
     config = {**real_config(models_dir, name), **CUTS[name]}
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    model = meta_model(out).to_empty(device="cpu")
+    return out
+
+
+def cut_down_checkpoint(models_dir: Path, name: str, out: Path, seed: int = 0) -> Path:
+    """Real config (cut by ``CUTS``) + real tokenizer files + random bf16 weights in several shards."""
+    model = meta_model(cut_down_folder(models_dir, name, out)).to_empty(device="cpu")
     model.init_weights(seed=seed)
     state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
     save_torch_state_dict(state, out, max_shard_size="8MB")

@@ -8,13 +8,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from real_files import DREAM, LLADA, PARAMETERS, cut_down_checkpoint, real_config, tokenizer_folder
+from real_files import (
+    DREAM,
+    LLADA,
+    PARAMETERS,
+    cut_down_checkpoint,
+    cut_down_folder,
+    real_config,
+    tokenizer_folder,
+)
 from safetensors import safe_open
 
 from unmask.cli import main
-from unmask.models import Dream, LLaDA, load_model
+from unmask.evaluation.runner import encode_prompts as encode_for_eval
+from unmask.models import CheckpointError, Dream, LLaDA, load_model
 from unmask.models.loading import load_tokenizer, meta_model
 from unmask.rl.rollout import decode_answers
+from unmask.rl.rollout import encode_prompts as encode_for_training
 from unmask.rollouts.record import answer_mask
 
 
@@ -199,3 +209,27 @@ def test_cut_down_checkpoint_loads_and_samples(
     assert out.startswith(start)
     assert len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 8
     assert "\nanswer " in out and "forward passes: 8" in out
+
+
+@pytest.mark.parametrize("name", [LLADA, DREAM])
+def test_real_prompts_batch_with_left_padding(shared_models: Path, shared_data: Path, tmp_path: Path, name: str) -> None:
+    """Evaluation's and the trainer's prompt batching on the real tokenizers: left padding
+    with the config's pad id, real tokens unchanged."""
+    folder = cut_down_folder(shared_models, name, tmp_path)
+    model = meta_model(folder).to_empty(device="cpu")  # the cut width: only the device is read
+    model.tokenizer = load_tokenizer(folder, type(model))
+    texts = real_prompts(shared_data)[:2] + ["2 + 2?"]
+    single = [model.tokenizer(model.format_prompt(t), add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, single))
+    ids, mask = encode_for_eval(model, texts)
+    train_ids, train_mask = encode_for_training(model.tokenizer, [model.format_prompt(t) for t in texts], model.pad_token_id)
+    for row, tokens in enumerate(single):
+        pad = width - len(tokens)
+        assert ids[row].tolist() == [model.pad_token_id] * pad + tokens == train_ids[row].tolist()
+        assert mask[row].tolist() == [False] * pad + [True] * len(tokens) == train_mask[row].tolist()
+
+
+@pytest.mark.parametrize("name", [LLADA, DREAM])
+def test_real_folder_without_weights_is_one_clear_error(shared_models: Path, tmp_path: Path, name: str) -> None:
+    with pytest.raises(CheckpointError, match="neither model.safetensors nor model.safetensors.index.json"):
+        load_model(tokenizer_folder(shared_models, name, tmp_path))
