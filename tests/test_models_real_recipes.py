@@ -27,7 +27,8 @@ from unmask.rl.rollout import decode_answers
 from unmask.rl.trainer import lora_replica
 from unmask.run import reward_runner
 
-RECIPES = sorted(Path("recipes/llada").glob("*.yaml")) + sorted(Path("recipes/dream").glob("*.yaml"))
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(RECIPE_DIR.glob("llada/*.yaml")) + sorted(RECIPE_DIR.glob("dream/*.yaml"))
 GENERATIONS = "real_generations/{task}_instruct_128_64_{shard}_generations.json"
 #: the recipe tasks' development-set files (MATH recipes are read on MATH500)
 DEV_TASK = {"gsm8k": "gsm8k", "math": "math500", "countdown": "countdown", "sudoku": "sudoku"}
