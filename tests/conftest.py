@@ -30,7 +30,7 @@ def shared_data() -> Path:
 SHARED_MODELS = Path(os.environ.get("UNMASK_SHARED_MODELS", SHARED_DATA.parent / "models"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_models() -> Path:
     """The real LLaDA / Dream config and tokenizer files in ../shared/models, or skip with the reason."""
     if not SHARED_MODELS.is_dir():

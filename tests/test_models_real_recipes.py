@@ -133,13 +133,22 @@ def recipe(request: pytest.FixtureRequest) -> Recipe:
     return load_recipe(request.param)
 
 
+@pytest.fixture(scope="module")
+def tokenizers(shared_models: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each family's real tokenizer (LLaDA: real config over the stand-in vocabulary), built once."""
+    out = tmp_path_factory.mktemp("tokenizers")
+    return {
+        family: load_tokenizer(tokenizer_folder(shared_models, name, out / name), type(meta_model(shared_models / name)))
+        for family, name in FOLDERS.items()
+    }
+
+
 @pytest.fixture
-def family_model(recipe: Recipe, shared_models: Path, tmp_path: Path) -> Any:
+def family_model(recipe: Recipe, shared_models: Path, tokenizers: dict[str, Any]) -> Any:
     """The recipe's model family from its real config (meta device) with its real tokenizer."""
-    name = FOLDERS[recipe.model.family]
-    model = meta_model(shared_models / name)
+    model = meta_model(shared_models / FOLDERS[recipe.model.family])
     assert model.family == recipe.model.family
-    model.tokenizer = load_tokenizer(tokenizer_folder(shared_models, name, tmp_path / name), type(model))
+    model.tokenizer = tokenizers[model.family]
     return model
 
 
