@@ -392,6 +392,7 @@ class Trainer:
                 task = bar.add_task("starting", total=self.recipe.optim.max_steps, completed=self.step)
                 while self.step < self.recipe.optim.max_steps:
                     metrics = self.train_step()
+                    self.runner.end_step()  # reward health: warns once if answers go unread
                     self.step += 1
                     every = self.recipe.eval.every
                     if self.eval_fn is not None and every and self.step % every == 0:
