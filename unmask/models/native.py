@@ -93,6 +93,18 @@ class NativeLM(DiffusionLM):
     rope_theta: float
     #: raw output at position ``i`` predicts token ``i + logit_shift`` (Dream: 1)
     logit_shift: ClassVar[int] = 0
+    #: the chat template's end-of-turn token: an instruct model ends its answer there, not at EOS
+    end_of_turn_id: ClassVar[int | None] = None
+    #: tokenizer class reading the family's vocabulary files when ``tokenizer_config.json``
+    #: names remote code (Dream's ``DreamTokenizer`` is a Qwen2 byte-level BPE)
+    tokenizer_class: ClassVar[type | None] = None
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The config's EOS plus the end-of-turn token, where the vocabulary has one."""
+        ids = super().eos_token_ids
+        eot = self.end_of_turn_id
+        return ids if eot is None or eot in ids or eot >= self.dims.vocab else (*ids, eot)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
