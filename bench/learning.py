@@ -1,4 +1,4 @@
-"""Learning benchmark: MDPO, diffu-GRPO (one-step and trajectory-replay estimators), IGPO and wd1 on the tiny Countdown model.
+"""Learning benchmark: MDPO, diffu-GRPO (one-step, trajectory replay), IGPO, wd1, SPG, ESPO and BGPO on tiny Countdown.
 
 Every variant runs its shipped recipe (``recipes/tiny/countdown_*.yaml``) from the
 same model and step budget, for each seed, and is evaluated greedily at one and at
@@ -38,7 +38,7 @@ from unmask.rl.checkpoint import trainable_state
 from unmask.rl.trainer import Trainer
 from unmask.run import eval_rows, eval_settings, model_factory, training_rows
 
-ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory")
+ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory", "spg", "espo", "bgpo")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 #: two-sided 95 % Student-t quantiles by degrees of freedom (seeds − 1)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}

@@ -76,3 +76,8 @@ def wd1_weights(advantages: torch.Tensor, group_size: int, psi: float) -> torch.
     grouped = _groups(advantages.float(), group_size)
     weights = torch.softmax(psi * grouped, dim=1) - torch.softmax(-psi * grouped, dim=1)
     return weights.reshape(advantages.shape)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean_g r)``: a baseline that ignores the answer itself (ESPO)."""
+    return group_advantages(rewards, group_size) * group_size / (group_size - 1)

@@ -172,7 +172,7 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 def build_objective(config: Any, **kwargs: Any) -> Objective:
     """The objective named by ``config.name`` (an algorithm section of a recipe)."""
-    from unmask.rl import diffu_grpo, igpo, mdpo, wd1  # noqa: F401  (registration)
+    from unmask.rl import bgpo, diffu_grpo, espo, igpo, mdpo, spg, wd1  # noqa: F401  (registration)
 
     if config.name not in OBJECTIVES:
         raise ValueError(f"unknown algorithm {config.name!r}; choose one of {', '.join(OBJECTIVES)}")

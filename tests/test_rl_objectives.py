@@ -44,7 +44,7 @@ def build(config):
 
 def test_all_objectives_are_registered():
     build(WD1Config())
-    assert set(OBJECTIVES) >= {"diffu_grpo", "mdpo", "igpo", "wd1"}
+    assert set(OBJECTIVES) >= {"diffu_grpo", "mdpo", "igpo", "wd1", "spg", "espo", "bgpo"}
 
 
 def test_diffu_grpo_loss_is_clipped_surrogate_plus_k3_over_answer_tokens():

@@ -188,8 +188,59 @@ class WD1Config(_ObjectiveBase):
     p_mask: Probability = 0.15
 
 
+class _NoKL:
+    """Mixin validator: objectives whose papers use no KL term refuse a non-zero ``beta``."""
+
+    @model_validator(mode="after")
+    def _no_kl(self) -> Any:
+        if self.beta != 0:
+            hint = "; the EUBO's β is eubo_beta" if self.name == "spg" else ""
+            raise ValueError(f"beta must be 0: {self.name} has no KL term and no reference policy{hint}")
+        return self
+
+
+class SPGConfig(_NoKL, _ObjectiveBase):
+    """SPG: ELBO for positive advantages, EUBO (or a mix) for negative ones; no ratio, no old policy."""
+
+    name: Literal["spg"] = "spg"
+    beta: NonNegFloat = 0.0
+    #: block-wise samples per answer and inner iteration (``num_t``); with 1 the EUBO has the ELBO's gradient
+    mc_samples: Annotated[int, Field(ge=2)] = 2
+    #: Rényi order of the upper bound (the paper's β): 1.5 GSM8K/MATH, 2.0 Countdown, 1.0 Sudoku
+    eubo_beta: Annotated[float, Field(gt=0.0)] = 1.5
+    #: weight of the EUBO in the negative-advantage bound: 1 = "SPG w/ EUBO", 0 = "w/ ELBO", 0.5 = mixture
+    omega: Probability = 0.5
+    #: block size of the block-wise masks
+    mask_block_length: PositiveInt = 32
+    #: masking rate of the prompt and of the blocks before the cut
+    p_mask: Probability = 0.15
+
+
+class ESPOConfig(_ObjectiveBase):
+    """ESPO: one clipped ratio per sequence from ELBO differences over the length, sequence k2 KL."""
+
+    name: Literal["espo"] = "espo"
+    beta: NonNegFloat = 1e-3
+    epsilon: NonNegFloat = 0.2
+    #: coupled exact-count MC samples per answer (two forward passes each)
+    mc_samples: PositiveInt = 2
+
+
+class BGPOConfig(_NoKL, _ObjectiveBase):
+    """BGPO: per-sample lower bound of the ELBO ratio (tangent for A ≥ 0, Jensen for A < 0)."""
+
+    name: Literal["bgpo"] = "bgpo"
+    beta: NonNegFloat = 0.0
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    #: single-sample ELBO items per answer (``n_t``): 16 math/Countdown, 32 Sudoku
+    mc_samples: PositiveInt = 16
+    #: divide ``d_j`` by the generation length (the VeRL port's scaling) so ``e^d`` stays tame off-policy
+    length_normalized: bool = False
+
+
 AlgorithmConfig = Annotated[
-    DiffuGRPOConfig | MDPOConfig | IGPOConfig | WD1Config, Field(discriminator="name")
+    DiffuGRPOConfig | MDPOConfig | IGPOConfig | WD1Config | SPGConfig | ESPOConfig | BGPOConfig,
+    Field(discriminator="name"),
 ]
 
 
@@ -336,6 +387,9 @@ _ALGORITHM_TAGS: dict[str, type[BaseModel]] = {
     "mdpo": MDPOConfig,
     "igpo": IGPOConfig,
     "wd1": WD1Config,
+    "spg": SPGConfig,
+    "espo": ESPOConfig,
+    "bgpo": BGPOConfig,
 }
 
 
