@@ -97,10 +97,9 @@ class Objective:
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
-    @property
-    def needs_old(self) -> bool:
-        """θ_old differs from θ only when one rollout batch feeds several updates."""
-        return self.config.num_iterations > 1
+    #: whether the loss has a θ/θ_old ratio; the trainer scores θ_old whenever one
+    #: rollout batch feeds more than one optimizer step (θ_old = θ on the first)
+    needs_old: ClassVar[bool] = True
 
     @property
     def record_steps(self) -> bool:

@@ -2,11 +2,12 @@
 
 ``train(recipe)`` is the entry point ``unmask train`` calls. One RL step samples
 ``prompts_per_step × num_generations`` answers with the current policy, grades them,
-lets the objective build its batch, then runs ``num_iterations`` optimizer passes
-over that buffered batch (micro-batches of ``per_device_train_batch_size`` items,
-``gradient_accumulation_steps`` micro-batches per optimizer step). θ_old and the
-reference are scored before the first update, with the same estimator keys the
-θ passes of each inner iteration use.
+lets the objective build its batch, then runs ``num_iterations`` passes over that
+buffered batch (shuffled micro-batches of ``per_device_train_batch_size`` items,
+``gradient_accumulation_steps`` micro-batches per optimizer step, or
+``optimizer_steps_per_rollout`` steps per pass). Whenever one batch feeds more than
+one optimizer step, θ_old is scored before the first, as is the reference, with
+the same estimator keys the θ passes of each inner iteration use.
 """
 
 from __future__ import annotations
@@ -237,11 +238,29 @@ class Trainer:
                 return estimator.token_logprobs(self.model, batch.traj, key)
 
     def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
-        """Micro-batches on the training device (the buffered batch itself stays on the CPU)."""
+        """Micro-batches on the training device (the buffered batch itself stays on the CPU).
+
+        Items are shuffled with the step's seed first: objectives lay items out prompt by
+        prompt (MDPO: answer by answer, step by step), so cutting them in order would
+        give each optimizer step the answers of a single prompt.
+        """
         size, device = self.recipe.optim.per_device_train_batch_size, self.accelerator.device
-        return [
-            batch.select(torch.arange(i, min(i + size, len(batch)))).to(device) for i in range(0, len(batch), size)
-        ]
+        order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(
+            derive_seed(self.recipe.seed, self.step, 2 << 20)))
+        return [batch.select(order[i : i + size]).to(device) for i in range(0, len(batch), size)]
+
+    def _windows(self, count: int) -> list[list[int]]:
+        """Micro-batch indices of each optimizer step of one pass over the batch.
+
+        ``optim.optimizer_steps_per_rollout`` splits the pass into that many steps (1: the
+        published MDPO trainer's one step per rollout batch); otherwise every
+        ``gradient_accumulation_steps`` micro-batches make one step.
+        """
+        o = self.recipe.optim
+        if o.optimizer_steps_per_rollout is not None:
+            return [w.tolist() for w in torch.arange(count).tensor_split(min(o.optimizer_steps_per_rollout, count))]
+        accumulate = o.gradient_accumulation_steps
+        return [list(range(i, min(i + accumulate, count))) for i in range(0, count, accumulate)]
 
     def _keys(self, micro: list[TrainBatch]) -> list[list[Any]]:
         """Estimator keys per inner iteration and micro-batch (shared by θ, θ_old and reference).
@@ -255,9 +274,15 @@ class Trainer:
             for i in range(iterations)
         ]
 
-    def _frozen(self, micro: list[TrainBatch], keys: list[list[Any]], which: str) -> list[list[Scores]]:
-        """θ_old or reference scores for every (iteration, micro-batch), computed before any update."""
-        first = [self._scores(mb, keys[0][j], which) for j, mb in enumerate(micro)]
+    def _frozen(
+        self, micro: list[TrainBatch], keys: list[list[Any]], which: str, exact: frozenset[int] = frozenset()
+    ) -> list[list[Scores | None]]:
+        """θ_old or reference scores for every (iteration, micro-batch), computed before any update.
+
+        ``exact``: micro-batches whose scores are only used by the first optimizer step,
+        where θ itself is θ_old; they get ``None`` (θ_old = θ) instead of a pass.
+        """
+        first = [None if j in exact else self._scores(mb, keys[0][j], which) for j, mb in enumerate(micro)]
         if not self.objective.estimator.varies_per_iteration:
             return [first] * len(keys)
         rest = [[self._scores(mb, k, which) for mb, k in zip(micro, ks, strict=True)] for ks in keys[1:]]
@@ -299,12 +324,16 @@ class Trainer:
         real = len(micro)
         micro += [micro[-1]] * (max_over_processes(self.accelerator, real) - real)  # zero-weight padding
         keys = self._keys(micro)
-        old = self._frozen(micro, keys, "old") if self.objective.needs_old else None
-        ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
-        accumulate = self.recipe.optim.gradient_accumulation_steps
-        windows = [list(range(i, min(i + accumulate, len(micro)))) for i in range(0, len(micro), accumulate)]
+        windows = self._windows(len(micro))
         iterations = self.recipe.algorithm.num_iterations
-        rollback = UpdateRollback(self.model, self.optimizer) if iterations * len(windows) > 1 else None
+        updates = iterations * len(windows)
+        old = None
+        if self.objective.needs_old and updates > 1:
+            # from the second optimizer step on the batch is off-policy: its ratios need θ_old
+            # scored now, whatever num_iterations and accumulation produced the steps
+            old = self._frozen(micro, keys, "old", frozenset(windows[0]) if iterations == 1 else frozenset())
+        ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
+        rollback = UpdateRollback(self.model, self.optimizer) if updates > 1 else None
         sums: dict[str, float] = {}
         count = 0
         for i in range(iterations):

@@ -207,6 +207,19 @@ class OptimConfig(Section):
     max_steps: PositiveInt = 20
     per_device_train_batch_size: PositiveInt = 8
     gradient_accumulation_steps: PositiveInt = 1
+    #: optimizer steps per pass over a rollout batch, however many micro-batches it
+    #: has (1: the published MDPO trainer's one step per rollout); replaces
+    #: gradient_accumulation_steps, so set only one of the two
+    optimizer_steps_per_rollout: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_step_rule(self) -> OptimConfig:
+        if self.optimizer_steps_per_rollout is not None and self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                "set either gradient_accumulation_steps or optimizer_steps_per_rollout, not both "
+                "(optimizer_steps_per_rollout decides how many micro-batches each step accumulates)"
+            )
+        return self
 
 
 class EvalConfig(Section):
