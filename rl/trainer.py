@@ -265,8 +265,8 @@ class Trainer:
     def _keys(self, micro: list[TrainBatch]) -> list[list[Any]]:
         """Estimator keys per inner iteration and micro-batch (shared by θ, θ_old and reference).
 
-        Micro-batches are numbered across processes, so each rank draws its own masks
-        and a 2-process run draws the ones a 1-process run draws for the same rows.
+        Micro-batches are numbered across processes, so the ranks draw independent masks
+        rather than all repeating rank 0's.
         """
         iterations, first = self.recipe.algorithm.num_iterations, self.accelerator.process_index * len(micro)
         return [
