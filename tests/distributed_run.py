@@ -1,10 +1,12 @@
-"""A short tiny-model RL run that ``accelerate launch`` starts in several processes (see test_multiprocess.py).
+"""A short tiny-model RL run in its own process(es): test_multiprocess.py and test_ray_cluster.py.
 
-Usage: ``accelerate launch --multi_gpu --num_processes N tests/distributed_run.py SPEC.json``. SPEC
-holds ``output_dir``, ``prompts_per_step``, ``gradient_accumulation_steps``, ``max_steps``
-and optionally ``resume_from``. Every process records, per step, a digest of its trainable
-weights and the prompts it rolled out; the main process writes them to ``ranks.json``
-(one entry per process) with the final weights in ``final.safetensors``.
+Usage: ``accelerate launch --multi_gpu --num_processes N tests/distributed_run.py SPEC.json``
+(or plain ``python`` for one process). SPEC holds ``output_dir``, ``prompts_per_step``,
+``gradient_accumulation_steps``, ``max_steps``, optionally ``resume_from`` and ``ray`` (the
+recipe's ray section). Every process records, per step, a digest of its trainable weights,
+the prompts and answer tokens it rolled out and, with a Ray pool, where each actor runs
+and which adapter it holds; the main process writes them to ``ranks.json`` (one entry per
+process) with the final weights in ``final.safetensors``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def build_recipe(spec: dict[str, Any]) -> Recipe:
         "optim": {"max_steps": spec["max_steps"], "learning_rate": 1e-2, "per_device_train_batch_size": 1,
                   "gradient_accumulation_steps": spec["gradient_accumulation_steps"]},
         "checkpoint": {"save_steps": 2, "resume_from": spec.get("resume_from")},
+        "ray": spec.get("ray", {}),
         "eval": {"every": 1},
         "logging": {"progress": False},
     }, "distributed_run")
@@ -81,17 +84,28 @@ def main(spec_path: str) -> None:
         return {"probe": float(step)}
 
     trainer = Trainer(build_recipe(spec), eval_fn=evaluate, model_factory=make_model, rows=ROWS)
-    record: dict[str, Any] = {"rank": trainer.accelerator.process_index, "digests": [], "prompts": []}
-    take = trainer.stream.take
+    record: dict[str, Any] = {"rank": trainer.accelerator.process_index, "pid": os.getpid(), "digests": [],
+                              "prompts": [], "answers": [], "actors": []}
+    take, generate = trainer.stream.take, trainer.rollouts.generate
 
     def recording_take(position: int, count: int) -> list[dict[str, Any]]:
         rows = take(position, count)
         record["prompts"].append([row["prompt"] for row in rows])
         return rows
 
+    def recording_generate(*args: Any, **kwargs: Any) -> Any:
+        traj = generate(*args, **kwargs)
+        record["answers"].append(traj.answer_ids.tolist())
+        return traj
+
     trainer.stream.take = recording_take  # type: ignore[method-assign]
+    trainer.rollouts.generate = recording_generate  # type: ignore[method-assign]
+    if trainer.pool is not None:
+        record["actors"].append(trainer.pool.actors())
     for _ in trainer.steps():
         record["digests"].append(digest(trainer.unwrapped))
+        if trainer.pool is not None:  # the pool stops only after the last step's yield
+            record["actors"].append(trainer.pool.actors())
     records = gather_object([record])
     if trainer.accelerator.is_main_process:
         (out / "ranks.json").write_text(json.dumps(records))
