@@ -99,6 +99,10 @@ def cluster_run(head, tmp_path_factory) -> tuple[str, Path]:
     return address, out
 
 
+SLOW = pytest.mark.slow  # the trainer driver with two actors: ~70 s on a busy 2-core machine
+
+
+@SLOW
 def test_actors_run_in_the_cluster_and_receive_every_adapter(cluster_run):
     address, out = cluster_run
     (record,) = json.loads((out / "ranks.json").read_text())
@@ -112,6 +116,7 @@ def test_actors_run_in_the_cluster_and_receive_every_adapter(cluster_run):
     assert len({a["pid"] for a in record["actors"][-1]}) == 2
 
 
+@SLOW
 def test_cluster_rollouts_and_weights_equal_an_in_process_run(cluster_run, tmp_path):
     _, out = cluster_run
     (record,) = json.loads((out / "ranks.json").read_text())
