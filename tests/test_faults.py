@@ -80,6 +80,8 @@ def test_a_damaged_checkpoint_is_refused_by_the_cli_in_one_line(reference, tmp_p
 
 
 TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}
+make = functools.partial(tiny, TINY, seed=0)
+ROWS = [{"prompt": f"p {i}"} for i in range(4)]
 
 
 def tiny_recipe(out: Path, **checkpoint) -> object:
@@ -97,9 +99,7 @@ def tiny_recipe(out: Path, **checkpoint) -> object:
     ("flip", "trainer_state.json"),
 ])
 def test_a_damaged_checkpoint_is_refused_before_loading(tmp_path, damage, name):
-    make = functools.partial(tiny, TINY, seed=0)
-    rows = [{"prompt": f"p {i}"} for i in range(4)]
-    list(Trainer(tiny_recipe(tmp_path / "saved"), model_factory=make, rows=rows).steps())
+    list(Trainer(tiny_recipe(tmp_path / "saved"), model_factory=make, rows=ROWS).steps())
     checkpoint = tmp_path / "saved" / "checkpoint-1"
     data = bytearray((checkpoint / name).read_bytes())
     if damage == "flip":
@@ -107,9 +107,30 @@ def test_a_damaged_checkpoint_is_refused_before_loading(tmp_path, damage, name):
     else:
         del data[len(data) // 2:]
     (checkpoint / name).write_bytes(bytes(data))
-    trainer = Trainer(tiny_recipe(tmp_path / "resumed", resume_from=str(checkpoint)), model_factory=make, rows=rows)
+    trainer = Trainer(tiny_recipe(tmp_path / "resumed", resume_from=str(checkpoint)), model_factory=make, rows=ROWS)
     before = {k: v.clone() for k, v in trainer.unwrapped.named_parameters() if v.requires_grad}
     with pytest.raises(UserError, match="corrupt") as error:
         list(trainer.steps())
     assert "\n" not in str(error.value) and "earlier checkpoint" in str(error.value)
     assert all(torch.equal(before[k], v) for k, v in trainer.unwrapped.named_parameters() if v.requires_grad)
+
+
+def test_sigterm_in_process_saves_the_finished_step_and_stops(tmp_path):
+    import os
+    import signal
+
+    from unmask.rl.logging import read_metrics
+
+    def terminate_at_two(model, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step, like a scheduler's
+        return {}
+
+    recipe = tiny_recipe(tmp_path / "run").model_copy(deep=True)
+    recipe.optim.max_steps, recipe.eval.every = 5, 1
+    trainer = Trainer(recipe, eval_fn=terminate_at_two, model_factory=make, rows=ROWS)
+    steps = list(trainer.steps())
+    assert trainer.preempted and len(steps) == 2
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone after the run
