@@ -144,7 +144,6 @@ class Trainer:
         )
         if self.objective.needs_reference and self.reference is None:
             self.reference = copy.deepcopy(base).eval().requires_grad_(False)
-        self.stream = PromptStream(rows if rows is not None else default_rows(recipe), recipe.seed)
         rw = recipe.rewards
         specs = [RewardSpec(f.name, f.weight, f.kwargs) for f in rw.functions]
         self.runner = RewardRunner(specs, num_workers=rw.num_workers, deadline_s=rw.timeout, on_error=rw.on_error)
@@ -167,6 +166,8 @@ class Trainer:
         self.preempted = False
         self.timings: dict[str, float] = {}
         self.forward_passes = 0
+        training = rows if rows is not None else default_rows(recipe)
+        self.stream = PromptStream(self.objective.training_rows(training, self.rollouts, self.encode), recipe.seed)
 
     # -- set-up ----------------------------------------------------------------
     def _policy(self, base: DiffusionLM) -> tuple[nn.Module, nn.Module | None]:
@@ -289,14 +290,18 @@ class Trainer:
         return [first, *rest]
 
     # -- one RL step -------------------------------------------------------------
+    def encode(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and attention mask of ``rows``, chat template applied if the recipe asks."""
+        base = self.base_model
+        texts = [base.format_prompt(row["prompt"]) if self.recipe.data.chat_template else row["prompt"] for row in rows]
+        return encode_prompts(base.tokenizer, texts, base.pad_token_id)
+
     def rollout(self) -> tuple[Rollout, dict[str, float]]:
         r, group = self.recipe.rollout, self.recipe.rollout.num_generations
         acc = self.accelerator  # each training process rolls out its own share of the step's prompts
         start = self.data_position + acc.process_index * r.prompts_per_step
         rows = [row for row in self.stream.take(start, r.prompts_per_step) for _ in range(group)]
-        base = self.base_model
-        texts = [base.format_prompt(row["prompt"]) if self.recipe.data.chat_template else row["prompt"] for row in rows]
-        prompt_ids, attention = encode_prompts(base.tokenizer, texts, base.pad_token_id)
+        prompt_ids, attention = self.encode(rows)
         # rows keep their global seeds: rank k's first row is row k·len(rows) of the step's batch
         self.rollouts.seed = derive_seed(self.recipe.seed, self.step, 1 << 20) + acc.process_index * len(rows)
         traj = self.rollouts.generate(prompt_ids, attention)
@@ -362,7 +367,7 @@ class Trainer:
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * len(window)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        return {"skipped": 0.0, **{k: v / max(count, 1) for k, v in sums.items()}}
+        return {"skipped": 0.0, "optimizer_steps": float(updates), **{k: v / max(count, 1) for k, v in sums.items()}}
 
     def _abandon(self, rollback: UpdateRollback | None, metrics: dict[str, float]) -> dict[str, float]:
         """Drop the step's gradients and undo its optimizer steps (if any were taken)."""

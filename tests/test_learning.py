@@ -9,8 +9,11 @@ and after, 8 samples each at temperature 0.7 (whatever the recipe rolls out at),
 (30 % careless demonstrations, see README): diffu-GRPO 30.5 → 43.0 % sampled in 10
 steps, with trajectory replay 30.5 → 44.5 %; MDPO only 30.5 → 32.0 % on this model,
 so its bar is low and its rollout reward (0.38 at step 1, 0.37 mean after) is not
-checked. The runs are seeded and single-threaded, so the numbers repeat exactly; a
-broken component leaves them near zero or negative.
+checked. Those numbers predate issue 19 (θ_old scored across optimizer steps,
+shuffled micro-batches, MDPO with low-confidence rollouts and one optimizer step per
+rollout); after it all three still clear their bars (not re-read). The runs are
+seeded and single-threaded, so the numbers repeat exactly; a broken component leaves
+them near zero or negative.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 from unmask.recipe import DiffuGRPOConfig, IGPOConfig, MDPOConfig, WD1Config
 from unmask.rl.estimators import Scores
 from unmask.rl.losses import masked_mean
-from unmask.rl.objective import OBJECTIVES, Rollout, TrainBatch, build_objective
+from unmask.rl.objective import OBJECTIVES, TrainBatch, build_objective
 from unmask.rollouts.trajectory import Trajectory
 
 LP = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
@@ -103,13 +103,13 @@ def test_wd1_loss_weights_sequence_likelihoods():
     assert not objective.needs_old
 
 
-def test_mdpo_over_denoising_filter_keeps_prompts_whose_answer_was_right_earlier():
+def test_mdpo_over_denoising_finds_answers_that_were_right_earlier():
     objective = build(MDPOConfig(over_denoising_filter=True))
+    assert objective.config.over_denoising_filter == "rollout"  # true keeps meaning the in-rollout filter
     step_rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     correct = torch.tensor([False, False, True, True])
-    rollout = Rollout(trajectory().select([0, 0, 0, 0]), [{}] * 4, correct.float(), correct, group_size=2)
-    # group 0: answer 0 was correct at step 1 but wrong at the end -> kept; group 1: always right -> dropped
-    assert objective.over_denoised(step_rewards, rollout).tolist() == [True, True, False, False]
+    # answer 0 was correct at step 1 but wrong at the end; answers 2 and 3 were right at the end
+    assert objective.over_denoised(step_rewards, correct).tolist() == [True, False, False, False]
 
 
 ON_POLICY_CASES = {

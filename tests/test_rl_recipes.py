@@ -37,7 +37,8 @@ def test_gpu_recipe_is_valid_and_buildable(path):
         assert (recipe.rollout.num_generations, recipe.rollout.max_completion_length) == (6, 256)
     elif algo.name == "mdpo":
         assert (algo.beta, recipe.optim.learning_rate, recipe.rollout.temperature) == (0.02, 7e-7, 0.4)
-        assert recipe.rollout.remasking == "rcr" and not recipe.lora.enabled
+        assert recipe.rollout.remasking == "low_confidence" and not recipe.lora.enabled
+        assert recipe.optim.optimizer_steps_per_rollout == 1  # the published trainer
         assert recipe.rollout.block_length == recipe.rollout.max_completion_length == 512
     elif algo.name == "igpo":
         assert (algo.beta, algo.replace_fraction, algo.entropy_clip_ratio) == (0.01, 0.5, 0.2)

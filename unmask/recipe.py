@@ -89,8 +89,11 @@ class RolloutConfig(Section):
     block_length: PositiveInt = 32
     temperature: NonNegFloat = 0.7
     remasking: Literal["low_confidence", "random", "margin", "entropy", "rcr"] = "low_confidence"
-    #: confidence function used by RCR
-    rcr_confidence: Literal["probability", "margin", "neg_entropy"] = "probability"
+    #: confidence function used by RCR (rollouts/confidence.py); by default the probability of the
+    #: sampled token under the sampling distribution softmax(logits / τ) (sampling.md §3.4)
+    rcr_confidence: Literal["sampling_probability", "probability", "margin", "entropy", "random"] = (
+        "sampling_probability"
+    )
     threshold: Probability | None = None
     schedule: Literal["linear", "cosine", "pow_k", "log", "exp"] = "linear"
     schedule_k: PositiveInt = 2
@@ -109,6 +112,11 @@ class RolloutConfig(Section):
         return self
 
 
+def _from_bool(value: Any, true: str, false: str) -> Any:
+    """Older recipes gave some choices as booleans; map them to the names they meant."""
+    return (true if value else false) if isinstance(value, bool) else value
+
+
 class _ObjectiveBase(Section):
     beta: NonNegFloat = 0.04
     epsilon: NonNegFloat = 0.2
@@ -119,12 +127,7 @@ class _ObjectiveBase(Section):
     #: an answer counts as correct (accuracy, all-wrong groups, IGPO, MDPO filter) at this total reward
     correct_threshold: float = 1.0
 
-    @field_validator("scale_rewards", mode="before")
-    @classmethod
-    def _bool_scale(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return "group" if value else "none"
-        return value
+    _bool_scale = field_validator("scale_rewards", mode="before")(lambda v: _from_bool(v, "group", "none"))
 
 
 class DiffuGRPOConfig(_ObjectiveBase):
@@ -143,7 +146,15 @@ class MDPOConfig(_ObjectiveBase):
     sample_train_steps: PositiveInt = 8
     confidence_weight: bool = True
     elbo_weight: bool = True
-    over_denoising_filter: bool = False
+    #: train only on over-denoised prompts (an intermediate prediction right, the final answer
+    #: wrong): "greedy" finds them once before training with a greedy pre-pass over the training
+    #: set, as the paper does; "rollout" (or true) keeps the groups where a rollout showed it
+    over_denoising_filter: Literal["off", "rollout", "greedy"] = "off"
+    #: what scores intermediate predictions: "correctness" (1 if the recipe's reward reaches
+    #: correct_threshold, else 0, as published) or "reward" (the recipe's full weighted reward)
+    step_reward: Literal["correctness", "reward"] = "correctness"
+
+    _bool_filter = field_validator("over_denoising_filter", mode="before")(lambda v: _from_bool(v, "rollout", "off"))
 
 
 class IGPOConfig(_ObjectiveBase):
