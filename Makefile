@@ -9,6 +9,10 @@ MODEL ?= builtin:tiny-countdown
 BENCH ?= countdown
 EVAL_ARGS ?=
 PYTEST_ARGS ?=
+# training processes (data-parallel ranks); >1 runs `accelerate launch` (GPUs, or gloo for device: cpu recipes)
+NPROC ?= 1
+# an accelerate config, e.g. recipes/accelerate/ddp.yaml; NPROC overrides its num_processes
+ACCELERATE_CONFIG ?=
 
 .PHONY: install train eval test test-slow bench lint tiny-model clean
 
@@ -22,7 +26,12 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 train: $(VENV)/.installed
+ifeq ($(NPROC),1)
 	$(VENV)/bin/unmask train $(RECIPE) $(ARGS)
+else
+	$(PY) -m accelerate.commands.launch $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG),--multi_gpu) \
+		--num_processes $(NPROC) -m unmask.cli train $(RECIPE) $(ARGS)
+endif
 
 eval: $(VENV)/.installed
 	$(VENV)/bin/unmask eval --model $(MODEL) --bench $(BENCH) $(EVAL_ARGS)
