@@ -73,6 +73,10 @@ class NativeConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         return {**self.extra, **values, "model_type": self.model_type}
 
+    def get_text_config(self, *args: Any, **kwargs: Any) -> NativeConfig:
+        """transformers' accessor for a model's text settings (its ``Trainer`` reads the special tokens here)."""
+        return self
+
 
 class NativeLM(DiffusionLM):
     """A family implemented in unmask: embed → residual blocks → norm → LM head."""
