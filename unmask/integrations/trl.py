@@ -223,11 +223,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         }
         self._pending_extra_logs: defaultdict[str, list[Any]] = defaultdict(list)
         self._pending_metrics: defaultdict[str, list[float]] = defaultdict(list)
-        if (size // max(1, args.world_size)) % args.num_generations:
-            raise UserError(
-                f"generation batch ({size} completions over {args.world_size} processes) must hold whole groups of "
-                f"num_generations={args.num_generations}: adjust per_device_train_batch_size or steps_per_generation"
-            )
 
     # -- rollouts and rewards --------------------------------------------------
     def _prompt_texts(self, prompts: list[Any]) -> list[str]:

@@ -1,0 +1,150 @@
+"""The TRL front end trains the tiny model with TRL's machinery and unmask's loss, and matches unmask's trainer."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+
+from unmask.data import load_rows
+from unmask.errors import UserError
+from unmask.integrations.trl import DiffusionGRPOConfig, DiffusionGRPOTrainer
+from unmask.models import load_model
+from unmask.recipe import validate_recipe
+from unmask.rewards.functions import countdown_reward
+from unmask.rl.checkpoint import trainable_state
+from unmask.rl.trainer import Trainer, derive_seed
+
+TEMPLATE = (
+    "Using the numbers {nums}, create an equation that equals {target}. "
+    "Put the equation in <answer> </answer> tags."
+)
+MODEL = "builtin:tiny-countdown"
+
+
+def countdown_rows(n: int) -> list[dict[str, Any]]:
+    rows = load_rows("countdown", limit=n, template=TEMPLATE, seed=7)
+    return [{"prompt": r["prompt"], "nums": r["nums"], "target": r["target"]} for r in rows]
+
+
+def short_answer(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+    """A user's own TRL-style reward: shorter answers score higher."""
+    return [1.0 / (1 + len(c)) for c in completions]
+
+
+def config(tmp_path: Path, **overrides: Any) -> DiffusionGRPOConfig:
+    values: dict[str, Any] = dict(
+        output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, report_to=[], disable_tqdm=True,
+        gradient_checkpointing=False, max_steps=3, per_device_train_batch_size=16, num_generations=8,
+        max_completion_length=16, steps=16, temperature=1.5, learning_rate=1e-2, beta=0.04,
+        logging_steps=1, save_steps=3, seed=0,
+    )
+    values.update(overrides)
+    return DiffusionGRPOConfig(**values)
+
+
+def test_three_steps_with_lora_and_trl_rewards(tmp_path: Path) -> None:
+    args = config(tmp_path, reward_weights=[1.0, 0.1])
+    trainer = DiffusionGRPOTrainer(
+        MODEL, reward_funcs=[countdown_reward, short_answer], args=args,
+        train_dataset=Dataset.from_list(countdown_rows(16)), peft_config=LoraConfig(r=4, lora_alpha=8),
+    )
+    before = {k: v.clone() for k, v in trainable_state(trainer.model).items()}
+    assert before and all("lora_" in k for k in before)
+    trainer.train()
+
+    after = trainable_state(trainer.model)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the adapter did not change"
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 3
+    for entry in logs:
+        assert math.isfinite(entry["loss"])
+        for key in ("reward", "rewards/countdown_reward/mean", "rewards/short_answer/mean", "kl", "entropy"):
+            assert key in entry, key
+    assert logs[-1]["kl"] > 0  # the reference (adapter disabled) differs from the trained policy
+    assert (tmp_path / "run" / "checkpoint-3" / "adapter_config.json").is_file()
+
+
+def test_loss_equals_unmask_trainer(tmp_path: Path) -> None:
+    """Same batch, same estimator key, same weights: TRL's compute_loss equals the loss unmask's update reports."""
+    rows = countdown_rows(4)
+    recipe = validate_recipe({
+        "seed": 3, "output_dir": str(tmp_path / "unmask"),
+        "model": {"name_or_path": MODEL},
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"chat_template": False},
+        "rollout": {"num_generations": 4, "prompts_per_step": 2, "max_completion_length": 16, "steps": 16,
+                    "block_length": 16, "temperature": 1.0},
+        "algorithm": {"name": "diffu_grpo", "beta": 0.04, "epsilon": 0.5, "estimator": "one_step", "p_mask": 0.3},
+        "rewards": {"functions": [{"name": "countdown"}], "num_workers": 0},
+        "optim": {"per_device_train_batch_size": 8, "max_steps": 1},
+        "logging": {"progress": False, "report_to": ["jsonl"]},
+        "ray": {"address": None},
+    }, "test")
+    native = Trainer(recipe, rows=rows)
+    with torch.no_grad():  # a trained-looking adapter, so policy, θ_old-free ratio and reference all differ
+        for name, param in native.unwrapped.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    rollout, _ = native.rollout()
+    batch = native.objective.prepare(rollout, native.rollouts)
+    assert batch.advantages.abs().sum() > 0
+    key = native.objective.key(batch, derive_seed(recipe.seed, native.step, 0, 0))
+    state = {k: v.clone() for k, v in trainable_state(native.unwrapped).items()}
+
+    args = config(tmp_path, seed=3, beta=0.04, epsilon=0.5, p_mask=0.3, scale_rewards="none", max_steps=1)
+    trl = DiffusionGRPOTrainer(
+        load_model(MODEL), reward_funcs=countdown_reward, args=args,
+        train_dataset=Dataset.from_list(rows), peft_config=LoraConfig(r=4, lora_alpha=8),
+    )
+    missing = trl.model.load_state_dict(state, strict=False)
+    assert not missing.unexpected_keys and all("lora_" not in k for k in missing.missing_keys)
+    trl._batch = batch
+    trl._keys = [[key]]
+    trl._frozen = {"ref": [[trl.frozen_scores(batch, key, "ref")]]}
+    trl.model.train()
+    trl_loss = float(trl.compute_loss(trl.model, {"index": torch.arange(len(batch))}).detach())
+
+    native_loss = native.update(batch)["loss"]
+    assert trl_loss == pytest.approx(native_loss, rel=1e-6, abs=1e-9)
+    assert trl._metrics["train"]["kl"][-1] > 0
+
+
+def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="algorithm.name"):
+        config(tmp_path, algorithm="ppo").recipe()
+    with pytest.raises(UserError, match="estimator"):
+        config(tmp_path, estimator="exact").recipe()
+    rows = Dataset.from_list(countdown_rows(4))
+    with pytest.raises(UserError, match="reward_funcs"):
+        DiffusionGRPOTrainer(MODEL, reward_funcs="countdown", args=config(tmp_path), train_dataset=rows)
+    with pytest.raises(UserError, match="use_vllm"):
+        DiffusionGRPOTrainer(MODEL, reward_funcs=countdown_reward, args=config(tmp_path, use_vllm=True), train_dataset=rows)
+
+
+def test_mdpo_objective_runs_through_trl(tmp_path: Path) -> None:
+    """An objective with its own batch preparation (per-step items, intermediate rewards) trains too."""
+    args = config(tmp_path, algorithm="mdpo", remasking="rcr", steps=8, max_steps=1, save_steps=0,
+                  save_strategy="no", algorithm_kwargs={"sample_train_steps": 2})
+    trainer = DiffusionGRPOTrainer(
+        MODEL, reward_funcs=countdown_reward, args=args, train_dataset=Dataset.from_list(countdown_rows(8)),
+        peft_config=LoraConfig(r=4, lora_alpha=8),
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 1 and math.isfinite(logs[0]["loss"])
+
+
+def test_trl_stays_out_of_unmask_imports() -> None:
+    """Only unmask.integrations.trl imports TRL: the CLI, trainer and sampler never pay for it."""
+    import subprocess
+    import sys
+
+    code = "import sys, unmask.cli, unmask.rl.trainer, unmask.rollouts, unmask.integrations; print('trl' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
