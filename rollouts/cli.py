@@ -1,40 +1,144 @@
-"""``unmask sample``: generate for one prompt and show the denoising process step by step."""
+"""``unmask sample``: a first look at a dLLM, one denoising step per line.
+
+Decoding settings come from the command line, else from the checkpoint's
+``generation_config.json`` (how the model was trained to answer), else the
+fallbacks below. Without ``--prompt`` the model gets a held-out problem of its
+task in the exact prompt format it was trained on, and the run ends with the
+extracted answer and the grader's verdict. ``--save page.html`` writes the
+denoising as a page a person can open.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
+from typing import Any
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 
+from unmask.errors import UserError
 from unmask.models import load_model
+from unmask.models.generation import GenerationDefaults, read_generation_defaults
+from unmask.rl.rollout import decode_answers, encode_prompts
 from unmask.rollouts.generate import generate
-from unmask.rollouts.render import render_denoising
+from unmask.rollouts.render import denoising_frames, denoising_html, render_denoising
+
+#: used where neither the command line nor the checkpoint says
+FALLBACK = GenerationDefaults(gen_length=32, steps=32, temperature=0.0, remasking="low_confidence")
+#: without --problem: the first of this many held-out problems the model solves is shown
+SEARCH = 16
+
+
+def settings(args: argparse.Namespace, defaults: GenerationDefaults) -> dict[str, Any]:
+    """Sampler settings: command line, then the checkpoint's generation config, then ``FALLBACK``."""
+
+    def pick(name: str) -> Any:
+        for source in (getattr(args, name), getattr(defaults, name), getattr(FALLBACK, name)):
+            if source is not None:
+                return source
+        return None
+
+    gen_length = pick("gen_length")
+    block = args.block_length or (defaults.block_length if args.gen_length is None else None) or gen_length
+    return {
+        "gen_length": gen_length, "steps": pick("steps"), "block_length": min(block, gen_length),
+        "temperature": pick("temperature"), "remasking": pick("remasking"), "threshold": args.threshold,
+    }
+
+
+def held_out(task: str, family: str, problem: int | None) -> list[dict[str, Any]]:
+    """Held-out problems of ``task`` in the prompt format the model family was trained on."""
+    from unmask.evaluation.benchmarks import COUNTDOWN_EVAL_SIZE, benchmark_rows
+    from unmask.evaluation.cli import family_template
+
+    if task == "countdown" and problem is not None and problem >= COUNTDOWN_EVAL_SIZE:
+        raise UserError(f"--problem {problem}: the countdown held-out set has {COUNTDOWN_EVAL_SIZE} problems")
+    count = SEARCH if problem is None else problem + 1
+    rows = benchmark_rows(task, limit=count, template=family_template(family, task))
+    if problem is not None and problem >= len(rows):
+        raise UserError(f"--problem {problem}: the {task} held-out set has {len(rows)} problems")
+    return rows if problem is None else rows[problem:]
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    if args.problem is not None and args.prompt is not None:
+        raise UserError("give either --prompt (your own text) or --problem N (a held-out problem), not both")
+    if args.problem is not None and args.problem < 0:
+        raise UserError(f"--problem must be >= 0, got {args.problem}")
     model = load_model(args.model)
+    defaults = read_generation_defaults(args.model)
     tokenizer = model.tokenizer
-    text = args.prompt if args.no_chat_template else model.format_prompt(args.prompt)
-    prompt_ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-    traj = generate(
-        model,
-        prompt_ids,
-        gen_length=args.gen_length,
-        steps=args.steps,
-        block_length=args.block_length or args.gen_length,
-        temperature=args.temperature,
-        remasking=args.remasking,
-        threshold=args.threshold,
-        seed=args.seed,
-        record=True,
-    )
+    rows: list[dict[str, Any]] = []
+    first = 0
+    if args.prompt is None:
+        task = args.task or defaults.task
+        if task is None:
+            raise UserError(
+                f"{args.model} names no task in its generation_config.json: pass --prompt TEXT or --task NAME"
+            )
+        rows = held_out(task, model.family, args.problem)
+        first = 0 if args.problem is None else args.problem
+        texts = [model.format_prompt(row["prompt"]) for row in rows]  # as `unmask eval` poses them
+    else:
+        texts = [args.prompt if args.no_chat_template else model.format_prompt(args.prompt)]
+    prompt_ids, attention = encode_prompts(tokenizer, texts, model.pad_token_id)
+    chosen = settings(args, defaults)
+    traj = generate(model, prompt_ids, attention_mask=attention, seed=[args.seed] * len(texts), record=True, **chosen)
+    answers = decode_answers(tokenizer, traj.answer_ids, model.eos_token_ids)
+    row, verdict = 0, None
+    if rows:
+        verdicts = [_grade(task, answer, r) for answer, r in zip(answers, rows, strict=True)]
+        row = next((i for i, v in enumerate(verdicts) if v.correct), 0) if args.problem is None else 0
+        verdict = verdicts[row]
+
     console = Console(highlight=False)
-    console.print(f"[bold]prompt[/bold] {escape(text)}")
-    for line in render_denoising(traj, tokenizer, mask_token_id=model.mask_token_id):
+    if rows:
+        how = "" if args.problem is not None else (
+            f" (the first of held-out problems 0-{len(rows) - 1} it solves; --problem N shows any)"
+            if verdict.correct else f" (it solves none of problems 0-{len(rows) - 1}; --problem N shows any)"
+        )
+        console.print(f"[bold]{task} held-out problem {first + row}[/bold]{how}")
+    console.print(f"[bold]prompt[/bold] {escape(texts[row])}")
+    console.print(
+        f"[dim]decoding: {chosen['gen_length']} tokens in {chosen['steps']} steps, block {chosen['block_length']}, "
+        f"{chosen['remasking']}, temperature {chosen['temperature']}[/dim]"
+    )
+    for line in render_denoising(traj, tokenizer, mask_token_id=model.mask_token_id, row=row):
         console.print(line)
-    answer = traj.answer_ids[0][traj.answer_mask[0]]
-    console.print(f"[bold]answer[/bold] {escape(tokenizer.decode(answer.tolist(), skip_special_tokens=True))}")
-    console.print(f"forward passes: {int(traj.nfe[0])}")
+    console.print(f"[bold]answer[/bold] {escape(answers[row])}")
+    footer = f"answer: {answers[row]}"
+    if verdict is not None:
+        mark = "[green]correct[/green]" if verdict.correct else "[red]wrong[/red]"
+        console.print(f"[bold]extracted[/bold] {escape(str(verdict.extracted))}  {mark}")
+        footer += f"  |  extracted: {verdict.extracted}  |  {'correct' if verdict.correct else 'wrong'}"
+    console.print(f"forward passes: {int(traj.nfe[row])}")
+    if args.save:
+        frames = denoising_frames(traj, tokenizer, mask_token_id=model.mask_token_id, row=row)
+        page = denoising_html(frames, title=f"unmask sample: {args.model}", prompt=texts[row], footer=footer)
+        console.print(f"wrote {save_page(args.save, page)}")
     return 0
+
+
+def _grade(task: str, answer: str, row: dict[str, Any]) -> Any:
+    from unmask.evaluation.benchmarks import GRADER_TASK, reference
+    from unmask.rewards import grade
+
+    return grade(GRADER_TASK[task], answer, **reference(task, row))
+
+
+def save_page(path: str, page: str) -> Path:
+    """Write the HTML page atomically (a temp file renamed into place)."""
+    out = Path(path)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--save {path}: the picture is an HTML page; name the file *.html")
+    if not out.parent.is_dir():
+        raise UserError(f"--save {path}: directory {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+__all__ = ["run_sample", "save_page", "settings"]
