@@ -87,6 +87,11 @@ class DiffusionGRPOConfig(GRPOConfig):
         default=None, metadata={"help": "Further fields of the objective's recipe section, e.g. MDPO's sample_train_steps."}
     )
 
+    def __post_init__(self) -> None:
+        if self.bf16 is None and not torch.cuda.is_available():
+            self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine rejects
+        super().__post_init__()
+
     def recipe(self) -> Recipe:
         """The rollout and algorithm sections as an unmask recipe (validated: one clear error)."""
         algorithm: dict[str, Any] = {
@@ -136,7 +141,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         peft_config: PeftConfig | None = None,
     ) -> None:
         if args is None:
-            args = DiffusionGRPOConfig("DiffusionGRPO", use_cpu=not torch.cuda.is_available(), bf16=False)
+            args = DiffusionGRPOConfig("DiffusionGRPO")
         if not isinstance(args, DiffusionGRPOConfig):
             raise UserError("args: pass a DiffusionGRPOConfig (GRPOConfig plus the sampler and objective fields)")
         if args.use_vllm:

@@ -214,8 +214,11 @@ class NativeLM(DiffusionLM):
         raise NotImplementedError
 
     # -- training switches ---------------------------------------------------
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None) -> None:
-        """Recompute block activations in backward (HF-compatible name, used by peft)."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None, **options: Any) -> None:
+        """Recompute block activations in backward (HF-compatible name, used by peft and transformers' Trainer).
+
+        Every block is recomputed; the Trainer's extra ``options`` (``every_n_layers``, ``offload``) are not used.
+        """
         self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
