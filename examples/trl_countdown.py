@@ -1,6 +1,6 @@
 """Train the shipped tiny dLLM on Countdown with TRL's trainer, and print held-out accuracy before and after.
 
-    python examples/trl_countdown.py              # ~4 minutes on two CPU cores
+    python examples/trl_countdown.py              # about 2.5 minutes of CPU time (docs/trl.md)
     python examples/trl_countdown.py --rl-steps 40 --limit 1000
 
 Everything a TRL user writes is here: a ``datasets.Dataset`` with a ``prompt``

@@ -10,6 +10,7 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from transformers import TrainerCallback
 
 from unmask.data import load_rows
 from unmask.errors import UserError
@@ -48,11 +49,22 @@ def config(tmp_path: Path, **overrides: Any) -> DiffusionGRPOConfig:
     return DiffusionGRPOConfig(**values)
 
 
+class StepCounter(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.steps += 1
+
+
 def test_three_steps_with_lora_and_trl_rewards(tmp_path: Path) -> None:
-    args = config(tmp_path, reward_weights=[1.0, 0.1])
+    args = config(tmp_path, reward_weights=[1.0, 0.1], report_to=["tensorboard"], log_completions=True,
+                  num_completions_to_print=0, per_device_eval_batch_size=8)
+    counter = StepCounter()
     trainer = DiffusionGRPOTrainer(
         MODEL, reward_funcs=[countdown_reward, short_answer], args=args,
-        train_dataset=Dataset.from_list(countdown_rows(16)), peft_config=LoraConfig(r=4, lora_alpha=8),
+        train_dataset=Dataset.from_list(countdown_rows(16)), eval_dataset=Dataset.from_list(countdown_rows(2)),
+        peft_config=LoraConfig(r=4, lora_alpha=8), callbacks=[counter],
     )
     before = {k: v.clone() for k, v in trainable_state(trainer.model).items()}
     assert before and all("lora_" in k for k in before)
@@ -68,6 +80,10 @@ def test_three_steps_with_lora_and_trl_rewards(tmp_path: Path) -> None:
             assert key in entry, key
     assert logs[-1]["kl"] > 0  # the reference (adapter disabled) differs from the trained policy
     assert (tmp_path / "run" / "checkpoint-3" / "adapter_config.json").is_file()
+    assert counter.steps == 3
+    assert list((tmp_path / "run").rglob("events.out.tfevents.*"))  # report_to=["tensorboard"]
+    assert list((tmp_path / "run" / "completions").glob("*.parquet"))  # log_completions
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
 
 
 def test_loss_equals_unmask_trainer(tmp_path: Path) -> None:

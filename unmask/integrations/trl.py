@@ -25,6 +25,7 @@ import copy
 import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -169,6 +170,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks, optimizers=optimizers,
         )
         self._tokenizer = tokenizer
+        if self.accelerator.is_main_process and self.log_completions:
+            (Path(args.output_dir) / "completions").mkdir(parents=True, exist_ok=True)
         self.ref_model = None
         if self.objective.needs_reference and peft_config is None:
             self.ref_model = copy.deepcopy(base).eval().requires_grad_(False).to(self.accelerator.device)
@@ -245,6 +248,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         per_func = per_func[start : start + len(prompts)].cpu()  # TRL gathers over processes; keep this one's rows
         totals = (per_func * self.reward_weights[None]).nansum(1)
         per_reward = {n: per_func[:, i].tolist() for i, n in enumerate(self.reward_func_names)}
+        self._last_rewards = per_reward  # for TRL's completions table (log_completions)
         metrics = {f"rewards/{n}/mean": float(torch.nanmean(per_func[:, i])) for i, n in enumerate(self.reward_func_names)}
         return RewardBatch(totals.tolist(), per_reward, metrics)
 
@@ -279,6 +283,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         completions = decode_answers(self._tokenizer, traj.answer_ids, base.eos_token_ids)
         self._logs["prompt"].extend(gather_object(prompts))
         self._logs["completion"].extend(gather_object(completions))
+        for name, values in self._last_rewards.items():
+            self._logs["rewards"][name].extend(gather_object(values))
+        per_row = len(self._batch) == len(prompts)  # MDPO's items are (row, step) pairs: no per-row advantage
+        advantages = self._batch.advantages.tolist() if per_row else [math.nan] * len(prompts)
+        self._logs["advantages"].extend(gather_object(advantages))
         return {"index": torch.arange(len(self._batch))}
 
     # -- scoring and loss ------------------------------------------------------

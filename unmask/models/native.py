@@ -77,6 +77,10 @@ class NativeConfig:
         """transformers' accessor for a model's text settings (its ``Trainer`` reads the special tokens here)."""
         return self
 
+    def to_json_string(self) -> str:
+        """The config as JSON (transformers' logging integrations record it with the run)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
 
 class NativeLM(DiffusionLM):
     """A family implemented in unmask: embed → residual blocks → norm → LM head."""
