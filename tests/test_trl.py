@@ -164,3 +164,21 @@ def test_trl_stays_out_of_unmask_imports() -> None:
     code = "import sys, unmask.cli, unmask.rl.trainer, unmask.rollouts, unmask.integrations; print('trl' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_inner_iterations_reuse_one_generation(tmp_path: Path) -> None:
+    """num_iterations x steps_per_generation optimizer steps per rollout batch, θ_old scored once before them."""
+    args = config(tmp_path, num_iterations=2, steps_per_generation=2, per_device_train_batch_size=8, max_steps=4,
+                  save_strategy="no", beta=0.0)
+    trainer = DiffusionGRPOTrainer(
+        MODEL, reward_funcs=countdown_reward, args=args, train_dataset=Dataset.from_list(countdown_rows(8)),
+        peft_config=LoraConfig(r=4, lora_alpha=8),
+    )
+    generations = []
+    generate = trainer._generate_and_score_completions
+    trainer._generate_and_score_completions = lambda inputs: generations.append(len(inputs)) or generate(inputs)
+    trainer.train()
+    assert generations == [16]  # one rollout batch of 2 prompts x 8 answers fed all 4 optimizer steps
+    assert len(trainer._frozen["old"]) == 2 and len(trainer._frozen["old"][0]) == 2
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 4 and all(math.isfinite(entry["loss"]) for entry in logs)
