@@ -19,7 +19,7 @@ from unmask.models import load_model
 from unmask.recipe import validate_recipe
 from unmask.rewards.functions import countdown_reward
 from unmask.rl.checkpoint import trainable_state
-from unmask.rl.trainer import Trainer, derive_seed
+from unmask.rl.trainer import Trainer
 
 TEMPLATE = (
     "Using the numbers {nums}, create an equation that equals {target}. "
@@ -110,7 +110,8 @@ def test_loss_equals_unmask_trainer(tmp_path: Path) -> None:
     rollout, _ = native.rollout()
     batch = native.objective.prepare(rollout, native.rollouts)
     assert batch.advantages.abs().sum() > 0
-    key = native.objective.key(batch, derive_seed(recipe.seed, native.step, 0, 0))
+    (micro,) = native._micro_batches(batch)  # the trainer's own micro-batch (its item order) and estimator key
+    key = native._keys([micro])[0][0]
     state = {k: v.clone() for k, v in trainable_state(native.unwrapped).items()}
 
     args = config(tmp_path, seed=3, beta=0.04, epsilon=0.5, p_mask=0.3, scale_rewards="none", max_steps=1)
@@ -120,11 +121,11 @@ def test_loss_equals_unmask_trainer(tmp_path: Path) -> None:
     )
     missing = trl.model.load_state_dict(state, strict=False)
     assert not missing.unexpected_keys and all("lora_" not in k for k in missing.missing_keys)
-    trl._batch = batch
+    trl._batch = micro
     trl._keys = [[key]]
-    trl._frozen = {"ref": [[trl.frozen_scores(batch, key, "ref")]]}
+    trl._frozen = {"ref": [[trl.frozen_scores(micro, key, "ref")]]}
     trl.model.train()
-    trl_loss = float(trl.compute_loss(trl.model, {"index": torch.arange(len(batch))}).detach())
+    trl_loss = float(trl.compute_loss(trl.model, {"index": torch.arange(len(micro))}).detach())
 
     native_loss = native.update(batch)["loss"]
     assert trl_loss == pytest.approx(native_loss, rel=1e-6, abs=1e-9)

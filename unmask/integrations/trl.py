@@ -310,8 +310,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                 for i in range(self.num_iterations)
             ]
             self._frozen = {}
-            if self.objective.needs_old:
-                self._frozen["old"] = self._score_all(micro, "old")
+            if self.objective.needs_old and self.args.steps_per_generation * self.num_iterations > 1:
+                self._frozen["old"] = self._score_all(micro, "old")  # later optimizer steps are off-policy
             if self.objective.needs_reference:
                 self._frozen["ref"] = self._score_all(micro, "ref")
         return inputs
