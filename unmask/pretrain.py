@@ -12,7 +12,7 @@ Three in ten demonstrations are careless (``careless_fraction``): the numbers
 simply added up, whatever the target, like the mixed-quality answers of scraped SFT
 data. This gives the model a habit that reward can remove and that is not tied to
 particular problems; a model trained on clean demonstrations only showed no
-held-out RL gain in any configuration measured (README, "The default run").
+held-out RL gain in any configuration measured (docs/default-run.md, docs/history.md).
 
 Everything is a function of ``--seed`` and the step count (never of wall time),
 and runs with a fixed number of CPU threads, so ``make tiny-model`` reproduces the
