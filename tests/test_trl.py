@@ -33,8 +33,8 @@ def countdown_rows(n: int) -> list[dict[str, Any]]:
     return [{"prompt": r["prompt"], "nums": r["nums"], "target": r["target"]} for r in rows]
 
 
-def short_answer(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
-    """A user's own TRL-style reward: shorter answers score higher."""
+async def short_answer(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+    """A user's own TRL-style reward (async, as TRL allows for judges): shorter answers score higher."""
     return [1.0 / (1 + len(c)) for c in completions]
 
 

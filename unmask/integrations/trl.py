@@ -21,6 +21,7 @@ TRL is imported by this module only.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import math
 from collections import defaultdict, deque
@@ -33,7 +34,12 @@ from accelerate.utils import gather_object
 from peft import PeftConfig, get_peft_model
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import apply_chat_template, is_conversational
-from trl.trainer.utils import identity
+from trl.trainer.utils import (
+    identity,
+    is_async_callable,
+    shutdown_event_loop_in_daemon,
+    start_event_loop_in_daemon,
+)
 
 from unmask.errors import UserError
 from unmask.models import load_model
@@ -155,6 +161,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if not isinstance(base, DiffusionLM):
             raise UserError(f"model: expected an unmask DiffusionLM or a checkpoint path, got {type(base).__name__}")
         tokenizer = processing_class if processing_class is not None else base.tokenizer
+        if tokenizer is None:
+            raise UserError("processing_class: the model has no tokenizer files; pass its tokenizer")
         policy = base if peft_config is None else get_peft_model(base, _scoped(peft_config, base))
 
         self.base_model = base
@@ -202,7 +210,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.reward_weights = torch.tensor(args.reward_weights or [1.0] * len(funcs), dtype=torch.float32)
         self.reward_processing_classes = [None] * len(funcs)
         self.environments = None
-        self._has_async_funcs = False
+        self._has_async_funcs = any(is_async_callable(f) for f in funcs)
+        if self._has_async_funcs:  # TRL runs async reward functions (e.g. LLM judges) on a daemon event loop
+            self.async_loop_thread, self.async_loop, ready = start_event_loop_in_daemon(name="DiffusionGRPO-AsyncLoop")
+            ready.wait()
+            atexit.register(shutdown_event_loop_in_daemon, self.async_loop_thread, self.async_loop)
         self.chat_template_kwargs = args.chat_template_kwargs or {}
 
     def _init_grpo_state(self, args: DiffusionGRPOConfig) -> None:
@@ -243,7 +255,10 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     def _score_texts(self, prompts: list[Any], completions: list[str], columns: dict[str, list[Any]]) -> RewardBatch:
         """TRL's reward call (``_calculate_rewards``) in the shape unmask's ``Rollouts`` expects."""
         inputs = [{"prompt": p, **{k: v[i] for k, v in columns.items()}} for i, p in enumerate(prompts)]
-        per_func = self._calculate_rewards(inputs, prompts, completions, [None] * len(prompts))
+        completion_ids = self._tokenizer(completions, add_special_tokens=False)["input_ids"]
+        if is_conversational({"prompt": prompts[0]}):  # TRL hands conversational datasets message lists
+            completions = [[{"role": "assistant", "content": text}] for text in completions]
+        per_func = self._calculate_rewards(inputs, prompts, completions, completion_ids)
         start = self.accelerator.process_index * len(prompts)
         per_func = per_func[start : start + len(prompts)].cpu()  # TRL gathers over processes; keep this one's rows
         totals = (per_func * self.reward_weights[None]).nansum(1)
