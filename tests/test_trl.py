@@ -183,3 +183,24 @@ def test_inner_iterations_reuse_one_generation(tmp_path: Path) -> None:
     assert len(trainer._frozen["old"]) == 2 and len(trainer._frozen["old"][0]) == 2
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 4 and all(math.isfinite(entry["loss"]) for entry in logs)
+
+
+def test_resume_from_checkpoint_continues_the_run(tmp_path: Path) -> None:
+    """TRL checkpoints resume exactly: adapter, optimizer, and estimator keys that follow the optimizer step."""
+
+    def run(out: str, max_steps: int, resume: str | None = None) -> list[dict[str, Any]]:
+        args = config(tmp_path, output_dir=str(tmp_path / out), max_steps=max_steps, save_steps=1,
+                      per_device_train_batch_size=8, num_generations=4)
+        trainer = DiffusionGRPOTrainer(
+            MODEL, reward_funcs=countdown_reward, args=args, train_dataset=Dataset.from_list(countdown_rows(8)),
+            peft_config=LoraConfig(r=4, lora_alpha=8),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+    whole = run("whole", 2)
+    run("part", 1)
+    resumed = run("part", 2, resume=str(tmp_path / "part" / "checkpoint-1"))
+    assert resumed[-1]["step"] == whole[-1]["step"] == 2
+    for key in ("loss", "reward", "kl", "entropy"):
+        assert resumed[-1][key] == pytest.approx(whole[-1][key], rel=1e-5, abs=1e-8), key

@@ -192,7 +192,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self._batch: TrainBatch | None = None
         self._frozen: dict[str, list[list[Scores]]] = {}
         self._keys: list[list[Any]] = []
-        self._generations = 0
 
     # -- set-up --------------------------------------------------------------
     def _init_rewards(self, reward_funcs: Any, args: DiffusionGRPOConfig) -> None:
@@ -277,8 +276,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         prompts = [x["prompt"] for x in inputs]
         base = self.base_model
         prompt_ids, attention = encode_prompts(self._tokenizer, self._prompt_texts(prompts), base.pad_token_id)
-        self.rollouts.seed = derive_seed(self.args.seed, self._generations, self.accelerator.process_index)
-        self._generations += 1
+        # seeds follow the optimizer step, so a run resumed from a checkpoint samples what it would have
+        self.rollouts.seed = derive_seed(self.args.seed, self.state.global_step, mode == "eval", self.accelerator.process_index)
         traj = self.rollouts.generate(prompt_ids, attention)
         result = self.rollouts.score(traj, inputs)
         rollout = Rollout(traj, list(inputs), result.rewards, result.correct, self.num_generations,
@@ -321,7 +320,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if fresh:
             micro = [self._micro(b) for b in self._buffered_inputs]
             self._keys = [
-                [self.objective.key(mb, derive_seed(self.args.seed, self._generations, i, j)) for j, mb in enumerate(micro)]
+                [self.objective.key(mb, derive_seed(self.args.seed, self.state.global_step, i, j)) for j, mb in enumerate(micro)]
                 for i in range(self.num_iterations)
             ]
             self._frozen = {}
@@ -368,7 +367,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             old = self._frozen["old"][i][j] if "old" in self._frozen else None
             ref = self._frozen["ref"][i][j] if "ref" in self._frozen else None
         else:
-            key = self.objective.key(mb, derive_seed(self.args.seed, self._generations))
+            key = self.objective.key(mb, derive_seed(self.args.seed, self.state.global_step, 1))
             old, ref = None, (self.frozen_scores(mb, key, "ref") if self.objective.needs_reference else None)
         loss, metrics = micro_batch_loss(self.objective, model, mb, key, old, ref)
         for name, value in metrics.items():
