@@ -64,8 +64,10 @@ def test_no_arguments_solves_a_held_out_problem(tmp_path: Path, capsys: pytest.C
     extracted = re.search(r"^extracted (\S+)\s+(correct|wrong)$", out, re.M)
     assert extracted is not None and extracted.group(2) == "correct"
 
+    text = page.read_text(encoding="utf-8")
+    assert not re.search(r'(src|href)="?https?:', text)  # self-contained: opens offline
     parser = Frames()
-    parser.feed(page.read_text(encoding="utf-8"))
+    parser.feed(text)
     assert len(parser.frames) == 16
     assert sum(len(f["new"]) for f in parser.frames) == 16  # one token committed per step
     assert [len(f["masked"]) for f in parser.frames] == list(range(15, -1, -1))
