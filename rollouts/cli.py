@@ -67,6 +67,8 @@ def run_sample(args: argparse.Namespace) -> int:
         raise UserError("give either --prompt (your own text) or --problem N (a held-out problem), not both")
     if args.problem is not None and args.problem < 0:
         raise UserError(f"--problem must be >= 0, got {args.problem}")
+    if args.save:
+        check_save_path(args.save)
     model = load_model(args.model)
     defaults = read_generation_defaults(args.model)
     tokenizer = model.tokenizer
@@ -128,13 +130,19 @@ def _grade(task: str, answer: str, row: dict[str, Any]) -> Any:
     return grade(GRADER_TASK[task], answer, **reference(task, row))
 
 
-def save_page(path: str, page: str) -> Path:
-    """Write the HTML page atomically (a temp file renamed into place)."""
+def check_save_path(path: str) -> Path:
+    """``--save``'s target, checked before any generation is spent."""
     out = Path(path)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--save {path}: the picture is an HTML page; name the file *.html")
     if not out.parent.is_dir():
         raise UserError(f"--save {path}: directory {out.parent} does not exist")
+    return out
+
+
+def save_page(path: str, page: str) -> Path:
+    """Write the HTML page atomically (a temp file renamed into place)."""
+    out = check_save_path(path)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
