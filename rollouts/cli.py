@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,32 @@ def held_out(task: str, family: str, problem: int | None) -> list[dict[str, Any]
     return rows if problem is None else rows[problem:]
 
 
+@dataclass
+class Posed:
+    """What the model is asked: prompt texts and, for held-out problems, their rows."""
+
+    texts: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    task: str | None = None
+    #: held-out index of ``rows[0]``
+    first: int = 0
+
+
+def pose(args: argparse.Namespace, model: Any, defaults: GenerationDefaults) -> Posed:
+    """The user's ``--prompt``, or held-out problems of the model's task posed as ``unmask eval`` poses them."""
+    if args.prompt is not None:
+        return Posed([args.prompt if args.no_chat_template else model.format_prompt(args.prompt)])
+    task = args.task or defaults.task
+    if task is None:
+        raise UserError(f"{args.model} names no task in its generation_config.json: pass --prompt TEXT or --task NAME")
+    from unmask.evaluation.benchmarks import BENCHMARKS
+
+    if task not in BENCHMARKS:
+        raise UserError(f"--task {task!r}: choose one of {', '.join(BENCHMARKS)}")
+    rows = held_out(task, model.family, args.problem)
+    return Posed([model.format_prompt(row["prompt"]) for row in rows], rows, task, args.problem or 0)
+
+
 def run_sample(args: argparse.Namespace) -> int:
     if args.problem is not None and args.prompt is not None:
         raise UserError("give either --prompt (your own text) or --problem N (a held-out problem), not both")
@@ -71,38 +98,26 @@ def run_sample(args: argparse.Namespace) -> int:
         check_save_path(args.save)
     model = load_model(args.model)
     defaults = read_generation_defaults(args.model)
+    posed = pose(args, model, defaults)
     tokenizer = model.tokenizer
-    rows: list[dict[str, Any]] = []
-    first = 0
-    if args.prompt is None:
-        task = args.task or defaults.task
-        if task is None:
-            raise UserError(
-                f"{args.model} names no task in its generation_config.json: pass --prompt TEXT or --task NAME"
-            )
-        rows = held_out(task, model.family, args.problem)
-        first = 0 if args.problem is None else args.problem
-        texts = [model.format_prompt(row["prompt"]) for row in rows]  # as `unmask eval` poses them
-    else:
-        texts = [args.prompt if args.no_chat_template else model.format_prompt(args.prompt)]
-    prompt_ids, attention = encode_prompts(tokenizer, texts, model.pad_token_id)
+    prompt_ids, attention = encode_prompts(tokenizer, posed.texts, model.pad_token_id)
     chosen = settings(args, defaults)
-    traj = generate(model, prompt_ids, attention_mask=attention, seed=[args.seed] * len(texts), record=True, **chosen)
+    seeds = [args.seed] * len(posed.texts)  # each problem sampled as if alone
+    traj = generate(model, prompt_ids, attention_mask=attention, seed=seeds, record=True, **chosen)
     answers = decode_answers(tokenizer, traj.answer_ids, model.eos_token_ids)
-    row, verdict = 0, None
-    if rows:
-        verdicts = [_grade(task, answer, r) for answer, r in zip(answers, rows, strict=True)]
-        row = next((i for i, v in enumerate(verdicts) if v.correct), 0) if args.problem is None else 0
-        verdict = verdicts[row]
+    verdicts = [_grade(posed.task, a, r) for a, r in zip(answers, posed.rows, strict=False)]
+    row = next((i for i, v in enumerate(verdicts) if v.correct), 0)  # the first one solved, when searching
+    verdict = verdicts[row] if verdicts else None
 
     console = Console(highlight=False)
-    if rows:
+    if posed.rows:
+        last = len(posed.rows) - 1
         how = "" if args.problem is not None else (
-            f" (the first of held-out problems 0-{len(rows) - 1} it solves; --problem N shows any)"
-            if verdict.correct else f" (it solves none of problems 0-{len(rows) - 1}; --problem N shows any)"
+            f" (the first of held-out problems 0-{last} it solves; --problem N shows any)"
+            if verdict.correct else f" (it solves none of problems 0-{last}; --problem N shows any)"
         )
-        console.print(f"[bold]{task} held-out problem {first + row}[/bold]{how}")
-    console.print(f"[bold]prompt[/bold] {escape(texts[row])}")
+        console.print(f"[bold]{posed.task} held-out problem {posed.first + row}[/bold]{how}")
+    console.print(f"[bold]prompt[/bold] {escape(posed.texts[row])}")
     console.print(
         f"[dim]decoding: {chosen['gen_length']} tokens in {chosen['steps']} steps, block {chosen['block_length']}, "
         f"{chosen['remasking']}, temperature {chosen['temperature']}[/dim]"
@@ -118,7 +133,7 @@ def run_sample(args: argparse.Namespace) -> int:
     console.print(f"forward passes: {int(traj.nfe[row])}")
     if args.save:
         frames = denoising_frames(traj, tokenizer, mask_token_id=model.mask_token_id, row=row)
-        page = denoising_html(frames, title=f"unmask sample: {args.model}", prompt=texts[row], footer=footer)
+        page = denoising_html(frames, title=f"unmask sample: {args.model}", prompt=posed.texts[row], footer=footer)
         console.print(f"wrote {save_page(args.save, page)}")
     return 0
 
