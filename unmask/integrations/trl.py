@@ -166,7 +166,6 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         policy = base if peft_config is None else get_peft_model(base, _scoped(peft_config, base))
 
         self.base_model = base
-        self.unmask_recipe = recipe
         self.objective: Objective = build_objective(
             recipe.algorithm, mask_token_id=base.mask_token_id, temperature=recipe.rollout.temperature,
             gen_length=recipe.rollout.max_completion_length,
@@ -221,11 +220,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         self.num_generations = args.num_generations
         self.num_generations_eval = args.num_generations_eval or args.num_generations
         self.num_iterations = args.num_iterations
-        self.max_completion_length = args.max_completion_length
-        self.temperature = args.temperature
-        self.beta = args.beta
         self.shuffle_dataset = args.shuffle_dataset
-        self.use_vllm = False
         self.use_adaptive_entropy = False
         self._step = 0
         self._buffered_inputs = None
