@@ -26,26 +26,27 @@ from unmask.rl.rollout import decode_answers, encode_prompts
 from unmask.rollouts.generate import generate
 from unmask.rollouts.render import denoising_frames, denoising_html, render_denoising
 
-#: used where neither the command line nor the checkpoint says
-FALLBACK = GenerationDefaults(gen_length=32, steps=32, temperature=0.0, remasking="low_confidence")
+#: answer length where neither the command line nor the checkpoint gives one
+FALLBACK_LENGTH = 32
 #: without --problem: the first of this many held-out problems the model solves is shown
 SEARCH = 16
 
 
 def settings(args: argparse.Namespace, defaults: GenerationDefaults) -> dict[str, Any]:
-    """Sampler settings: command line, then the checkpoint's generation config, then ``FALLBACK``."""
+    """Sampler settings: the command line's, else the checkpoint's generation config, else fallbacks.
 
-    def pick(name: str) -> Any:
-        for source in (getattr(args, name), getattr(defaults, name), getattr(FALLBACK, name)):
-            if source is not None:
-                return source
-        return None
-
-    gen_length = pick("gen_length")
-    block = args.block_length or (defaults.block_length if args.gen_length is None else None) or gen_length
+    The checkpoint's steps and block belong to its own answer length, so they apply only
+    when that length is used (Dream declares 512 steps but no length); the fallback is one
+    token per step in a single block, greedy, low-confidence remasking.
+    """
+    own = args.gen_length is None and defaults.gen_length is not None
+    gen_length = args.gen_length or defaults.gen_length or FALLBACK_LENGTH
+    steps = args.steps or (defaults.steps if own else None) or gen_length
+    block = args.block_length or (defaults.block_length if own else None) or gen_length
     return {
-        "gen_length": gen_length, "steps": pick("steps"), "block_length": min(block, gen_length),
-        "temperature": pick("temperature"), "remasking": pick("remasking"), "threshold": args.threshold,
+        "gen_length": gen_length, "steps": steps, "block_length": min(block, gen_length),
+        "temperature": next(t for t in (args.temperature, defaults.temperature, 0.0) if t is not None),
+        "remasking": args.remasking or defaults.remasking or "low_confidence", "threshold": args.threshold,
     }
 
 

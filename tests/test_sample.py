@@ -137,6 +137,22 @@ def test_command_line_beats_checkpoint_beats_fallback() -> None:
     assert settings(argparse.Namespace(**{**vars(none), "steps": 4}), shipped)["steps"] == 4
     fallback = settings(none, GenerationDefaults())
     assert (fallback["gen_length"], fallback["steps"], fallback["block_length"]) == (32, 32, 32)
+    longer = settings(argparse.Namespace(**{**vars(none), "gen_length": 64}), shipped)
+    assert (longer["steps"], longer["block_length"]) == (64, 64)  # the checkpoint's 16 steps belong to 16 tokens
     # eval: the checkpoint's length, steps and block unless the command line sets a length
     assert checkpoint_lengths(argparse.Namespace(**{**vars(none), "gen_length": None}), "tiny") == ([16], [16], 16)
     assert checkpoint_lengths(argparse.Namespace(**{**vars(none), "gen_length": "32"}), "tiny") == ([32], None, None)
+
+
+def test_real_llada_and_dream_generation_configs(shared_data: Path) -> None:
+    """The files LLaDA and Dream ship: Dream's 512 steps apply only with its own length, which it does not give."""
+    models = shared_data.parent / "models"
+    if not (models / "dream-v0-instruct-7b" / GENERATION_CONFIG).is_file():
+        pytest.skip(f"real model files not found in {models}")
+    dream = read_generation_defaults(models / "dream-v0-instruct-7b")
+    assert dream == GenerationDefaults(steps=512, temperature=0.0)
+    assert read_generation_defaults(models / "llada-8b-instruct") == GenerationDefaults()
+    none = argparse.Namespace(gen_length=None, steps=None, block_length=None, temperature=None, remasking=None,
+                              threshold=None)
+    chosen = settings(none, dream)
+    assert (chosen["gen_length"], chosen["steps"], chosen["temperature"]) == (32, 32, 0.0)
