@@ -207,3 +207,17 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path: Path) -> None:
     assert resumed[-1]["step"] == whole[-1]["step"] == 2
     for key in ("loss", "reward", "kl", "entropy"):
         assert resumed[-1][key] == pytest.approx(whole[-1][key], rel=1e-5, abs=1e-8), key
+
+
+@pytest.mark.slow
+def test_example_runs(tmp_path: Path) -> None:
+    """examples/trl_countdown.py end to end at toy size: it prints held-out accuracy before and after."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "trl_countdown.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--rl-steps", "1", "--limit", "32", "--out", str(tmp_path / "ex")],
+        capture_output=True, text=True, check=True, timeout=600,
+    ).stdout
+    assert re.search(r"before: \d+\.\d %", out) and re.search(r"after: +\d+\.\d %", out)
