@@ -145,10 +145,14 @@ def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
         DiffusionGRPOTrainer(MODEL, reward_funcs=countdown_reward, args=config(tmp_path, use_vllm=True), train_dataset=rows)
 
 
-def test_mdpo_objective_runs_through_trl(tmp_path: Path) -> None:
-    """An objective with its own batch preparation (per-step items, intermediate rewards) trains too."""
-    args = config(tmp_path, algorithm="mdpo", remasking="rcr", steps=8, max_steps=1, save_steps=0,
-                  save_strategy="no", algorithm_kwargs={"sample_train_steps": 2})
+@pytest.mark.parametrize(
+    ("algorithm", "extra"),
+    [("mdpo", {"remasking": "rcr", "steps": 8, "algorithm_kwargs": {"sample_train_steps": 2}}), ("igpo", {}), ("wd1", {})],
+)
+def test_other_objectives_run_through_trl(tmp_path: Path, algorithm: str, extra: dict[str, Any]) -> None:
+    """Objectives with their own batch preparation (MDPO's per-step items and intermediate rewards,
+    IGPO's hinted regeneration, wd1's weights) train through TRL too."""
+    args = config(tmp_path, algorithm=algorithm, max_steps=1, save_strategy="no", **extra)
     trainer = DiffusionGRPOTrainer(
         MODEL, reward_funcs=countdown_reward, args=args, train_dataset=Dataset.from_list(countdown_rows(8)),
         peft_config=LoraConfig(r=4, lora_alpha=8),
