@@ -189,7 +189,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             device=self.accelerator.device,
         )
         self._batch: TrainBatch | None = None
-        self._frozen: dict[str, list[list[Scores]]] = {}
+        self._frozen: dict[str, list[list[Scores | None]]] = {}
         self._keys: list[list[Any]] = []
 
     # -- set-up --------------------------------------------------------------
@@ -329,13 +329,14 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         assert self._batch is not None
         return self._batch.select(inputs["index"].cpu()).to(self.accelerator.device)
 
-    def _score_all(self, micro: list[TrainBatch], which: str) -> list[list[Scores]]:
-        varies = self.objective.estimator.varies_per_iteration
-        first = [self.frozen_scores(mb, self._keys[0][j], which) for j, mb in enumerate(micro)]
-        if not varies:
+    def _score_all(self, micro: list[TrainBatch], which: str) -> list[list[Scores | None]]:
+        def score(mb: TrainBatch, key: Any) -> Scores | None:
+            return self.frozen_scores(mb, key, which) if len(mb) else None
+
+        first = [score(mb, self._keys[0][j]) for j, mb in enumerate(micro)]
+        if not self.objective.estimator.varies_per_iteration:
             return [first] * self.num_iterations
-        rest = [[self.frozen_scores(mb, k, which) for mb, k in zip(micro, ks, strict=True)] for ks in self._keys[1:]]
-        return [first, *rest]
+        return [first, *[[score(mb, k) for mb, k in zip(micro, ks, strict=True)] for ks in self._keys[1:]]]
 
     @torch.no_grad()
     def frozen_scores(self, batch: TrainBatch, key: Any, which: str) -> Scores:
@@ -354,6 +355,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if return_outputs:
             raise ValueError("DiffusionGRPOTrainer does not return outputs")
         mb = self._micro(inputs)
+        if len(mb) == 0:  # an objective may keep no items (e.g. every group tied): nothing to learn, no NaN
+            return torch.zeros((), device=self.accelerator.device, requires_grad=True)
         mode = "train" if model.training else "eval"
         if mode == "train":
             i = (self._step // self.args.steps_per_generation) % self.num_iterations
