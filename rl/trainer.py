@@ -108,6 +108,18 @@ def lora_replica(factory: Callable[[], DiffusionLM], **lora: Any) -> nn.Module:
     return apply_lora(factory(), **lora)
 
 
+def micro_batch_loss(
+    objective: Objective, model: nn.Module, batch: TrainBatch, key: Any, old: Scores | None, ref: Scores | None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy's loss on one micro-batch: estimator scores under ``key``, then the objective's loss.
+
+    unmask's trainer and the TRL front end (``unmask.integrations.trl``) both call
+    this one function, so the two cannot drift apart.
+    """
+    scores = objective.estimator.token_logprobs(model, batch.traj, key)
+    return objective.loss(batch, scores, old, ref)
+
+
 class Trainer:
     def __init__(
         self,
@@ -226,10 +238,9 @@ class Trainer:
 
     # -- scoring ---------------------------------------------------------------
     def _scores(self, batch: TrainBatch, key: Any, which: str) -> Scores:
+        """Frozen scores: θ_old (``"old"``) or the reference (``"ref"``)."""
         estimator = self.objective.estimator
         self.forward_passes += estimator.passes_for(batch.traj)
-        if which == "policy":
-            return estimator.token_logprobs(self.model, batch.traj, key)
         with torch.no_grad():
             if which == "old":
                 return estimator.token_logprobs(self.model, batch.traj, key)
@@ -345,9 +356,10 @@ class Trainer:
             for window in windows:
                 items = max(1, sum(len(micro[j]) for j in window if j < real))
                 for j in window:
-                    scores = self._scores(micro[j], keys[i][j], "policy")
-                    loss, metrics = self.objective.loss(
-                        micro[j], scores, old[i][j] if old else None, ref[i][j] if ref else None
+                    self.forward_passes += self.objective.estimator.passes_for(micro[j].traj)
+                    loss, metrics = micro_batch_loss(
+                        self.objective, self.model, micro[j], keys[i][j], old[i][j] if old else None,
+                        ref[i][j] if ref else None,
                     )
                     if any_process(self.accelerator, not bool(torch.isfinite(loss))):
                         return self._abandon(rollback, {"loss": float("nan") if torch.isfinite(loss) else float(loss.detach())})
@@ -508,4 +520,4 @@ def train(
     return last
 
 
-__all__ = ["Trainer", "TrainingDiverged", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "micro_batch_loss", "train"]

@@ -73,6 +73,14 @@ class NativeConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         return {**self.extra, **values, "model_type": self.model_type}
 
+    def get_text_config(self, *args: Any, **kwargs: Any) -> NativeConfig:
+        """transformers' accessor for a model's text settings (its ``Trainer`` reads the special tokens here)."""
+        return self
+
+    def to_json_string(self) -> str:
+        """The config as JSON (transformers' logging integrations record it with the run)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
 
 class NativeLM(DiffusionLM):
     """A family implemented in unmask: embed → residual blocks → norm → LM head."""
@@ -222,8 +230,11 @@ class NativeLM(DiffusionLM):
         raise NotImplementedError
 
     # -- training switches ---------------------------------------------------
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None) -> None:
-        """Recompute block activations in backward (HF-compatible name, used by peft)."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None, **options: Any) -> None:
+        """Recompute block activations in backward (HF-compatible name, used by peft and transformers' Trainer).
+
+        Every block is recomputed; the Trainer's extra ``options`` (``every_n_layers``, ``offload``) are not used.
+        """
         self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
