@@ -147,7 +147,9 @@ def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("algorithm", "extra"),
-    [("mdpo", {"remasking": "rcr", "steps": 8, "algorithm_kwargs": {"sample_train_steps": 2}}), ("igpo", {}), ("wd1", {})],
+    [("mdpo", {"remasking": "rcr", "steps": 8, "algorithm_kwargs": {"sample_train_steps": 2}}), ("igpo", {}), ("wd1", {}),
+     ("spg", {"beta": 0.0, "algorithm_kwargs": {"mask_block_length": 4}}), ("espo", {}),
+     ("bgpo", {"beta": 0.0, "algorithm_kwargs": {"mc_samples": 2}})],
 )
 def test_other_objectives_run_through_trl(tmp_path: Path, algorithm: str, extra: dict[str, Any]) -> None:
     """Objectives with their own batch preparation (MDPO's per-step items and intermediate rewards,
