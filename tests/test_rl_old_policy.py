@@ -29,7 +29,8 @@ def spy(trainer: Trainer) -> list[dict]:
 @pytest.mark.parametrize("name", ["diffu_grpo", "mdpo", "igpo"])
 def test_second_optimizer_step_on_one_batch_sees_ratios_and_clipping(tmp_path, name):
     # 2 prompts x 2 answers in micro-batches of 2 (MDPO: x 2 steps): several optimizer steps per rollout
-    r = recipe(tmp_path, name, algorithm={"num_iterations": 1, "epsilon": 1e-3},
+    graded = {"step_reward": "reward"} if name == "mdpo" else {}  # the digit reward's shades, not 0/1
+    r = recipe(tmp_path, name, algorithm={"num_iterations": 1, "epsilon": 1e-3, **graded},
                optim={"gradient_accumulation_steps": 1})
     trainer = Trainer(r, model_factory=make_model, rows=ROWS)
     before = {k: v.clone() for k, v in trainable_state(trainer.unwrapped).items()}

@@ -43,7 +43,7 @@ def recipe(tmp_path, name: str, **sections):
                     "steps": 4, "block_length": 8, "temperature": 1.0,
                     "remasking": "rcr" if name == "mdpo" else "low_confidence"},
         "algorithm": {"name": name, "num_iterations": 2, "correct_threshold": 0.3,
-                      **({"sample_train_steps": 2, "step_reward": "reward"} if name == "mdpo" else {})},
+                      **({"sample_train_steps": 2} if name == "mdpo" else {})},
         "rewards": {"functions": [{"name": "test_trainer:digit_reward"}], "num_workers": 0},
         "optim": {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 2,
                   "gradient_accumulation_steps": 2},
