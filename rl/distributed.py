@@ -26,6 +26,7 @@ def any_process(accelerator: Accelerator, flag: bool) -> bool:
 
 
 def max_over_processes(accelerator: Accelerator, value: int) -> int:
+    """The largest ``value`` of any process (e.g. micro-batch counts, padded up to it)."""
     if accelerator.num_processes == 1:
         return value
     return int(accelerator.gather(torch.tensor([value], device=accelerator.device)).max().item())
