@@ -11,11 +11,13 @@ reference are scored before the first update, with the same estimator keys the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ from unmask.rl.logging import MetricsLogger, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 from unmask.rl.stream import PromptStream
+from unmask.rollouts import Trajectory
+from unmask.rollouts.pool import PendingRollout
 
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 MAX_BAD_STEPS = 3
@@ -161,6 +165,15 @@ class Trainer:
         self.bad_steps = 0
         self.timings: dict[str, float] = {}
         self.forward_passes = 0
+        if r.overlap and (self.pool is None or self.pool.num_workers == 0):
+            raise UserError(
+                "rollout.overlap: true needs Ray rollout actors (ray.address set and ray.num_workers >= 1): "
+                "they generate the next step while this process updates; set rollout.overlap: false otherwise"
+            )
+        #: overlap: the next step's submitted rollout, with the adapter that generates it
+        self._next: NextRollout | None = None
+        #: overlap: the adapter the batch being trained on was sampled with (θ_old), or None (θ_old = θ)
+        self._behaviour: dict[str, torch.Tensor] | None = None
 
     # -- set-up ----------------------------------------------------------------
     def _policy(self, base: DiffusionLM) -> tuple[nn.Module, nn.Module | None]:
@@ -225,7 +238,8 @@ class Trainer:
             return estimator.token_logprobs(self.model, batch.traj, key)
         with torch.no_grad():
             if which == "old":
-                return estimator.token_logprobs(self.model, batch.traj, key)
+                with self._rollout_policy():
+                    return estimator.token_logprobs(self.model, batch.traj, key)
             if self.reference is not None:
                 return estimator.token_logprobs(self.reference, batch.traj, key)
             with self.unwrapped.disable_adapter():
@@ -254,19 +268,62 @@ class Trainer:
         rest = [[self._scores(mb, k, which) for mb, k in zip(micro, ks, strict=True)] for ks in keys[1:]]
         return [first, *rest]
 
+    @contextlib.contextmanager
+    def _rollout_policy(self) -> Iterator[None]:
+        """Score with the adapter the batch was sampled with (overlap: one update behind), then restore θ."""
+        if self._behaviour is None:
+            yield
+            return
+        params = {name: p for name, p in self.unwrapped.named_parameters() if p.requires_grad}
+        current = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self._behaviour[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(current[name])
+
     # -- one RL step -------------------------------------------------------------
-    def rollout(self) -> tuple[Rollout, dict[str, float]]:
+    def _rollout_inputs(self, step: int) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor, int]:
+        """``(rows, prompt_ids, attention_mask, sampler seed)`` of an RL step (each answer its own row)."""
         r, group = self.recipe.rollout, self.recipe.rollout.num_generations
         acc = self.accelerator  # each training process rolls out its own share of the step's prompts
-        start = self.data_position + acc.process_index * r.prompts_per_step
+        start = step * r.prompts_per_step * acc.num_processes + acc.process_index * r.prompts_per_step
         rows = [row for row in self.stream.take(start, r.prompts_per_step) for _ in range(group)]
         base = self.base_model
         texts = [base.format_prompt(row["prompt"]) if self.recipe.data.chat_template else row["prompt"] for row in rows]
         prompt_ids, attention = encode_prompts(base.tokenizer, texts, base.pad_token_id)
-        self.rollouts.seed = derive_seed(self.recipe.seed, self.step, 1 << 20)
-        traj = self.rollouts.generate(prompt_ids, attention)
+        return rows, prompt_ids, attention, derive_seed(self.recipe.seed, step, 1 << 20)
+
+    def _submit(self, step: int) -> NextRollout:
+        """Start ``step``'s rollout on the actors with the current adapter (overlap)."""
+        rows, prompt_ids, attention, seed = self._rollout_inputs(step)
+        pending = self.pool.submit(**self.rollouts.sample_kwargs(prompt_ids, attention, None, seed))
+        adapter = {name: value.clone() for name, value in trainable_state(self.unwrapped).items()}  # not a view of θ
+        return NextRollout(step, rows, seed, pending, adapter)
+
+    def _sample(self) -> tuple[list[dict[str, Any]], Trajectory, int]:
+        """This step's rows, trajectories and seed: sampled now, or (overlap) collected from the actors,
+        which then start the next step's rollout with the adapter this step updates."""
+        if not self.recipe.rollout.overlap:
+            rows, prompt_ids, attention, seed = self._rollout_inputs(self.step)
+            self.rollouts.seed = seed
+            return rows, self.rollouts.generate(prompt_ids, attention), seed
+        submitted = self._next if self._next is not None and self._next.step == self.step else self._submit(self.step)
+        traj = self._timed("rollout", self.pool.collect)(submitted.pending)
+        self._behaviour = submitted.adapter
+        self._next = self._submit(self.step + 1) if self.step + 1 < self.recipe.optim.max_steps else None
+        self.rollouts.seed = submitted.seed
+        return submitted.rows, traj, submitted.seed
+
+    def rollout(self) -> tuple[Rollout, dict[str, float]]:
+        group = self.recipe.rollout.num_generations
+        rows, traj, seed = self._sample()
         result = self.rollouts.score(traj, rows)
-        rollout = Rollout(traj, rows, result.rewards, result.correct, group, seed=self.rollouts.seed)
+        rollout = Rollout(traj, rows, result.rewards, result.correct, group, seed=seed)
         answer_tokens = float(traj.answer_mask.sum())
         metrics = {
             "reward": float(result.rewards.mean()),
@@ -287,7 +344,7 @@ class Trainer:
             return {"skipped": 1.0, "empty_batch": 1.0}
         micro = self._micro_batches(batch)
         keys = self._keys(micro)
-        old = self._frozen(micro, keys, "old") if self.objective.needs_old else None
+        old = self._frozen(micro, keys, "old") if self.objective.needs_old or self._behaviour is not None else None
         ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
         accumulate = self.recipe.optim.gradient_accumulation_steps
         windows = [list(range(i, min(i + accumulate, len(micro)))) for i in range(0, len(micro), accumulate)]
@@ -338,8 +395,8 @@ class Trainer:
         metrics.update(self.update(batch))
         if not metrics["skipped"]:
             self.scheduler.step()  # the schedule counts optimizer updates, not skipped steps
-        if self.pool is not None:
-            self.pool.update_adapter(trainable_state(self.unwrapped), self.step + 1)
+        if self.pool is not None:  # with overlap the actors load it after the rollout they are running
+            self.pool.update_adapter(trainable_state(self.unwrapped), self.step + 1, wait=not self.recipe.rollout.overlap)
         total = time.perf_counter() - began
         metrics.update({
             "lr": self.scheduler.get_last_lr()[0],
@@ -410,6 +467,17 @@ class Trainer:
             self.runner.close()
             if self.pool is not None and self.owns_pool:
                 self.pool.shutdown()
+
+
+@dataclass
+class NextRollout:
+    """A rollout submitted ahead (overlap): its step, rows, seed, pending result and sampling adapter."""
+
+    step: int
+    rows: list[dict[str, Any]]
+    seed: int
+    pending: PendingRollout
+    adapter: dict[str, torch.Tensor]
 
 
 def _describe(metrics: dict[str, float]) -> str:

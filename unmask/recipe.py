@@ -98,6 +98,9 @@ class RolloutConfig(Section):
     cache: Literal["none", "prompt", "prefix", "dual"] = "none"
     #: with a cache, every ``cache_refresh``-th step of a block runs the full canvas (0: only the first)
     cache_refresh: NonNegInt = 0
+    #: Ray actors roll out step k+1 with step k's adapter while the trainer updates on step k
+    #: (one step off-policy; θ_old is the rollout policy, so the importance ratio corrects it)
+    overlap: bool = False
 
     @model_validator(mode="after")
     def _blocks(self) -> RolloutConfig:
