@@ -111,7 +111,8 @@ class StepForward:
             return None
         stale = self.refresh and self._age >= self.refresh - 1 and self.mode != "prompt"
         if stale or self._cache is None or self._cache_rows is None or not torch.isin(rows, self._cache_rows).all():
-            self._cache, self._cache_rows, self._filled, self._age = self.model.new_cache(), rows, answer, 0
+            cache = self.model.new_cache(keep_hidden=self.mode != "prompt")  # prompt mode reads only answer columns
+            self._cache, self._cache_rows, self._filled, self._age = cache, rows, answer, 0
             return None
         self._age += 1
         if not torch.equal(rows, self._cache_rows):
@@ -156,7 +157,7 @@ class StepForward:
     def _outputs(self, columns: torch.Tensor | None, read: torch.Tensor) -> int | None:
         """Columns the model's last block outputs (``NativeLM._last_queries``); ``None``: all it ran."""
         if columns is None:
-            return None if self.mode != "none" else len(read)  # a cache fill keeps every column
+            return None if self.mode not in ("none", "prompt") else len(read)  # a dual/prefix fill keeps every column
         inside = int(torch.isin(read, columns).sum())
         return inside or None
 

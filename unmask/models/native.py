@@ -151,10 +151,12 @@ class NativeLM(DiffusionLM):
             None if cache is None else cache.hooks(columns),
             queries,
         )
-        if cache is not None:
+        if cache is not None and cache.keep_hidden:
             hidden = cache.final_hidden(hidden, columns if queries is None else read)
         elif queries is not None:
             sources = torch.searchsorted(read, sources.contiguous())
+        elif columns is not None and sources is not None:  # the computed columns only, nothing stored
+            sources = torch.searchsorted(columns, sources.contiguous())
         if sources is not None:
             hidden = hidden.gather(1, sources[..., None].expand(-1, -1, hidden.shape[-1]))
         return self.head(hidden if select is None else hidden[select])
@@ -176,7 +178,7 @@ class NativeLM(DiffusionLM):
         column's final state); a cached partial forward refreshes the final state of
         the read columns only, the others are never read before the next fill.
         """
-        if sources is None or torch.is_grad_enabled() or (cache is not None and columns is None):
+        if sources is None or torch.is_grad_enabled() or (cache is not None and cache.keep_hidden and columns is None):
             return None, None
         computed = torch.arange(length, device=device) if columns is None else columns
         wanted = torch.unique(sources)
@@ -234,9 +236,12 @@ class NativeLM(DiffusionLM):
         first = (index if mask is None else positions_from_mask(mask))[:, cols] == 0
         return torch.where(first, cols, cols - self.logit_shift)
 
-    def new_cache(self) -> KVCache:
-        """An empty cache for this model's blocks (a forward with ``columns=None`` fills it)."""
-        return KVCache(len(self.blocks))
+    def new_cache(self, keep_hidden: bool = True) -> KVCache:
+        """An empty cache for this model's blocks (a forward with ``columns=None`` fills it).
+
+        ``keep_hidden=False``: the caller reads logits only at columns it recomputes.
+        """
+        return KVCache(len(self.blocks), keep_hidden)
 
     @property
     def dims(self) -> Dims:
