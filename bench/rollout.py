@@ -47,9 +47,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # approximate combinations on top of the exact fast path (issue 22: >= 10x at <= 1 point)
     "exact fast + threshold 0.9 + early exit": {"threshold": 0.9, "early_exit": True},
     "exact fast + threshold 0.8 + early exit": {"threshold": 0.8, "early_exit": True},
+    "exact fast + threshold 0.75 + early exit": {"threshold": 0.75, "early_exit": True},
     "exact fast + threshold 0.7 + early exit": {"threshold": 0.7, "early_exit": True},
     "exact fast + threshold 0.6 + early exit": {"threshold": 0.6, "early_exit": True},
     "exact fast + threshold 0.5 + early exit": {"threshold": 0.5, "early_exit": True},
+    "exact fast + margin threshold 0.7 + early exit": {"remasking": "margin", "threshold": 0.7, "early_exit": True},
+    "exact fast + margin threshold 0.5 + early exit": {"remasking": "margin", "threshold": 0.5, "early_exit": True},
+    "delayed cache + threshold 0.9 + early exit": {"cache": "delayed", "threshold": 0.9, "early_exit": True},
+    "delayed cache + threshold 0.8 + early exit": {"cache": "delayed", "threshold": 0.8, "early_exit": True},
     "exact fast + threshold 0.3 + early exit": {"threshold": 0.3, "early_exit": True},
     # the other decoding strategies, same cost model as the reference (issue 4's table)
     "random remasking": {"remasking": "random", "partial_head": False},
