@@ -1,66 +1,180 @@
-"""Learning benchmark: MDPO, diffu-GRPO (one-step and trajectory-replay estimators), IGPO and wd1 on the tiny Countdown model.
+"""Learning benchmark: MDPO, diffu-GRPO (one-step, trajectory replay), IGPO, wd1, SPG, ESPO and BGPO on tiny Countdown.
 
 Every variant runs its shipped recipe (``recipes/tiny/countdown_*.yaml``) from the
-same model, seed and step budget, and is evaluated greedily (one token per step)
-on the same held-out problems every ``--every`` steps. The table shows held-out
-accuracy after equal numbers of gradient updates and after equal training wall
-time (the shortest run's; evaluation time excluded): the toolkit's own version
-of the papers' comparison.
+same model and step budget, for each seed, and is evaluated greedily at one and at
+two tokens per step on the same held-out problems every ``--every`` steps. Each run
+writes ``OUT/ALGORITHM-seedS.json`` (curve, per-problem answers, KL, weight change),
+so runs can be spread over processes and tabulated together afterwards:
 
-    python bench/learning.py --steps 20 --every 5 --limit 300 --seed 0
+    python bench/learning.py --steps 80 --every 20 --seeds 0,1,2 --algorithms mdpo
+    python bench/learning.py --report --out runs/bench-learning
 
-``--set KEY=VALUE …`` overrides every recipe alike (e.g. the default run's
-``optim.learning_rate=1e-3 rollout.num_generations=16``), so the objectives can be
-compared at one shared RL setting rather than at each recipe's own.
+The report gives, per run, the held-out gain with its paired-bootstrap 95 % interval
+over problems; per objective, the mean gain over seeds with its 95 % t-interval;
+and MDPO's own claim on this task: accuracy after equal numbers of optimizer
+updates, and the updates each objective needed to reach the best final accuracy of
+the others. ``--set KEY=VALUE …`` overrides every recipe alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import statistics
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from unmask.evaluation import evaluate, paired_bootstrap
 from unmask.recipe import load_recipe
+from unmask.rl.checkpoint import trainable_state
 from unmask.rl.trainer import Trainer
-from unmask.run import eval_rows, greedy_eval_fn, model_factory, training_rows
+from unmask.run import eval_rows, eval_settings, model_factory, training_rows
 
-ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory")
+ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory", "spg", "espo", "bgpo")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+#: two-sided 95 % Student-t quantiles by degrees of freedom (seeds − 1)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
-Curve = list[tuple[int, float, float]]  # (step, training seconds so far, accuracy)
+
+def greedy_accuracy(model: Any, recipe: Any, rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per-problem correctness at each greedy setting of the recipe (``greedy N tok/step``)."""
+    settings = {name: s for name, s in eval_settings(recipe).items() if name.startswith("greedy")}
+    result = evaluate(model, rows, recipe.data.task, list(settings.values()), batch_size=recipe.eval.batch_size,
+                      seed=recipe.seed, chat_template=recipe.data.chat_template)
+    by_label = {s.label: name for name, s in settings.items()}
+    out: dict[str, list[float]] = {name: [] for name in settings}
+    for record in sorted(result.records, key=lambda r: r["problem"]):
+        out[by_label[record["setting"]]].append(float(record["correct"]))
+    return out
 
 
-def run(algorithm: str, args: argparse.Namespace) -> Curve:
-    """Train one algorithm; held-out accuracy at step 0 and every ``--every`` steps."""
+def start_accuracy(model: Any, recipe: Any, rows: list[dict[str, Any]], out: Path) -> dict[str, list[float]]:
+    """The start model's greedy answers, evaluated once per output folder: greedy decoding of one
+    model on one problem set gives the same answers for every objective and seed."""
+    cache = out / f"start-{recipe.model.name_or_path.replace(':', '_').replace('/', '_')}-{len(rows)}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result = greedy_accuracy(model, recipe, rows)
+    write_json(result, cache)
+    return result
+
+
+def weight_change(start: dict[str, torch.Tensor], model: Any) -> float:
+    """L2 norm of the trainable parameters' change since ``start``."""
+    now = trainable_state(model)
+    return math.sqrt(sum(float((now[k] - v).pow(2).sum()) for k, v in start.items()))
+
+
+def run(algorithm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one objective on one seed; held-out greedy accuracy at step 0 and every ``--every`` steps."""
     recipe = load_recipe(
         RECIPES / f"countdown_{algorithm}.yaml",
         [
-            f"seed={args.seed}", f"optim.max_steps={args.steps}", f"eval.limit={args.limit}",
-            f"eval.every={args.every}", f"output_dir={args.out}/{algorithm}",
-            "logging.progress=false", "logging.plot=false", "checkpoint.save_final=false", *args.set,
+            f"seed={seed}", f"optim.max_steps={args.steps}", f"eval.limit={args.limit}", "eval.every=0",
+            f"output_dir={args.out}/{algorithm}-seed{seed}", "logging.progress=false",
+            "checkpoint.save_final=false", *args.set,
         ],
     )  # fmt: skip
     rows = eval_rows(recipe)
-    evaluate = greedy_eval_fn(recipe, rows)
     factory = model_factory(recipe.model)
-    curve: Curve = [(0, 0.0, next(iter(evaluate(factory(), 0).values())))]
-    trainer = Trainer(recipe, eval_fn=evaluate, model_factory=factory, rows=training_rows(recipe, rows))
-    seconds, began = 0.0, time.perf_counter()
+    trainer = Trainer(recipe, model_factory=factory, rows=training_rows(recipe, rows))
+    start = {k: v.clone() for k, v in trainable_state(trainer.unwrapped).items()}
+    first = start_accuracy(trainer.unwrapped, recipe, rows, Path(args.out))
+    curve = [{"step": 0, "updates": 0, "seconds": 0.0, "weight_change": 0.0,
+              **{name: statistics.mean(v) for name, v in first.items()}}]
+    updates, seconds, kl, last = 0, 0.0, [], first
     for metrics in trainer.steps():
+        updates += int(metrics.get("optimizer_steps", 0))
         seconds += metrics["time/step"]
-        accuracy = [v for k, v in metrics.items() if k.startswith("eval/")]
-        if accuracy:
-            curve.append((trainer.step, seconds, accuracy[0]))
-    print(f"{algorithm}: {args.steps} steps in {time.perf_counter() - began:.0f} s", flush=True)
-    return curve
+        kl.append(metrics.get("kl", 0.0))
+        if trainer.step % args.every == 0 or trainer.step == args.steps:
+            last = greedy_accuracy(trainer.unwrapped, recipe, rows)
+            curve.append({"step": trainer.step, "updates": updates, "seconds": seconds,
+                          "weight_change": weight_change(start, trainer.unwrapped),
+                          **{name: statistics.mean(v) for name, v in last.items()}})
+    print(f"{algorithm} seed {seed}: {args.steps} steps, {updates} updates, {seconds:.0f} s training", flush=True)
+    return {"algorithm": algorithm, "seed": seed, "steps": args.steps, "overrides": args.set, "curve": curve,
+            "kl": kl, "before": first, "after": last}
 
 
-def at_time(curve: Curve, budget: float) -> float:
-    """Accuracy of the last evaluation reached within ``budget`` training seconds."""
-    return [acc for _, seconds, acc in curve if seconds <= budget + 1e-9][-1]
+def write_json(value: Any, target: Path) -> None:
+    """Atomically: several benchmark processes may share one output folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(value, handle)
+    os.replace(tmp, target)
+
+
+def interval(values: list[float]) -> str:
+    """Mean and 95 % t-interval over seeds, in points."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:+.1f}"
+    half = T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+
+
+def report(out: Path) -> None:
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*-seed*.json"))]
+    if not results:
+        raise SystemExit(f"no results in {out}")
+    console = Console(width=220)
+    settings = list(results[0]["before"])
+    runs = Table(title=f"held-out greedy accuracy (%), per run ({len(results[0]['before'][settings[0]])} problems)")
+    for column in ("algorithm", "seed", *settings, "updates", "KL (last 10)", "weight change", "train s"):
+        runs.add_column(column, no_wrap=True)
+    gains: dict[str, dict[str, list[float]]] = {}
+    for r in results:
+        cells = []
+        for name in settings:
+            ci = paired_bootstrap(r["before"][name], r["after"][name], seed=r["seed"])
+            before, after = 100 * statistics.mean(r["before"][name]), 100 * statistics.mean(r["after"][name])
+            cells.append(f"{before:.1f} → {after:.1f} ({100 * ci.diff:+.1f} [{100 * ci.low:+.1f}, {100 * ci.high:+.1f}])")
+            gains.setdefault(r["algorithm"], {}).setdefault(name, []).append(100 * ci.diff)
+        end = r["curve"][-1]
+        kl = r["kl"][-10:]
+        runs.add_row(r["algorithm"], str(r["seed"]), *cells, str(end["updates"]), f"{statistics.mean(kl):.4f}",
+                     f"{end['weight_change']:.2f}", f"{end['seconds']:.0f}")
+    console.print(runs)
+    summary = Table(title="mean gain over seeds, points [95 % t-interval]")
+    for column in ("algorithm", "seeds", *settings):
+        summary.add_column(column, no_wrap=True)
+    for algorithm, per_setting in gains.items():
+        seeds = len(next(iter(per_setting.values())))
+        summary.add_row(algorithm, str(seeds), *[interval(per_setting[name]) for name in settings])
+    console.print(summary)
+    claim(results, settings, console)
+
+
+def claim(results: list[dict[str, Any]], settings: list[str], console: Console) -> None:
+    """MDPO's claim: accuracy at equal optimizer updates, and updates to reach the others' best."""
+    curves: dict[str, list[list[dict[str, Any]]]] = {}
+    for r in results:
+        curves.setdefault(r["algorithm"], []).append(r["curve"])
+    if "mdpo" not in curves or len(curves) < 2:
+        return
+    fewest = min(c[-1]["updates"] for runs in curves.values() for c in runs)
+    table = Table(title=f"at equal optimizer updates (≤ {fewest}), mean over seeds, %")
+    for column in ("algorithm", *settings, "updates to reach the best other's final (1st setting)"):
+        table.add_column(column, no_wrap=True)
+    final = {a: statistics.mean(c[-1][settings[0]] for c in runs) for a, runs in curves.items()}
+    for algorithm, runs in curves.items():
+        at = [[p for p in c if p["updates"] <= fewest][-1] for c in runs]
+        target = max(v for a, v in final.items() if a != algorithm)
+        reached = [next((p["updates"] for p in c if p[settings[0]] >= target), None) for c in runs]
+        shown = ", ".join("never" if u is None else str(u) for u in reached)
+        table.add_row(algorithm, *[f"{100 * statistics.mean(p[name] for p in at):.1f}" for name in settings],
+                      f"{100 * target:.1f}: {shown}")
+    console.print(table)
 
 
 def main() -> None:
@@ -68,25 +182,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--limit", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma list, e.g. 0,1,2")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--out", default="runs/bench-learning")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
+    parser.add_argument("--report", action="store_true", help="only tabulate the results already in --out")
     args = parser.parse_args()
-    curves = {name: run(name, args) for name in args.algorithms.split(",")}
-    budget = min(curve[-1][1] for curve in curves.values())
-    steps = [step for step, _, _ in next(iter(curves.values()))]
-    overrides = f", {' '.join(args.set)}" if args.set else ""
-    table = Table(title=f"held-out greedy accuracy (%), {args.limit} problems, seed {args.seed}{overrides}")
-    table.add_column("algorithm", no_wrap=True)
-    for step in steps:
-        table.add_column(f"step {step}", justify="right")
-    table.add_column(f"at {budget:.0f} s", justify="right")
-    table.add_column("s/step", justify="right")
-    for name, curve in curves.items():
-        cells = [f"{100 * acc:.1f}" for _, _, acc in curve]
-        table.add_row(name, *cells, f"{100 * at_time(curve, budget):.1f}", f"{curve[-1][1] / args.steps:.1f}")
-    Console().print(table)
+    out = Path(args.out)
+    if not args.report:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for algorithm in args.algorithms.split(","):
+                began = time.perf_counter()
+                write_json(run(algorithm, seed, args), out / f"{algorithm}-seed{seed}.json")
+                print(f"  ({time.perf_counter() - began:.0f} s with evaluations)", flush=True)
+    report(out)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def measure_random(
 
 
 def markdown(title: str, gen_length: int, results: dict[str, Measured]) -> str:
-    """The README table: speed and cost as ratios to the reference, agreement with it."""
+    """The docs/measurements.md table: speed and cost as ratios to the reference, agreement with it."""
     ref = results["reference"]
     graded = ref.accuracy is not None
     header = ["setting", "tokens/s", "× ref", "GFLOPs/answer", "FLOPs ÷ ref", "NFE/answer", "token match %"]

@@ -22,11 +22,13 @@ MAX_CHARS = 200
 MAX_DIGITS = 6
 
 _REPLACEMENTS = (
-    ("\\times", "*"), ("\\cdot", "*"), ("×", "*"), ("·", "*"), ("∗", "*"),
-    ("\\div", "/"), ("÷", "/"), ("−", "-"), ("–", "-"),
+    ("\\times", "*"), ("\\cdot", "*"), ("\\ast", "*"), ("×", "*"), ("·", "*"), ("⋅", "*"),
+    ("∗", "*"), ("\\div", "/"), ("÷", "/"), ("∕", "/"), ("−", "-"), ("–", "-"), ("—", "-"),
     ("\\left", ""), ("\\right", ""), ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""),
-    ("$", ""),
+    ("\\,", " "), ("\\;", " "), ("\\:", " "), ("\\!", ""), ("\\ ", " "), ("$", ""),
+    ("{", "("), ("}", ")"), ("[", "("), ("]", ")"),
 )  # fmt: skip
+_FRAC = re.compile(r"\\[dt]?frac(?![a-zA-Z])")
 _TOKEN = re.compile(r"\d+|[-+*/()=]|\s+|.", re.S)
 
 
@@ -97,8 +99,36 @@ class _Parser:
         return Fraction(value)
 
 
+def _group(text: str, start: int) -> int:
+    """End (exclusive) of the LaTeX argument at ``start``: a balanced ``{…}`` or one character."""
+    if start >= len(text):
+        raise ValueError("\\frac without its arguments")
+    if text[start] != "{":
+        return start + 1
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i + 1
+    raise ValueError("unbalanced braces")
+
+
+def _expand_fracs(text: str) -> str:
+    """``\\frac{a}{b}`` (also ``\\dfrac``, ``\\tfrac``, ``\\frac12``) → ``(a)/(b)``."""
+    while (match := _FRAC.search(text)) is not None:
+        num_start = match.end()
+        num_end = _group(text, num_start)
+        den_end = _group(text, num_end)
+        numerator, denominator = text[num_start:num_end], text[num_end:den_end]
+        text = f"{text[: match.start()]}({numerator})/({denominator}){text[den_end:]}"
+    return text
+
+
 def normalise(expression: str) -> str:
-    """Map LaTeX/unicode operators to ``+ - * /`` and drop math delimiters."""
+    """Map LaTeX/unicode operators to ``+ - * /``, fractions to divisions and braces to
+    parentheses, and drop math delimiters and LaTeX spacing. Raises ValueError on a
+    malformed ``\\frac``."""
+    expression = _expand_fracs(expression)
     for old, new in _REPLACEMENTS:
         expression = expression.replace(old, new)
     return expression.strip().rstrip(".")
@@ -110,6 +140,8 @@ def evaluate(expression: str) -> tuple[Fraction | None, list[int], Fraction | No
     The value is None after a division by zero. Raises ValueError naming the problem if
     the text is not an arithmetic expression of the allowed form.
     """
+    if len(expression) > 2 * MAX_CHARS:  # before normalising: bounds its work too
+        raise ValueError(f"expression longer than {MAX_CHARS} characters")
     text = normalise(expression)
     if not text:
         raise ValueError("empty expression")
@@ -157,9 +189,14 @@ def _reference(nums: str | list | tuple, target: str | int) -> tuple[list[int], 
 
 
 def extract_countdown_answer(completion: str) -> str | None:
-    """The ``<answer>`` block's content, else the last box's."""
+    """The expression a completion commits to: the last box inside the ``<answer>`` block
+    (``<answer>\\boxed{a + b}</answer>`` as d1's prompt asks), else the block itself,
+    else (no block, or an empty one) the last box anywhere."""
     block = answer_tag(completion)
-    return block if block is not None else last_boxed(completion)
+    if block:
+        boxed = last_boxed(block)
+        return boxed.strip() if boxed and boxed.strip() else block
+    return last_boxed(completion)
 
 
 def grade_countdown(

@@ -12,8 +12,12 @@ from typing import Any
 
 from . import formats
 from .graders import grade
+from .mathgrade import quick_grade_math
 from .registry import register
-from .result import RewardConfigError
+from .result import GradeResult, RewardConfigError
+
+#: built-in rewards whose work per item is a bounded string scan: no worker needed
+BOUNDED_REWARDS = ("format_strict", "format_soft", "boxed", "int_answer", "xmlcount")
 
 _TASK_COLUMNS = {
     "math": ("answer",),
@@ -21,6 +25,8 @@ _TASK_COLUMNS = {
     "countdown": ("nums", "target"),
     "sudoku": ("puzzle", "solution"),
 }
+#: built-in rewards that are one task grader each (the runner reads their verdicts)
+TASK_REWARDS = tuple(_TASK_COLUMNS)
 
 
 def completion_text(completion: Any) -> str:
@@ -56,6 +62,22 @@ def _grade_all(task: str, completions: Sequence, columns: Mapping, **options: An
         grade(task, completion_text(c), **row, **options).score
         for c, row in zip(completions, rows, strict=True)
     ]
+
+
+def grade_one(task: str, completion: Any, columns: Mapping[str, Any], **options: Any) -> GradeResult:
+    """The full verdict behind the ``task`` reward's score for one item (the runner reads
+    its ``error`` to report why completions found no answer)."""
+    (row,) = _reference_rows(task, 1, {k: [v] for k, v in columns.items()})
+    return grade(task, completion_text(completion), **row, **options)
+
+
+def quick_one(task: str, completion: Any, columns: Mapping[str, Any], **options: Any) -> GradeResult | None:
+    """``grade_one`` where it is cheap and bounded (every task but MATH always; MATH when
+    ``quick_grade_math`` decides without sympy), else None: the item needs a worker."""
+    if task != "math":
+        return grade_one(task, completion, columns, **options)
+    (row,) = _reference_rows(task, 1, {k: [v] for k, v in columns.items()})
+    return quick_grade_math(completion_text(completion), answer=row["answer"])
 
 
 def _task_reward(task: str) -> None:

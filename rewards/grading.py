@@ -1,7 +1,8 @@
 """Evaluation verdicts for a batch, with a per-item deadline wherever a grader can hang.
 
 ``grade()`` hands MATH answers to sympy, and a hostile one (``\\boxed{9^{9^{9^{9}}}}``)
-keeps it busy for good. ``Grader`` sends such tasks to a ``WorkerPool`` (started on
+keeps it busy for good. ``Grader`` decides what it can without sympy in this process
+(``quick_grade_math``) and sends the rest to a ``WorkerPool`` (started on
 first need, reused across batches) that kills a worker at the deadline: the item is
 then wrong, with ``timed_out`` set. Graders whose work per item is bounded run in
 this process and save the pool's start-up.
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .graders import GRADERS, grade
+from .mathgrade import quick_grade_math
 from .pool import LazyWorkerPool, OwnsWorkerPool, WorkerPool
 from .result import GradeResult
 from .worker import Handler, Outcome, error_outcome
@@ -29,6 +31,15 @@ def grade_outcome(task: str, completion: str, reference: Mapping[str, Any]) -> O
         return ("ok", grade(task, completion, **reference))
     except Exception as exc:  # a grader bug on one answer must not stop an evaluation
         return error_outcome(exc)
+
+
+def quick_outcome(task: str, completion: str, reference: Mapping[str, Any]) -> Outcome | None:
+    """The MATH verdict where ``quick_grade_math`` reaches it without sympy, else None."""
+    try:
+        result = quick_grade_math(completion, **reference) if task == "math" else None
+    except Exception as exc:  # as grade_outcome: one bad item must not stop an evaluation
+        return error_outcome(exc)
+    return None if result is None else ("ok", result)
 
 
 def grade_handler() -> Handler:
@@ -78,11 +89,15 @@ class Grader(OwnsWorkerPool):
             raise ValueError(f"{len(completions)} completions but {len(references)} references")
         check_references(task, references)
         jobs = [(task, c, dict(r)) for c, r in zip(completions, references, strict=True)]
-        if task in IN_PROCESS_TASKS or not jobs:
-            outcomes = [grade_outcome(*job) for job in jobs]
-        else:
-            outcomes, _ = self.pool.run(jobs, self.deadline_s)
-        return [self._result(outcome) for outcome in outcomes]
+        if task in IN_PROCESS_TASKS:
+            return [self._result(grade_outcome(*job)) for job in jobs]
+        outcomes = [quick_outcome(*job) for job in jobs]
+        remote = [k for k, outcome in enumerate(outcomes) if outcome is None]
+        if remote:
+            pooled, _ = self.pool.run([jobs[k] for k in remote], self.deadline_s)
+            for k, outcome in zip(remote, pooled, strict=True):
+                outcomes[k] = outcome
+        return [self._result(outcome) for outcome in outcomes if outcome is not None]
 
     def _result(self, outcome: Outcome) -> GradeResult:
         kind, payload = outcome

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from .extract import answer_tag, last_boxed, last_number
+from .extract import answer_tag, first_number, last_boxed, last_number
 from .result import GradeResult
 
 # Longer "numbers" are not answers; refusing them keeps Decimal work bounded.
@@ -31,15 +31,34 @@ def to_decimal(number: str) -> Decimal | None:
     return value if value.is_finite() else None
 
 
+def _boxed_number(content: str) -> str | None:
+    """The number a box states: the first after its last ``=`` that has one, so that
+    ``\\boxed{9 \\times 2 = 18}`` is 18 and ``\\boxed{20 \\text{ m}^2}`` is 20."""
+    for part in reversed(content.split("=")):
+        found = first_number(part)
+        if found is not None:
+            return found
+    return None
+
+
 def extract_gsm8k_answer(completion: str) -> str | None:
-    """The number in the last box, else the last number in ``<answer>``, else the last
-    number of the whole text."""
-    for block in (last_boxed(completion), answer_tag(completion)):
-        if block is not None:
-            found = last_number(block)
-            if found is not None:
-                return found
-    return last_number(completion)
+    """The number a GSM8K completion commits to.
+
+    The last box's number, else the last number of the ``<answer>`` block, else the last
+    number written from the answer section on (the last ``<answer>`` or ``\\boxed``, so an
+    unclosed ``\\boxed{36`` still counts); with no answer section at all, the last number
+    of the text. An answer section that is present but empty (``\\boxed{}``,
+    ``\\boxed{...}``) is no answer: the reasoning's numbers are not read for it.
+    """
+    box = last_boxed(completion)
+    found = _boxed_number(box) if box is not None else None
+    if found is None:
+        block = answer_tag(completion)
+        found = last_number(block) if block is not None else None
+    if found is None:
+        start = max(completion.rfind("<answer>"), completion.rfind("\\boxed"))
+        found = last_number(completion[max(start, 0) :])
+    return found
 
 
 def grade_gsm8k(completion: str, *, answer: str | int | float) -> GradeResult:

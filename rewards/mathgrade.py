@@ -8,6 +8,7 @@ so that they do not even reach the deadline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
@@ -15,6 +16,7 @@ import sympy
 from math_verify import parse, verify
 
 from .extract import answer_tag, last_boxed, last_math_span
+from .mathfast import quick_equal
 from .result import GradeResult
 
 # math-verify warns on every call that its timeout is disabled: we do that on purpose.
@@ -30,11 +32,14 @@ _SQRT_PARENS = re.compile(r"\\sqrt\s*\(([^()]*)\)")
 
 def extract_math_answer(completion: str) -> str | None:
     """The answer a MATH-style completion commits to: last box, else ``<answer>``
-    content, else the last LaTeX math span."""
+    content, else the last LaTeX math span. An ``<answer>`` block left empty is no
+    answer: the reasoning's last formula is not read in its place."""
     for extractor in (last_boxed, answer_tag, last_math_span):
         found = extractor(completion)
-        if found:
+        if found is not None and found.strip():
             return found.strip()
+        if extractor is answer_tag and found is not None:
+            return None
     return None
 
 
@@ -60,7 +65,10 @@ def _guard(answer: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(latex: str) -> list:
+    """math-verify's parse, cached: a gold answer is shared by a whole group of rollouts.
+    (Callers never mutate the returned list.)"""
     fixed = _SQRT_PARENS.sub(r"\\sqrt{\1}", latex)
     return parse(f"${fixed}$", parsing_timeout=None)
 
@@ -84,7 +92,18 @@ def _same_magnitude(gold: list, pred: list) -> bool:
 
 
 def math_equal(gold: str, answer: str) -> bool:
-    """math-verify equivalence of two LaTeX answers, gold first (its order matters)."""
+    """math-verify equivalence of two LaTeX answers, gold first (its order matters).
+
+    The cheap exact path (``mathfast.quick_equal``) answers first where it is certain.
+    """
+    quick = quick_equal(gold, answer)
+    if quick is not None:
+        return quick
+    return verify_equal(gold, answer)
+
+
+def verify_equal(gold: str, answer: str) -> bool:
+    """math-verify's verdict alone (through sympy), with the relative-magnitude re-check."""
     gold_parsed, pred_parsed = _parse(gold), _parse(answer)
     if not gold_parsed or not pred_parsed:
         return False
@@ -93,13 +112,24 @@ def math_equal(gold: str, answer: str) -> bool:
     return _same_magnitude(gold_parsed, pred_parsed)
 
 
-def grade_math(completion: str, *, answer: str) -> GradeResult:
-    """Grade a completion against a MATH gold ``answer`` (LaTeX, without ``$``)."""
+def quick_grade_math(completion: str, *, answer: str) -> GradeResult | None:
+    """The verdict of ``grade_math`` where it needs no sympy (no answer, a refused answer,
+    or a ``mathfast`` decision), else None: what the reward runner grades in process."""
     extracted = extract_math_answer(completion)
     if extracted is None:
         return GradeResult(False, 0.0, None, "no answer found")
     refused = _guard(extracted)
     if refused:
         return GradeResult(False, 0.0, extracted[:MAX_ANSWER_CHARS], refused)
-    correct = math_equal(str(answer), extracted)
+    quick = quick_equal(str(answer), extracted)
+    return None if quick is None else GradeResult(quick, float(quick), extracted)
+
+
+def grade_math(completion: str, *, answer: str) -> GradeResult:
+    """Grade a completion against a MATH gold ``answer`` (LaTeX, without ``$``)."""
+    quick = quick_grade_math(completion, answer=answer)
+    if quick is not None:
+        return quick
+    extracted = extract_math_answer(completion) or ""
+    correct = verify_equal(str(answer), extracted)
     return GradeResult(correct, float(correct), extracted)

@@ -46,7 +46,7 @@ class WorkerPool:
     ) -> None:
         self._ctx = mp.get_context(start_method)
         if start_method == "forkserver":
-            self._ctx.set_forkserver_preload(["unmask.rewards"])
+            self._ctx.set_forkserver_preload(["unmask.rewards", "unmask.rewards.warm"])
         self._make_handler = make_handler
         self._memory_limit_mb = memory_limit_mb
         self.restarts = 0

@@ -17,10 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .functions import completion_text
+from .health import RewardHealth
 from .pool import LazyWorkerPool, OwnsWorkerPool, WorkerPool
 from .registry import RewardSpec
 from .result import RewardConfigError
-from .worker import Outcome, reward_handler, run_item
+from .worker import Outcome, RewardCaller, reward_handler
+
+#: a reward value (None = not applicable) and why its grader read no answer (None = it did)
+Graded = tuple[float | None, str | None]
 
 logger = logging.getLogger("unmask.rewards")
 
@@ -64,7 +69,7 @@ class RewardRunner(OwnsWorkerPool):
             )
         if num_workers < 0 or deadline_s <= 0:
             raise ValueError("num_workers must be >= 0 and deadline_s > 0")
-        self._fns = [spec.load() for spec in self.specs]  # bad names fail here, not in a worker
+        self._callers = [RewardCaller(spec) for spec in self.specs]  # bad names fail here, not in a worker
         self.num_workers = num_workers
         self.deadline_s = deadline_s
         self.on_error = on_error
@@ -73,23 +78,31 @@ class RewardRunner(OwnsWorkerPool):
         self.pool = LazyWorkerPool(
             functools.partial(WorkerPool, num_workers, handler, memory_limit_mb, start_method)
         )
-        self._cache: OrderedDict[bytes, float | None] = OrderedDict()
+        self._cache: OrderedDict[bytes, Graded] = OrderedDict()
         self._cache_size = cache_size
         self._logged: set[tuple[str, str]] = set()
         self.counters: Counter[str] = Counter()
+        #: failure shares of the first steps; ``end_step`` turns them into one warning
+        self.health = RewardHealth()
 
     def _execute(
         self, jobs: list[tuple[int, Any, Any, dict]], stats: Counter[str]
     ) -> list[Outcome]:
-        if not jobs:
-            return []
-        if self.num_workers == 0:
-            return [run_item(self._fns[j], p, c, cols) for j, p, c, cols in jobs]
-        outcomes, restarts = self.pool.run(jobs, self.deadline_s)
-        stats["worker_restarts"] += restarts
-        return outcomes
+        """Outcomes of ``jobs``: in this process where cheap and bounded, the rest in the pool."""
+        outcomes: list[Outcome | None] = [
+            self._callers[j].full(p, c, cols) if self.num_workers == 0 else self._callers[j].local(p, c, cols)
+            for j, p, c, cols in jobs
+        ]
+        remote = [k for k, outcome in enumerate(outcomes) if outcome is None]
+        stats["in_process"] += len(jobs) - len(remote)
+        if remote:
+            pooled, restarts = self.pool.run([jobs[k] for k in remote], self.deadline_s)
+            stats["worker_restarts"] += restarts
+            for k, outcome in zip(remote, pooled, strict=True):
+                outcomes[k] = outcome
+        return [o for o in outcomes if o is not None]
 
-    def _value(self, label: str, outcome: Outcome, stats: Counter[str]) -> float | None:
+    def _value(self, label: str, outcome: Outcome, stats: Counter[str]) -> Graded:
         kind, payload = outcome
         if kind == "ok":
             return payload
@@ -100,7 +113,7 @@ class RewardRunner(OwnsWorkerPool):
         if (label, message) not in self._logged:
             self._logged.add((label, message))
             logger.warning("reward %r scored %g on an item: %s", label, self.on_error, message)
-        return self.on_error
+        return self.on_error, None
 
     def score(
         self,
@@ -109,7 +122,12 @@ class RewardRunner(OwnsWorkerPool):
         columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> RewardBatch:
         """Rewards for ``completions`` (str or TRL messages) with their ``prompts`` and
-        dataset ``columns`` (name -> one value per completion)."""
+        dataset ``columns`` (name -> one value per completion).
+
+        Metrics include, per built-in task reward, the share of completions in which
+        its grader found no answer (``rewards/NAME/no_answer``) or could not parse the
+        one it found (``rewards/NAME/unparseable``).
+        """
         began = time.perf_counter()
         columns = dict(columns or {})
         n = len(completions)
@@ -136,11 +154,10 @@ class RewardRunner(OwnsWorkerPool):
             key: self._value(self.specs[jobs[k][0]].name, outcomes[k], stats)
             for key, k in job_of.items()
         }
-        per_reward: dict[str, list[float | None]] = {}
-        for j, spec in enumerate(self.specs):
-            block = keys[j * n : (j + 1) * n]
-            per_reward[spec.name] = [fresh[k] if k in fresh else self._cache[k] for k in block]
+        graded = {spec.name: [fresh[k] if k in fresh else self._cache[k] for k in keys[j * n : (j + 1) * n]]
+                  for j, spec in enumerate(self.specs)}  # fmt: skip
         self._remember(fresh)
+        per_reward = {name: [value for value, _ in pairs] for name, pairs in graded.items()}
         totals = (
             [
                 sum(
@@ -160,6 +177,7 @@ class RewardRunner(OwnsWorkerPool):
             for key in (
                 "items",
                 "graded",
+                "in_process",
                 "cache_hits",
                 "dedup_hits",
                 "timeouts",
@@ -169,10 +187,26 @@ class RewardRunner(OwnsWorkerPool):
         }
         metrics.update({f"rewards/{name}/mean": _mean(vals) for name, vals in per_reward.items()})
         metrics["rewards/total/mean"] = _mean(list(totals))
+        texts = [c if isinstance(c, str) else completion_text(c) for c in completions]
+        for caller, (name, pairs) in zip(self._callers, graded.items(), strict=True):
+            if caller.task is None or not n:
+                continue
+            reasons = [reason for _, reason in pairs]
+            metrics[f"rewards/{name}/no_answer"] = sum(bool(r and r.startswith("no answer")) for r in reasons) / n
+            metrics[f"rewards/{name}/unparseable"] = sum(bool(r and r.startswith("unparseable")) for r in reasons) / n
+            self.health.record(name, reasons, texts, totals)
         metrics["seconds"] = time.perf_counter() - began
         return RewardBatch(totals, per_reward, metrics)
 
-    def _remember(self, fresh: dict[bytes, float | None]) -> None:
+    def end_step(self) -> str | None:
+        """Close one training step for the reward-health check; logs (and returns) its
+        one warning when the first steps' rewards were all 0 because answers went unread."""
+        warning = self.health.end_step()
+        if warning:
+            logger.warning(warning)
+        return warning
+
+    def _remember(self, fresh: dict[bytes, Graded]) -> None:
         for key, value in fresh.items():
             self._cache[key] = value
         for key in list(self._cache)[: max(0, len(self._cache) - self._cache_size)]:

@@ -1,7 +1,8 @@
 """Calling one reward function on one item, with its failures turned into outcomes.
 
 Used both in-process and inside pool workers so the two paths contain errors alike.
-An outcome is ``(kind, payload)``: ``("ok", value)``, ``("error", message)`` or
+An outcome is ``(kind, payload)``: ``("ok", value)`` (for rewards ``("ok", (value,
+reason))``, see ``RewardCaller``), ``("error", message)`` or
 ``("config", message)``; the pool adds ``("timeout", None)`` and ``("died", message)``.
 A worker runs one *handler* (a job's fields in, an outcome out), built in the worker
 by a picklable factory: ``reward_handler`` for rewards, ``grading.grade_handler`` for
@@ -18,8 +19,9 @@ from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .functions import BOUNDED_REWARDS, TASK_REWARDS, grade_one, quick_one
 from .registry import RewardSpec
-from .result import RewardConfigError
+from .result import GradeResult, RewardConfigError
 
 Outcome = tuple[str, Any]
 #: what a worker applies to each job's fields
@@ -71,12 +73,56 @@ def _limit_memory(extra_mb: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def failure_reason(result: GradeResult) -> str | None:
+    """Why a grader reached no verdict on the answer's content, by kind; None if it did."""
+    if result.error is None:
+        return None
+    return f"{'no answer' if result.extracted is None else 'unparseable'}: {result.error}"
+
+
+class RewardCaller:
+    """One spec's reward on one item, as an outcome whose ``ok`` payload is
+    ``(value, failure reason or None)``.
+
+    Built-in task rewards are graded through their grader, so the reason is known;
+    ``local`` answers in this process where that is cheap and bounded (format rewards,
+    every task but MATH, MATH where ``mathfast`` decides) and returns None where the
+    item needs a worker (sympy, or a user function that might hang).
+    """
+
+    def __init__(self, spec: RewardSpec) -> None:
+        self.fn = spec.load()
+        self.task = spec.name if spec.name in TASK_REWARDS else None
+        self.bounded = spec.name in BOUNDED_REWARDS
+        self.options = dict(spec.kwargs)
+
+    def _graded(self, grader: Callable[..., GradeResult | None], completion: Any, columns: Mapping[str, Any]) -> Outcome | None:
+        try:
+            result = grader(self.task, completion, columns, **self.options)
+        except RewardConfigError as exc:
+            return ("config", str(exc))
+        except Exception as exc:  # a grader failed on this item: contain it
+            return error_outcome(exc)
+        return None if result is None else ("ok", (result.score, failure_reason(result)))
+
+    def full(self, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> Outcome:
+        if self.task is not None:
+            return self._graded(grade_one, completion, columns) or ("error", "grader returned no verdict")
+        kind, payload = run_item(self.fn, prompt, completion, columns)
+        return (kind, (payload, None)) if kind == "ok" else (kind, payload)
+
+    def local(self, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> Outcome | None:
+        if self.task is not None:
+            return self._graded(quick_one, completion, columns)
+        return self.full(prompt, completion, columns) if self.bounded else None
+
+
 def reward_handler(specs: list[RewardSpec]) -> Handler:
     """Jobs ``(spec_index, prompt, completion, columns)`` → reward outcomes (rewards loaded once)."""
-    fns = [spec.load() for spec in specs]
+    callers = [RewardCaller(spec) for spec in specs]
 
     def handle(index: int, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> Outcome:
-        return run_item(fns[index], prompt, completion, columns)
+        return callers[index].full(prompt, completion, columns)
 
     return handle
 

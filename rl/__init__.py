@@ -1,7 +1,8 @@
 """RL post-training for masked dLLMs: likelihood estimators, objectives, and the trainer.
 
-Estimators (``estimators``) score answer tokens; objectives (``diffu_grpo``, ``mdpo``,
-``igpo``, ``wd1``; one file each, registered by name) turn scores into a loss; the
+Estimators (``estimators``, multi-sample ``mc_estimators``) score answer tokens; objectives
+(``diffu_grpo``, ``mdpo``, ``igpo``, ``wd1``, ``spg``, ``espo``, ``bgpo``; one file each,
+registered by name) turn scores into a loss; the
 trainer (``unmask.rl.trainer.train``) drives rollouts, rewards and updates from a recipe.
 """
 

@@ -61,16 +61,14 @@ def mdpo_advantages(step_rewards: torch.Tensor, group_size: int, eps: float = 1e
     return normalised.reshape(step_rewards.shape)
 
 
-def top_steps(advantages: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
-    """The ``k`` steps per rollout with the largest ``Σ_g |A_{g,t}|``, ``[N, k]`` ascending.
+def top_steps(advantages: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` steps of each answer with the largest ``|A_t|``, ``[N, k]`` ascending.
 
-    The sum runs over the group so that every answer of a prompt trains the same
-    steps, where the group-normalised advantages are comparable.
+    Chosen per answer, as the published MDPO trainer does: each answer trains the
+    steps where its own advantage is largest, not those of its group's sum.
     """
     k = min(k, advantages.shape[1])
-    mass = _groups(advantages.abs(), group_size).sum(1)  # [N / G, T]
-    chosen = mass.topk(k, dim=1).indices.sort(dim=1).values
-    return chosen.repeat_interleave(group_size, dim=0)
+    return advantages.abs().topk(k, dim=1).indices.sort(dim=1).values
 
 
 def wd1_weights(advantages: torch.Tensor, group_size: int, psi: float) -> torch.Tensor:
@@ -78,3 +76,8 @@ def wd1_weights(advantages: torch.Tensor, group_size: int, psi: float) -> torch.
     grouped = _groups(advantages.float(), group_size)
     weights = torch.softmax(psi * grouped, dim=1) - torch.softmax(-psi * grouped, dim=1)
     return weights.reshape(advantages.shape)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean_g r)``: a baseline that ignores the answer itself (ESPO)."""
+    return group_advantages(rewards, group_size) * group_size / (group_size - 1)

@@ -7,11 +7,14 @@ adapter is stored once. A full fine-tune stores its weights in ``trainable.safet
 
 A checkpoint is written into a temporary sibling directory and renamed into place,
 so a run killed mid-write leaves either the previous checkpoint or the new one,
-never a half-written directory that ``resume_from`` would trust.
+never a half-written directory that ``resume_from`` would trust. ``trainer_state.json``
+records each file's sha256, so a checkpoint damaged later (a truncated copy, a bad
+disk) is refused with one line instead of training on from garbage weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -70,14 +73,41 @@ def save_checkpoint(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / OPTIM,
         )
-        (tmp / STATE).write_text(json.dumps({"step": step, **state}, indent=1))
+        files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / STATE).write_text(json.dumps({"step": step, **state, "sha256": files}, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for stale in directory.glob(".checkpoint-*"):  # left by a run killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """The trainer state of ``path`` once every file matches the sha256 it was written with."""
+    try:
+        state = json.loads((path / STATE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"checkpoint.resume_from: {path / STATE} is corrupt ({err}); resume from an earlier checkpoint-N") from None
+    for name, expected in state.get("sha256", {}).items():  # older checkpoints carry no sums
+        file = path / name
+        if not file.is_file() or sha256(file) != expected:
+            raise UserError(
+                f"checkpoint.resume_from: {file} is truncated or corrupt (sha256 differs from when it was "
+                "written); resume from an earlier checkpoint-N"
+            )
+    return state
 
 
 def load_checkpoint(
@@ -93,12 +123,13 @@ def load_checkpoint(
             f"{'LoRA' if is_lora else 'full fine-tuning'} run (missing {', '.join(missing)}); "
             "point it at a checkpoint-N directory of a previous run with the same lora settings"
         )
+    state = verify_checkpoint(path)
     load_trainable_weights(path, model, is_lora)
     extra = torch.load(path / OPTIM, weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     set_rng_state(extra["rng"])
-    return json.loads((path / STATE).read_text())
+    return state
 
 
 def load_trainable_weights(path: Path, model: nn.Module, is_lora: bool) -> None:

@@ -32,8 +32,16 @@ class Scores:
     entropy: torch.Tensor
     #: positions the estimator scored
     mask: torch.Tensor
-    #: per-token estimator weight (``1/t`` for the ELBO, 1 elsewhere)
+    #: per-token estimator weight (``1/t`` for the ELBO, 1 elsewhere); for the ELBO estimators
+    #: ``Σ_k weight_k · logprobs_k`` is exactly one sequence ELBO estimate (``sequence_elbo``)
     weight: torch.Tensor
+    #: SPG's per-token upper-bound (EUBO) term ``(1/β) ln a_k`` where ``mask``, else 0; None elsewhere
+    upper: torch.Tensor | None = None
+
+
+def sequence_elbo(scores: Scores) -> torch.Tensor:
+    """``[B]`` one ELBO estimate per row, in nats: ``Σ_k weight_k · logprobs_k`` over scored tokens."""
+    return (scores.logprobs * scores.weight).masked_fill(~scores.mask, 0.0).sum(1)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -206,16 +214,21 @@ class ElboEstimator(Estimator):
     """Monte-Carlo ELBO: answer masked at a random ratio ``t`` per row, weight ``1/t``.
 
     ``coupled=True`` adds the complementary mask (weight ``1/(1-t)``) so every answer
-    token is scored exactly once over two passes, which lowers the variance.
+    token is scored exactly once over two passes, which lowers the variance; both
+    weights carry a ½ so the pair averages to one ELBO estimate instead of summing to two.
+    ``answer_only=True`` is BGPO's single-sample item: only positions up to the first
+    EOS can be masked and scored, and the EOS fill after it is left out of the input.
     """
 
     def __init__(
-        self, mask_token_id: int, coupled: bool = False, temperature: float = 1.0, min_ratio: float = 1e-3
+        self, mask_token_id: int, coupled: bool = False, temperature: float = 1.0, min_ratio: float = 1e-3,
+        answer_only: bool = False,
     ) -> None:
         super().__init__(mask_token_id, temperature)
         self.coupled = coupled
         self.passes = 2 if coupled else 1
         self.min_ratio = min_ratio
+        self.answer_only = answer_only
 
     def draw(self, traj: Trajectory, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row ratios ``t`` ``[B]`` and the mask ``[B, L]`` they induce."""
@@ -223,22 +236,27 @@ class ElboEstimator(Estimator):
         batch, length = traj.answer_ids.shape
         ratio = self.min_ratio + (1 - 2 * self.min_ratio) * torch.rand(batch, generator=gen)
         mask = torch.rand(batch, length, generator=gen) < ratio[:, None]
-        return ratio.to(traj.tokens.device), mask.to(traj.tokens.device)
+        mask = mask.to(traj.tokens.device)
+        if self.answer_only:
+            mask &= traj.answer_mask
+        return ratio.to(traj.tokens.device), mask
 
     def _pass(self, model: nn.Module, traj: Trajectory, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.cat([traj.prompt_ids, traj.answer_ids.masked_fill(mask, self.mask_token_id)], 1)
-        return _answer_scores(
-            model, ids, traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature
-        )
+        attention = traj.attention_mask
+        if self.answer_only:
+            attention = torch.cat([attention[:, : traj.prompt_length], traj.answer_mask.to(attention.dtype)], 1)
+        return _answer_scores(model, ids, attention, traj.answer_ids, traj.prompt_length, self.temperature)
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         ratio, mask = self.draw(traj, key)
         logprobs, entropy = self._pass(model, traj, mask)
-        weight = (1.0 / ratio)[:, None].expand_as(logprobs)
+        half = 0.5 if self.coupled else 1.0
+        weight = (half / ratio)[:, None].expand_as(logprobs)
         if not self.coupled:
             return Scores(logprobs * mask, entropy, mask, weight * mask)
         other_lp, other_ent = self._pass(model, traj, ~mask)
-        other_weight = (1.0 / (1.0 - ratio))[:, None].expand_as(logprobs)
+        other_weight = (half / (1.0 - ratio))[:, None].expand_as(logprobs)
         return Scores(
             torch.where(mask, logprobs, other_lp),
             torch.where(mask, entropy, other_ent),

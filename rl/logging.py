@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,23 @@ def _json_number(value: Any) -> Any:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` file, in order."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Remove training records past ``step`` (a resumed run logs those steps again), atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or _kept(json.loads(line), step)]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _kept(record: dict[str, Any], step: int) -> bool:
+    return "phase" in record or int(record.get("step", 0)) <= step
 
 
 def progress_bar(enabled: bool) -> Progress:

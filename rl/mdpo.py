@@ -6,12 +6,19 @@ item of the batch is one (rollout, step) pair and costs one forward/backward.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from unmask.errors import UserError
 from unmask.rl.advantages import all_wrong_groups, mdpo_advantages, top_steps
 from unmask.rl.estimators import Estimator, Key, Scores, StepEstimator
 from unmask.rl.losses import masked_mean
-from unmask.rl.objective import Objective, Rollout, RolloutContext, TrainBatch, register
+from unmask.rl.objective import Encoder, Objective, Rollout, RolloutContext, TrainBatch, register
+from unmask.rollouts.trajectory import Trajectory
+
+#: prompts per greedy pre-pass batch (over_denoising_filter: greedy)
+PRE_PASS_BATCH = 256
 
 
 @register
@@ -30,20 +37,46 @@ class MDPO(Objective):
     def key(self, batch: TrainBatch, seed: int) -> Key:
         return batch.steps
 
-    def over_denoised(self, step_rewards: torch.Tensor, rollout: Rollout) -> torch.Tensor:
-        """``[N]`` bool: rows of prompts where some intermediate prediction was correct but an answer was wrong."""
-        hit = (step_rewards >= self.config.correct_threshold).any(1) & ~rollout.correct
-        groups = hit.reshape(-1, rollout.group_size).any(1)
-        return groups.repeat_interleave(rollout.group_size)
+    def step_rewards(self, ctx: RolloutContext, traj: Trajectory, rows: list[dict[str, Any]]) -> torch.Tensor:
+        """``[N, T]`` rewards of the intermediate predictions (correctness only unless the recipe says so)."""
+        rewards = ctx.score_steps(traj, rows)
+        if self.config.step_reward == "correctness":
+            # shaping credit (Countdown's 0.1 for a well-formed wrong answer) would become a
+            # full-size advantage once each step is normalised across a group with no correct answer
+            rewards = (rewards >= self.config.correct_threshold).float()
+        return rewards
+
+    def over_denoised(self, step_rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+        """``[N]`` bool: some intermediate prediction was correct but the final answer was not."""
+        return (step_rewards >= self.config.correct_threshold).any(1) & ~correct.bool()
+
+    def training_rows(self, rows: list[dict[str, Any]], ctx: RolloutContext, encode: Encoder) -> list[dict[str, Any]]:
+        """With ``over_denoising_filter: greedy``, the prompts a greedy pre-pass finds over-denoised."""
+        if self.config.over_denoising_filter != "greedy":
+            return rows
+        kept = []
+        for start in range(0, len(rows), PRE_PASS_BATCH):
+            batch = rows[start : start + PRE_PASS_BATCH]
+            traj = ctx.generate(*encode(batch), temperature=0.0)
+            hit = self.over_denoised(self.step_rewards(ctx, traj, batch), ctx.score(traj, batch).correct)
+            kept += [row for row, keep in zip(batch, hit.tolist(), strict=True) if keep]
+        if not kept:
+            raise UserError(
+                f"algorithm.over_denoising_filter: greedy: none of the {len(rows)} training prompts is over-denoised "
+                "(right at some step, wrong at the end) under greedy decoding; use 'rollout' or 'off'"
+            )
+        return kept
 
     def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
         group = rollout.group_size
-        step_rewards = ctx.score_steps(rollout.traj, rollout.rows)  # [N, T]
+        step_rewards = self.step_rewards(ctx, rollout.traj, rollout.rows)  # [N, T]
         advantages = mdpo_advantages(step_rewards, group)
-        steps = top_steps(advantages, group, self.config.sample_train_steps)  # [N, k]
+        steps = top_steps(advantages, self.config.sample_train_steps)  # [N, k]
         keep = torch.ones(len(rollout.rows), dtype=torch.bool)
-        if self.config.over_denoising_filter:
-            keep = self.over_denoised(step_rewards, rollout)
+        if self.config.over_denoising_filter == "rollout":
+            # the in-rollout variant: whole groups of prompts where some answer showed it
+            hit = self.over_denoised(step_rewards, rollout.correct)
+            keep = hit.reshape(-1, group).any(1).repeat_interleave(group)
         rows = torch.arange(len(rollout.rows))[keep].repeat_interleave(steps.shape[1])
         item_steps = steps[keep].flatten()
         metrics = {

@@ -8,6 +8,7 @@ trainer batches, accumulates and steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
@@ -66,11 +67,16 @@ class RewardResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+#: prompt rows → left-padded ``[B, P]`` prompt ids and attention mask, as the trainer feeds the sampler
+Encoder = Callable[[list[dict[str, Any]]], tuple[torch.Tensor, torch.Tensor]]
+
+
 class RolloutContext(Protocol):
     """What ``prepare`` may ask of the trainer: more samples and more rewards."""
 
     def generate(
-        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None = None
+        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None = None,
+        temperature: float | None = None,
     ) -> Trajectory: ...
 
     def score(self, traj: Trajectory, rows: list[dict[str, Any]]) -> RewardResult: ...
@@ -97,10 +103,9 @@ class Objective:
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
-    @property
-    def needs_old(self) -> bool:
-        """θ_old differs from θ only when one rollout batch feeds several updates."""
-        return self.config.num_iterations > 1
+    #: whether the loss has a θ/θ_old ratio; the trainer scores θ_old whenever one
+    #: rollout batch feeds more than one optimizer step (θ_old = θ on the first)
+    needs_old: ClassVar[bool] = True
 
     @property
     def record_steps(self) -> bool:
@@ -113,6 +118,10 @@ class Objective:
     def key(self, batch: TrainBatch, seed: int) -> Key:
         """The estimator key of one inner iteration for ``batch``."""
         return self.estimator.key_for(batch.traj, seed)
+
+    def training_rows(self, rows: list[dict[str, Any]], ctx: RolloutContext, encode: Encoder) -> list[dict[str, Any]]:
+        """The prompts to train on, chosen once before training (all of them unless an objective filters)."""
+        return rows
 
     def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
         raise NotImplementedError
@@ -163,7 +172,7 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 def build_objective(config: Any, **kwargs: Any) -> Objective:
     """The objective named by ``config.name`` (an algorithm section of a recipe)."""
-    from unmask.rl import diffu_grpo, igpo, mdpo, wd1  # noqa: F401  (registration)
+    from unmask.rl import bgpo, diffu_grpo, espo, igpo, mdpo, spg, wd1  # noqa: F401  (registration)
 
     if config.name not in OBJECTIVES:
         raise ValueError(f"unknown algorithm {config.name!r}; choose one of {', '.join(OBJECTIVES)}")

@@ -83,13 +83,16 @@ class Rollouts:
         return self._tokenizer
 
     def generate(
-        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None = None
+        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None = None,
+        temperature: float | None = None,
     ) -> Trajectory:
-        traj = self.sample(**self.sample_kwargs(prompt_ids, attention_mask, hints, self.seed))
+        """Sample with the recipe's settings; ``temperature`` overrides its temperature (0: greedy)."""
+        traj = self.sample(**self.sample_kwargs(prompt_ids, attention_mask, hints, self.seed, temperature))
         return traj.to("cpu")  # trajectories wait on the CPU while the accelerator trains
 
     def sample_kwargs(
-        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None, seed: int
+        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None, seed: int,
+        temperature: float | None = None,
     ) -> dict[str, Any]:
         """``generate`` keyword arguments for these prompts under the recipe's decoding settings."""
         s = self.settings
@@ -100,7 +103,7 @@ class Rollouts:
             "gen_length": s.max_completion_length,
             "steps": s.steps,
             "block_length": s.block_length,
-            "temperature": s.temperature,
+            "temperature": s.temperature if temperature is None else temperature,
             "remasking": s.remasking,
             "cfg_scale": s.cfg_scale,
             "threshold": s.threshold,
@@ -114,22 +117,27 @@ class Rollouts:
             "record": self.record,
         }
 
-    def _grade(self, answers: torch.Tensor, rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
-        texts = decode_answers(self.tokenizer, answers, self.eos_ids)
+    def _grade(self, texts: list[str], rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
         names = dict.fromkeys(key for row in rows for key in row if key != "prompt")
         columns = {key: [row.get(key) for row in rows] for key in names}  # rows may lack optional columns
         result = self.score_fn([row["prompt"] for row in rows], texts, columns)
         return torch.tensor(result.totals, dtype=torch.float), result.metrics
 
     def score(self, traj: Trajectory, rows: list[dict[str, Any]]) -> RewardResult:
-        rewards, metrics = self._grade(traj.answer_ids, rows)
+        rewards, metrics = self._grade(decode_answers(self.tokenizer, traj.answer_ids, self.eos_ids), rows)
         return RewardResult(rewards, rewards >= self.correct_threshold, metrics)
 
     def score_steps(self, traj: Trajectory, rows: list[dict[str, Any]]) -> torch.Tensor:
-        """``[B, T]`` rewards of every intermediate prediction, graded in one batch."""
+        """``[B, T]`` rewards of every intermediate prediction, graded in one batch.
+
+        Each prediction is decoded whole with special tokens dropped (as the published MDPO
+        trainer does), not cut at its first EOS: a stray early EOS in a still-changing
+        canvas must not zero a step whose text is right.
+        """
         answers = intermediate_answers(traj, self.mask_token_id)  # [T, B, L]
         steps, batch = answers.shape[:2]
-        rewards, _ = self._grade(answers.reshape(steps * batch, -1), list(rows) * steps)
+        texts = self.tokenizer.batch_decode(answers.reshape(steps * batch, -1).tolist(), skip_special_tokens=True)
+        rewards, _ = self._grade(texts, list(rows) * steps)
         return rewards.reshape(steps, batch).T
 
 

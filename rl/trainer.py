@@ -2,11 +2,12 @@
 
 ``train(recipe)`` is the entry point ``unmask train`` calls. One RL step samples
 ``prompts_per_step × num_generations`` answers with the current policy, grades them,
-lets the objective build its batch, then runs ``num_iterations`` optimizer passes
-over that buffered batch (micro-batches of ``per_device_train_batch_size`` items,
-``gradient_accumulation_steps`` micro-batches per optimizer step). θ_old and the
-reference are scored before the first update, with the same estimator keys the
-θ passes of each inner iteration use.
+lets the objective build its batch, then runs ``num_iterations`` passes over that
+buffered batch (shuffled micro-batches of ``per_device_train_batch_size`` items,
+``gradient_accumulation_steps`` micro-batches per optimizer step, or
+``optimizer_steps_per_rollout`` steps per pass). Whenever one batch feeds more than
+one optimizer step, θ_old is scored before the first, as is the reference, with
+the same estimator keys the θ passes of each inner iteration use.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from unmask.models.base import DiffusionLM
 from unmask.recipe import Recipe, save_recipe
 from unmask.rewards import RewardRunner, RewardSpec
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+from unmask.rl.distributed import Preemption, any_process, max_over_processes, mean_over_processes
 from unmask.rl.estimators import Scores
-from unmask.rl.logging import MetricsLogger, progress_bar
+from unmask.rl.logging import MetricsLogger, drop_metrics_after, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 from unmask.rl.stream import PromptStream
@@ -110,6 +112,18 @@ def lora_replica(factory: Callable[[], DiffusionLM], **lora: Any) -> nn.Module:
     return apply_lora(factory(), **lora)
 
 
+def micro_batch_loss(
+    objective: Objective, model: nn.Module, batch: TrainBatch, key: Any, old: Scores | None, ref: Scores | None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The policy's loss on one micro-batch: estimator scores under ``key``, then the objective's loss.
+
+    unmask's trainer and the TRL front end (``unmask.integrations.trl``) both call
+    this one function, so the two cannot drift apart.
+    """
+    scores = objective.estimator.token_logprobs(model, batch.traj, key)
+    return objective.loss(batch, scores, old, ref)
+
+
 class Trainer:
     def __init__(
         self,
@@ -146,7 +160,6 @@ class Trainer:
         )
         if self.objective.needs_reference and self.reference is None:
             self.reference = copy.deepcopy(base).eval().requires_grad_(False)
-        self.stream = PromptStream(rows if rows is not None else default_rows(recipe), recipe.seed)
         rw = recipe.rewards
         specs = [RewardSpec(f.name, f.weight, f.kwargs) for f in rw.functions]
         self.runner = RewardRunner(specs, num_workers=rw.num_workers, deadline_s=rw.timeout, on_error=rw.on_error)
@@ -163,8 +176,14 @@ class Trainer:
         )
         self.step = 0
         self.bad_steps = 0
+        #: stream position and step it was measured at (a resumed run may use another process count)
+        self._data_start, self._step_start = 0, 0
+        #: set when a SIGTERM stopped the run after saving a checkpoint
+        self.preempted = False
         self.timings: dict[str, float] = {}
         self.forward_passes = 0
+        training = rows if rows is not None else default_rows(recipe)
+        self.stream = PromptStream(self.objective.training_rows(training, self.rollouts, self.encode), recipe.seed)
         if r.overlap and (self.pool is None or self.pool.num_workers == 0):
             raise UserError(
                 "rollout.overlap: true needs Ray rollout actors (ray.address set and ray.num_workers >= 1): "
@@ -232,10 +251,9 @@ class Trainer:
 
     # -- scoring ---------------------------------------------------------------
     def _scores(self, batch: TrainBatch, key: Any, which: str) -> Scores:
+        """Frozen scores: θ_old (``"old"``) or the reference (``"ref"``)."""
         estimator = self.objective.estimator
         self.forward_passes += estimator.passes_for(batch.traj)
-        if which == "policy":
-            return estimator.token_logprobs(self.model, batch.traj, key)
         with torch.no_grad():
             if which == "old":
                 with self._rollout_policy():
@@ -246,23 +264,51 @@ class Trainer:
                 return estimator.token_logprobs(self.model, batch.traj, key)
 
     def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
-        """Micro-batches on the training device (the buffered batch itself stays on the CPU)."""
+        """Micro-batches on the training device (the buffered batch itself stays on the CPU).
+
+        Items are shuffled with the step's seed first: objectives lay items out prompt by
+        prompt (MDPO: answer by answer, step by step), so cutting them in order would
+        give each optimizer step the answers of a single prompt.
+        """
         size, device = self.recipe.optim.per_device_train_batch_size, self.accelerator.device
-        return [
-            batch.select(torch.arange(i, min(i + size, len(batch)))).to(device) for i in range(0, len(batch), size)
-        ]
+        order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(
+            derive_seed(self.recipe.seed, self.step, 2 << 20)))
+        return [batch.select(order[i : i + size]).to(device) for i in range(0, len(batch), size)]
+
+    def _windows(self, count: int) -> list[list[int]]:
+        """Micro-batch indices of each optimizer step of one pass over the batch.
+
+        ``optim.optimizer_steps_per_rollout`` splits the pass into that many steps (1: the
+        published MDPO trainer's one step per rollout batch); otherwise every
+        ``gradient_accumulation_steps`` micro-batches make one step.
+        """
+        o = self.recipe.optim
+        if o.optimizer_steps_per_rollout is not None:
+            return [w.tolist() for w in torch.arange(count).tensor_split(min(o.optimizer_steps_per_rollout, count))]
+        accumulate = o.gradient_accumulation_steps
+        return [list(range(i, min(i + accumulate, count))) for i in range(0, count, accumulate)]
 
     def _keys(self, micro: list[TrainBatch]) -> list[list[Any]]:
-        """Estimator keys per inner iteration and micro-batch (shared by θ, θ_old and reference)."""
-        iterations = self.recipe.algorithm.num_iterations
+        """Estimator keys per inner iteration and micro-batch (shared by θ, θ_old and reference).
+
+        Micro-batches are numbered across processes, so the ranks draw independent masks
+        rather than all repeating rank 0's.
+        """
+        iterations, first = self.recipe.algorithm.num_iterations, self.accelerator.process_index * len(micro)
         return [
-            [self.objective.key(mb, derive_seed(self.recipe.seed, self.step, i, j)) for j, mb in enumerate(micro)]
+            [self.objective.key(mb, derive_seed(self.recipe.seed, self.step, i, first + j)) for j, mb in enumerate(micro)]
             for i in range(iterations)
         ]
 
-    def _frozen(self, micro: list[TrainBatch], keys: list[list[Any]], which: str) -> list[list[Scores]]:
-        """θ_old or reference scores for every (iteration, micro-batch), computed before any update."""
-        first = [self._scores(mb, keys[0][j], which) for j, mb in enumerate(micro)]
+    def _frozen(
+        self, micro: list[TrainBatch], keys: list[list[Any]], which: str, exact: frozenset[int] = frozenset()
+    ) -> list[list[Scores | None]]:
+        """θ_old or reference scores for every (iteration, micro-batch), computed before any update.
+
+        ``exact``: micro-batches whose scores are only used by the first optimizer step,
+        where θ itself is θ_old; they get ``None`` (θ_old = θ) instead of a pass.
+        """
+        first = [None if j in exact else self._scores(mb, keys[0][j], which) for j, mb in enumerate(micro)]
         if not self.objective.estimator.varies_per_iteration:
             return [first] * len(keys)
         rest = [[self._scores(mb, k, which) for mb, k in zip(micro, ks, strict=True)] for ks in keys[1:]]
@@ -287,16 +333,21 @@ class Trainer:
                     p.copy_(current[name])
 
     # -- one RL step -------------------------------------------------------------
+    def encode(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and attention mask of ``rows``, chat template applied if the recipe asks."""
+        base = self.base_model
+        texts = [base.format_prompt(row["prompt"]) if self.recipe.data.chat_template else row["prompt"] for row in rows]
+        return encode_prompts(base.tokenizer, texts, base.pad_token_id)
+
     def _rollout_inputs(self, step: int) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor, int]:
         """``(rows, prompt_ids, attention_mask, sampler seed)`` of an RL step (each answer its own row)."""
         r, group = self.recipe.rollout, self.recipe.rollout.num_generations
         acc = self.accelerator  # each training process rolls out its own share of the step's prompts
-        start = step * r.prompts_per_step * acc.num_processes + acc.process_index * r.prompts_per_step
+        start = self._position(step) + acc.process_index * r.prompts_per_step
         rows = [row for row in self.stream.take(start, r.prompts_per_step) for _ in range(group)]
-        base = self.base_model
-        texts = [base.format_prompt(row["prompt"]) if self.recipe.data.chat_template else row["prompt"] for row in rows]
-        prompt_ids, attention = encode_prompts(base.tokenizer, texts, base.pad_token_id)
-        return rows, prompt_ids, attention, derive_seed(self.recipe.seed, step, 1 << 20)
+        prompt_ids, attention = self.encode(rows)
+        # rows keep their global seeds: rank k's first row is row k·len(rows) of the step's batch
+        return rows, prompt_ids, attention, derive_seed(self.recipe.seed, step, 1 << 20) + acc.process_index * len(rows)
 
     def _submit(self, step: int) -> NextRollout:
         """Start ``step``'s rollout on the actors with the current adapter (overlap)."""
@@ -340,29 +391,40 @@ class Trainer:
         the update spans several optimizer steps, the trainable parameters and
         optimizer state are restored to what they were before its first step.
         """
-        if len(batch) == 0:
+        if any_process(self.accelerator, len(batch) == 0):  # processes skip together or DDP hangs
             return {"skipped": 1.0, "empty_batch": 1.0}
         micro = self._micro_batches(batch)
+        real = len(micro)
+        micro += [micro[-1]] * (max_over_processes(self.accelerator, real) - real)  # zero-weight padding
         keys = self._keys(micro)
-        old = self._frozen(micro, keys, "old") if self.objective.needs_old or self._behaviour is not None else None
-        ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
-        accumulate = self.recipe.optim.gradient_accumulation_steps
-        windows = [list(range(i, min(i + accumulate, len(micro)))) for i in range(0, len(micro), accumulate)]
+        windows = self._windows(len(micro))
         iterations = self.recipe.algorithm.num_iterations
-        rollback = UpdateRollback(self.model, self.optimizer) if iterations * len(windows) > 1 else None
+        updates = iterations * len(windows)
+        old = None
+        stale = self._behaviour is not None  # overlap: sampled one update behind, off-policy from the first step
+        if self.objective.needs_old and (updates > 1 or stale):
+            # from the second optimizer step on the batch is off-policy: its ratios need θ_old
+            # scored now, whatever num_iterations and accumulation produced the steps
+            exact = frozenset(windows[0]) if iterations == 1 and not stale else frozenset()
+            old = self._frozen(micro, keys, "old", exact)
+        ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
+        rollback = UpdateRollback(self.model, self.optimizer) if updates > 1 else None
         sums: dict[str, float] = {}
         count = 0
         for i in range(iterations):
             for window in windows:
-                items = sum(len(micro[j]) for j in window)
+                items = max(1, sum(len(micro[j]) for j in window if j < real))
                 for j in window:
-                    scores = self._scores(micro[j], keys[i][j], "policy")
-                    loss, metrics = self.objective.loss(
-                        micro[j], scores, old[i][j] if old else None, ref[i][j] if ref else None
+                    self.forward_passes += self.objective.estimator.passes_for(micro[j].traj)
+                    loss, metrics = micro_batch_loss(
+                        self.objective, self.model, micro[j], keys[i][j], old[i][j] if old else None,
+                        ref[i][j] if ref else None,
                     )
-                    if not torch.isfinite(loss):
-                        return self._abandon(rollback, {"loss": float(loss.detach())})
-                    self.accelerator.backward(loss * len(micro[j]) / items)
+                    if any_process(self.accelerator, not bool(torch.isfinite(loss))):
+                        return self._abandon(rollback, {"loss": float("nan") if torch.isfinite(loss) else float(loss.detach())})
+                    self.accelerator.backward(loss * (len(micro[j]) if j < real else 0) / items)
+                    if j >= real:
+                        continue
                     for key, value in {"loss": float(loss.detach()), **metrics}.items():
                         sums[key] = sums.get(key, 0.0) + value
                     count += 1
@@ -376,7 +438,7 @@ class Trainer:
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm * len(window)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        return {"skipped": 0.0, **{k: v / count for k, v in sums.items()}}
+        return {"skipped": 0.0, "optimizer_steps": float(updates), **{k: v / max(count, 1) for k, v in sums.items()}}
 
     def _abandon(self, rollback: UpdateRollback | None, metrics: dict[str, float]) -> dict[str, float]:
         """Drop the step's gradients and undo its optimizer steps (if any were taken)."""
@@ -407,12 +469,17 @@ class Trainer:
             "time/update": time.perf_counter() - update_began,
             "time/step": total,
         })
-        return metrics
+        return mean_over_processes(self.accelerator, metrics)
 
     @property
     def data_position(self) -> int:
         """Prompts consumed by all processes before the current step."""
-        return self.step * self.recipe.rollout.prompts_per_step * self.accelerator.num_processes
+        return self._position(self.step)
+
+    def _position(self, step: int) -> int:
+        """Prompts consumed by all processes before ``step``."""
+        per_step = self.recipe.rollout.prompts_per_step * self.accelerator.num_processes
+        return self._data_start + (step - self._step_start) * per_step
 
     def _check_divergence(self, metrics: dict[str, float]) -> None:
         bad = any(not math.isfinite(metrics.get(key, 0.0)) for key in ("loss", "grad_norm"))
@@ -425,41 +492,65 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
     def save(self) -> Path:
-        return save_checkpoint(
-            self.out, self.step, self.unwrapped, self.optimizer, self.scheduler,
-            {"data_position": self.data_position, "bad_steps": self.bad_steps},
-        )
+        """Rank 0 writes the checkpoint (every rank holds the same weights); the others wait for it."""
+        final = self.out / f"checkpoint-{self.step}"
+        if self.accelerator.is_main_process:
+            final = save_checkpoint(
+                self.out, self.step, self.unwrapped, self.optimizer, self.scheduler,
+                {"data_position": self.data_position, "bad_steps": self.bad_steps},
+            )
+        self.accelerator.wait_for_everyone()
+        return final
 
     def resume(self, path: str) -> None:
+        """Every process loads rank 0's checkpoint, whatever process count wrote it."""
         state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler)
         self.step, self.bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
+        self._step_start, self._data_start = self.step, int(state.get("data_position", self.data_position))
+        if self.accelerator.is_main_process:  # the killed run's later lines are replayed, not kept twice
+            drop_metrics_after(self.out / "metrics.jsonl", self.step)
         if self.pool is not None:
             self.pool.update_adapter(trainable_state(self.unwrapped), self.step)
 
     def steps(self) -> Iterator[dict[str, float]]:
-        """Run to ``optim.max_steps``, yielding each step's metrics after logging them."""
+        """Run to ``optim.max_steps``, yielding each step's metrics after logging them.
+
+        Logging, the progress bar, evaluation and checkpoint writes happen on the main
+        process only. A SIGTERM ends the run after the current step with a checkpoint
+        (``self.preempted`` is then set), so a scheduler's preemption loses nothing.
+        """
         c = self.recipe.checkpoint
         if c.resume_from:
             self.resume(c.resume_from)
-        save_recipe(self.recipe, self.out)
-        logger = MetricsLogger(self.out, self.recipe.logging.report_to, self.recipe.model_dump(mode="json"))
-        bar = progress_bar(self.recipe.logging.progress)
+        main = self.accelerator.is_main_process
+        if main:
+            save_recipe(self.recipe, self.out)
+        logger = MetricsLogger(self.out, self.recipe.logging.report_to if main else [], self.recipe.model_dump(mode="json"))
+        bar = progress_bar(self.recipe.logging.progress and main)
         try:
-            with bar:
+            with bar, Preemption().installed() as preemption:
                 task = bar.add_task("starting", total=self.recipe.optim.max_steps, completed=self.step)
                 while self.step < self.recipe.optim.max_steps:
                     metrics = self.train_step()
+                    self.runner.end_step()  # reward health: warns once if answers go unread
                     self.step += 1
                     every = self.recipe.eval.every
-                    if self.eval_fn is not None and every and self.step % every == 0:
+                    if main and self.eval_fn is not None and every and self.step % every == 0:
                         metrics.update({f"eval/{k}": v for k, v in self.eval_fn(self.unwrapped, self.step).items()})
                     if self.step % self.recipe.logging.logging_steps == 0:
                         logger.log(self.step, metrics)
                     self._check_divergence(metrics)
                     bar.update(task, advance=1, description=_describe(metrics))
-                    if c.save_steps and self.step % c.save_steps == 0:
+                    self.preempted = any_process(self.accelerator, preemption.requested)
+                    if self.preempted:
+                        path = self.save()
+                        if main:
+                            print(f"SIGTERM: saved {path} at step {self.step}; resume with checkpoint.resume_from={path}")
+                    elif c.save_steps and self.step % c.save_steps == 0:
                         self.save()
                     yield metrics
+                    if self.preempted:
+                        return
             if c.save_final:
                 self.save()
         finally:
@@ -503,4 +594,4 @@ def train(
     return last
 
 
-__all__ = ["Trainer", "TrainingDiverged", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "micro_batch_loss", "train"]

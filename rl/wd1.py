@@ -17,9 +17,7 @@ class WD1(DiffuGRPO):
 
     name = "wd1"
 
-    @property
-    def needs_old(self) -> bool:
-        return False
+    needs_old = False
 
     def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
         batch = super().prepare(rollout, ctx)

@@ -4,10 +4,15 @@ The same code runs on one CPU machine (local Ray), on a GPU box and on a cluster
 (``address=``). Rows are split across actors with their global row seeds, so a
 pool gives the same tokens as in-process ``generate`` with the same seed.
 ``num_workers=0`` runs in-process, for debugging without Ray.
+
+Nothing here assumes a filesystem shared with the trainer: adapters travel through
+Ray's object store, and each actor builds its replica with the picklable factory
+(a hub id or a path that exists on every node).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,13 +54,23 @@ class _Replica:
         if use_gpu:  # Ray has set CUDA_VISIBLE_DEVICES to this actor's GPU
             self.model.to("cuda")
         self.device = next(self.model.parameters()).device
+        self.version: int | None = None
 
     def generate(self, kwargs: dict[str, Any]) -> Trajectory:
         moved = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         return generate(self.model, **moved)
 
-    def load_adapter(self, state_dict: dict[str, torch.Tensor]) -> None:
+    def load_adapter(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> None:
         load_adapter(self.model, state_dict)
+        self.version = version
+
+    def where(self) -> dict[str, Any]:
+        """Where this replica runs and which adapter it holds (for checks and debugging)."""
+        import ray
+
+        context = ray.get_runtime_context()
+        return {"pid": os.getpid(), "node_id": context.get_node_id(), "gcs_address": context.gcs_address,
+                "version": self.version}
 
 
 @dataclass
@@ -89,6 +104,8 @@ class RolloutPool:
         if num_workers < 0:
             raise UserError(f"num_workers must be >= 0, got {num_workers}")
         self.max_restarts = max_restarts
+        #: actors replaced after dying, over the pool's life
+        self.restarts = 0
         self.version: int | None = None
         self._adapter: dict[str, torch.Tensor] | None = None
         self._local = _Replica(model_factory) if num_workers == 0 else None
@@ -203,10 +220,16 @@ class RolloutPool:
             return
         import ray
 
-        shared = ray.put(lora)
-        loads = [actor.load_adapter.remote(shared) for actor in self._actors]
+        shared = ray.put(lora)  # one copy in the object store, fetched by each actor's node
+        loads = [actor.load_adapter.remote(shared, version) for actor in self._actors]
         if wait:
             ray.get(loads)
+
+    def actors(self) -> list[dict[str, Any]]:
+        """``where()`` of every actor: pid, Ray node, cluster address, adapter version."""
+        import ray
+
+        return ray.get([actor.where.remote() for actor in self._actors])
 
     def shutdown(self) -> None:
         """Stop the actors (the Ray session stays up for its owner)."""
@@ -226,5 +249,6 @@ class RolloutPool:
 
         actor = self._actor_class.remote(self._factory, self._use_gpu)
         if self._adapter is not None:
-            ray.get(actor.load_adapter.remote(self._adapter))
+            ray.get(actor.load_adapter.remote(self._adapter, self.version))
         self._actors[slot] = actor
+        self.restarts += 1

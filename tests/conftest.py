@@ -25,3 +25,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"benchmark data not found at {SHARED_DATA} (set UNMASK_SHARED_DATA)")
     return SHARED_DATA
+
+
+SHARED_MODELS = Path(os.environ.get("UNMASK_SHARED_MODELS", SHARED_DATA.parent / "models"))
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    """The real LLaDA / Dream config and tokenizer files in ../shared/models, or skip with the reason."""
+    if not SHARED_MODELS.is_dir():
+        pytest.skip(f"real model files not found at {SHARED_MODELS} (set UNMASK_SHARED_MODELS)")
+    return SHARED_MODELS

@@ -24,7 +24,7 @@ def test_tiny_recipes_validate_and_prompt_like_pretraining(path: Path) -> None:
 
 
 def test_eval_grid_is_greedy_per_tokens_per_step_plus_the_rollout_sampler() -> None:
-    recipe = load_recipe(RECIPES / "countdown_mdpo.yaml")
+    recipe = load_recipe(RECIPES / "countdown_mdpo.yaml", ["rollout.remasking=rcr"])  # a sampler unlike greedy's
     grid = eval_settings(recipe)
     assert [(s.steps, s.temperature, s.remasking) for s in grid.values()] == [
         (16, 0.0, "low_confidence"),

@@ -9,8 +9,11 @@ and after, 8 samples each at temperature 0.7 (whatever the recipe rolls out at),
 (30 % careless demonstrations, see README): diffu-GRPO 30.5 → 43.0 % sampled in 10
 steps, with trajectory replay 30.5 → 44.5 %; MDPO only 30.5 → 32.0 % on this model,
 so its bar is low and its rollout reward (0.38 at step 1, 0.37 mean after) is not
-checked. The runs are seeded and single-threaded, so the numbers repeat exactly; a
-broken component leaves them near zero or negative.
+checked. Those numbers predate issue 19 (θ_old scored across optimizer steps,
+shuffled micro-batches, MDPO with low-confidence rollouts and one optimizer step per
+rollout); after it all three still clear their bars (not re-read). The runs are
+seeded and single-threaded, so the numbers repeat exactly; a broken component leaves
+them near zero or negative.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from unmask.run import eval_rows, model_factory, training_rows
 STEPS = 10
 #: minimum rise of sampled accuracy on the trained prompts, in points
 MIN_GAIN = {"mdpo": 1.0, "diffu_grpo": 8.0, "diffu_grpo_trajectory": 8.0}
+#: slow-marked (1-3 min each); measured with issue 19's trainer: 30.5 → SPG 44.5, ESPO 51.6, BGPO 46.9,
+#: coupled-ELBO diffu-GRPO 43.8 %
+SLOW_GAIN = {"spg": 8.0, "espo": 8.0, "bgpo": 8.0, "diffu_grpo_elbo": 8.0}
+#: variants trained from another recipe with overrides
+VARIANTS = {"diffu_grpo_elbo": ("diffu_grpo", ["algorithm.estimator=elbo"])}
 
 
 def accuracy(model, rows, remasking: str) -> float:
@@ -36,15 +44,18 @@ def accuracy(model, rows, remasking: str) -> float:
     return 100 * result.accuracy()
 
 
-@pytest.mark.parametrize("algorithm", list(MIN_GAIN))
+@pytest.mark.parametrize(
+    "algorithm", [*MIN_GAIN, *(pytest.param(name, marks=pytest.mark.slow) for name in SLOW_GAIN)]
+)
 def test_rl_raises_accuracy_on_the_prompts_it_trains_on(tmp_path, algorithm) -> None:
     torch.set_num_threads(1)
+    name, extra = VARIANTS.get(algorithm, (algorithm, []))
     recipe = load_recipe(
-        resolve_recipe_path(f"tiny/countdown_{algorithm}"),
+        resolve_recipe_path(f"tiny/countdown_{name}"),
         [
             "optim.learning_rate=1e-3", f"optim.max_steps={STEPS}", "ray.address=null", "rewards.num_workers=0",
             f"output_dir={tmp_path}", "logging.progress=false", "logging.report_to=[none]",
-            "checkpoint.save_final=false", "rollout.num_generations=8", "optim.warmup_steps=0",
+            "checkpoint.save_final=false", "rollout.num_generations=8", "optim.warmup_steps=0", *extra,
         ],
     )  # fmt: skip
     rows = training_rows(recipe, eval_rows(recipe))[:16]
@@ -53,7 +64,7 @@ def test_rl_raises_accuracy_on_the_prompts_it_trains_on(tmp_path, algorithm) -> 
     rewards = [metrics["reward"] for metrics in trainer.steps()]
     after = accuracy(trainer.unwrapped, rows, recipe.rollout.remasking)
     assert len(rewards) == STEPS
-    assert after - before >= MIN_GAIN[algorithm], f"{algorithm}: {before:.1f}% → {after:.1f}% on the trained prompts"
+    assert after - before >= {**MIN_GAIN, **SLOW_GAIN}[algorithm], f"{algorithm}: {before:.1f}% → {after:.1f}% on the trained prompts"
     if algorithm != "mdpo":  # MDPO's rollout reward on this model: 0.38 at step 1, 0.37 mean after
         # the rollouts themselves got better than the first step's
         assert sum(rewards[1:]) / (STEPS - 1) > rewards[0]

@@ -44,9 +44,16 @@ def test_mdpo_worked_example():
     expected = torch.tensor([[0.0, a1, a2], [0.0, -a1, -a2]])
     advantages = mdpo_advantages(rewards, 2)
     torch.testing.assert_close(advantages, expected)
-    # Σ_g |A_t| = [0, 2·a1, 2·a2]: the two informative steps are chosen, for both answers
-    assert top_steps(advantages, 2, 2).tolist() == [[1, 2], [1, 2]]
-    assert top_steps(advantages, 2, 1).tolist() == [[1], [1]]
+    # the two informative steps are chosen, for both answers
+    assert top_steps(advantages, 2).tolist() == [[1, 2], [1, 2]]
+    assert top_steps(advantages, 1).tolist() == [[1], [1]]
+
+
+def test_top_steps_are_chosen_per_answer_not_per_group():
+    # answer 0 is informative at step 0, answer 1 at step 2; the group sum would favour step 2 for both
+    advantages = torch.tensor([[0.9, 0.1, -0.2], [-0.05, 0.3, 1.5]])
+    assert top_steps(advantages, 1).tolist() == [[0], [2]]
+    assert top_steps(advantages, 2).tolist() == [[0, 2], [1, 2]]
 
 
 def test_wd1_weights_and_all_wrong_groups():

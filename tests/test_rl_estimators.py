@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from unmask.models.tiny import tiny
-from unmask.rl.estimators import ElboEstimator, OneStepEstimator, StepEstimator, TrajectoryEstimator
+from unmask.rl.estimators import (
+    ElboEstimator,
+    OneStepEstimator,
+    StepEstimator,
+    TrajectoryEstimator,
+    sequence_elbo,
+)
 from unmask.rollouts import generate
 from unmask.rollouts.trajectory import Trajectory
 
@@ -102,8 +108,30 @@ def test_elbo_weights_masked_tokens_by_inverse_ratio(model, coupled):
     assert scores.mask.all()  # every answer token scored exactly once over the two passes
     torch.testing.assert_close(scores.logprobs, torch.where(mask, first, second))
     torch.testing.assert_close(
-        scores.weight, torch.where(mask, 1 / ratio[:, None], 1 / (1 - ratio[:, None])).expand(2, 4)
+        scores.weight, torch.where(mask, 0.5 / ratio[:, None], 0.5 / (1 - ratio[:, None])).expand(2, 4)
     )
+    # the pair averages two ELBO estimates: Σ weight·logprob is one estimate, not twice one
+    one_estimate = 0.5 * ((first * mask).sum(1) / ratio + (second * ~mask).sum(1) / (1 - ratio))
+    torch.testing.assert_close(sequence_elbo(scores), one_estimate)
+
+
+def test_answer_only_elbo_scores_up_to_eos_and_leaves_the_eos_fill_out_of_the_input(model):
+    """BGPO's item: masks and scores only C, and what follows the first EOS cannot change a score."""
+    traj = hand_trajectory(model)  # row 1's answer ends at its third position
+    est = ElboEstimator(model.mask_token_id, answer_only=True)
+    other = Trajectory(**{**vars(traj), "tokens": traj.tokens.clone()})
+    other.tokens[1, -1] = 40  # a different token after the EOS
+    with torch.no_grad():
+        scores, again = est.token_logprobs(model, traj, 9), est.token_logprobs(model, other, 9)
+    ratio, mask = est.draw(traj, 9)
+    assert not (mask & ~traj.answer_mask).any() and torch.equal(scores.mask, mask)
+    assert mask.any()
+    torch.testing.assert_close(scores.logprobs, again.logprobs)  # attention never reaches the EOS fill
+    ids = traj.tokens.clone()
+    ids[:, 4:][mask] = model.mask_token_id
+    attention = torch.cat([traj.attention_mask[:, :4], traj.answer_mask], 1)
+    direct = direct_logprobs(model, ids, attention, traj.answer_ids)
+    torch.testing.assert_close(sequence_elbo(scores), (direct * mask).sum(1) / ratio)
 
 
 def test_step_estimator_needs_recorded_steps(model):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from unmask.recipe import DiffuGRPOConfig, IGPOConfig, MDPOConfig, WD1Config
 from unmask.rl.estimators import Scores
-from unmask.rl.objective import OBJECTIVES, Rollout, TrainBatch, build_objective
+from unmask.rl.losses import masked_mean
+from unmask.rl.objective import OBJECTIVES, TrainBatch, build_objective
 from unmask.rollouts.trajectory import Trajectory
 
 LP = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
@@ -42,7 +44,7 @@ def build(config):
 
 def test_all_objectives_are_registered():
     build(WD1Config())
-    assert set(OBJECTIVES) >= {"diffu_grpo", "mdpo", "igpo", "wd1"}
+    assert set(OBJECTIVES) >= {"diffu_grpo", "mdpo", "igpo", "wd1", "spg", "espo", "bgpo"}
 
 
 def test_diffu_grpo_loss_is_clipped_surrogate_plus_k3_over_answer_tokens():
@@ -101,10 +103,60 @@ def test_wd1_loss_weights_sequence_likelihoods():
     assert not objective.needs_old
 
 
-def test_mdpo_over_denoising_filter_keeps_prompts_whose_answer_was_right_earlier():
+def test_mdpo_over_denoising_finds_answers_that_were_right_earlier():
     objective = build(MDPOConfig(over_denoising_filter=True))
+    assert objective.config.over_denoising_filter == "rollout"  # true keeps meaning the in-rollout filter
     step_rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     correct = torch.tensor([False, False, True, True])
-    rollout = Rollout(trajectory().select([0, 0, 0, 0]), [{}] * 4, correct.float(), correct, group_size=2)
-    # group 0: answer 0 was correct at step 1 but wrong at the end -> kept; group 1: always right -> dropped
-    assert objective.over_denoised(step_rewards, rollout).tolist() == [True, True, False, False]
+    # answer 0 was correct at step 1 but wrong at the end; answers 2 and 3 were right at the end
+    assert objective.over_denoised(step_rewards, correct).tolist() == [True, False, False, False]
+
+
+ON_POLICY_CASES = {
+    "diffu_grpo": (DiffuGRPOConfig(beta=0.04), False),
+    "mdpo": (MDPOConfig(beta=0.02), True),
+    "igpo": (IGPOConfig(beta=0.01, entropy_clip_ratio=1.0), False),
+    "igpo-sequence": (IGPOConfig(beta=0.01, entropy_clip_ratio=1.0, sequence_level_ratio=True), False),
+    "wd1": (WD1Config(beta=0.04), False),
+}
+
+
+def on_policy_form(name: str, objective, batch: TrainBatch, lp: torch.Tensor) -> torch.Tensor:
+    """Each loss written without a ratio: ``−A·ℓ`` (valued at ``−A``) plus the objective's KL."""
+    a = batch.advantages[:, None]
+    score = lp - lp.detach()  # value 0, gradient ∇ℓ: the policy-gradient form of ratio = 1
+    if name == "mdpo":
+        masked = torch.tensor([[True, True, False, True]])
+        weight = batch.traj.step_confidence[0, 0].float()[None]
+        k2 = 0.5 * (REF - lp) ** 2
+        return masked_mean(weight * ((4 / 3) * -a * (1 + score) + 0.02 * k2), masked, dim=1).mean()
+    if name == "wd1":
+        return -(a * masked_mean(lp, ANSWER, dim=1)).mean() + 0.04 * masked_mean(
+            torch.exp(REF - lp) - (REF - lp) - 1, ANSWER)
+    if name == "igpo-sequence":
+        score = masked_mean(score, ANSWER, dim=1)[:, None].expand_as(lp)
+    delta = REF - lp
+    return masked_mean(-a * (1 + score) + objective.config.beta * (torch.exp(delta) - delta - 1), ANSWER)
+
+
+@pytest.mark.parametrize("name", list(ON_POLICY_CASES))
+def test_loss_with_theta_equal_to_theta_old_is_the_on_policy_loss(name):
+    """θ_old = θ (the trainer's first optimizer step) and θ_old scored separately give one loss and gradient."""
+    config, steps = ON_POLICY_CASES[name]
+    objective = build(config)
+    batch = TrainBatch(trajectory(steps=steps), torch.tensor([1.5]), steps=torch.tensor([0]) if steps else None)
+    mask = torch.tensor([[True, True, False, True]]) if steps else None
+    values = LP * mask if steps else LP
+    ref = scores(REF * mask if steps else REF, mask)
+    results = []
+    for old in (None, scores(values, mask).logprobs.detach()):
+        current = scores(values, mask)
+        loss, _ = objective.loss(batch, current, None if old is None else scores(old, mask), ref)
+        loss.backward()
+        results.append((loss.detach(), current.logprobs.grad))
+    lp = values.clone().requires_grad_()
+    expected = on_policy_form(name, objective, batch, lp)
+    expected.backward()
+    for loss, grad in results:
+        assert torch.allclose(loss, expected.detach(), atol=1e-6), (loss, expected)
+        assert torch.allclose(grad, lp.grad, atol=1e-6), (grad, lp.grad)

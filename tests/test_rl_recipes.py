@@ -17,6 +17,10 @@ def test_every_family_and_algorithm_has_a_recipe():
     names = {(p.parent.name, p.stem) for p in GPU_RECIPES}
     assert {("llada", f"{task}_diffu_grpo") for task in ("gsm8k", "math", "countdown")} <= names
     assert {("llada", "math_mdpo"), ("llada", "math_igpo"), ("dream", "math_mdpo"), ("dream", "math_igpo")} <= names
+    assert {("llada", f"{task}_{algo}") for task in TASKS for algo in ("spg", "espo", "bgpo")} <= names
+
+
+TASKS = ("gsm8k", "math", "countdown", "sudoku")
 
 
 @pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -37,9 +41,44 @@ def test_gpu_recipe_is_valid_and_buildable(path):
         assert (recipe.rollout.num_generations, recipe.rollout.max_completion_length) == (6, 256)
     elif algo.name == "mdpo":
         assert (algo.beta, recipe.optim.learning_rate, recipe.rollout.temperature) == (0.02, 7e-7, 0.4)
-        assert recipe.rollout.remasking == "rcr" and not recipe.lora.enabled
+        assert recipe.rollout.remasking == "low_confidence" and not recipe.lora.enabled
+        assert recipe.optim.optimizer_steps_per_rollout == 1  # the published trainer
         assert recipe.rollout.block_length == recipe.rollout.max_completion_length == 512
     elif algo.name == "igpo":
         assert (algo.beta, algo.replace_fraction, algo.entropy_clip_ratio) == (0.01, 0.5, 0.2)
         assert (algo.hint_ratio_min, algo.hint_ratio_max, algo.chunk_min, algo.chunk_max) == (0.2, 0.6, 5, 10)
         assert algo.reasoning_column != "answer"
+    elif algo.name in ("spg", "espo", "bgpo"):
+        assert_2026_settings(recipe, path.stem.split("_")[0])
+
+
+def assert_2026_settings(recipe, task: str) -> None:
+    """The official settings of objectives-2026.md (d) for SPG (mixture), ESPO and BGPO."""
+    algo, o, r = recipe.algorithm, recipe.optim, recipe.rollout
+    assert recipe.data.task == task and r.block_length == 32
+    if algo.name == "spg":
+        assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (128, 64, 0.05)
+        assert (o.learning_rate, o.weight_decay, o.adam_beta2, o.max_grad_norm) == (3e-6, 0.1, 0.99, 0.2)
+        assert (r.num_generations, r.prompts_per_step, r.max_completion_length, r.steps) == (6, 16, 256, 128)
+        assert r.temperature == (0.3 if task == "sudoku" else 0.9)
+        assert (algo.num_iterations, algo.mc_samples, algo.p_mask, algo.omega, algo.mask_block_length) == (4, 2, 0.15, 0.5, 32)
+        assert algo.eubo_beta == {"gsm8k": 1.5, "math": 1.5, "countdown": 1.5, "sudoku": 1.0}[task]
+        assert algo.scale_rewards == "none" and o.optimizer_steps_per_rollout == 1
+        assert o.max_steps == {"gsm8k": 6000, "math": 4000, "countdown": 6000, "sudoku": 2500}[task]
+    elif algo.name == "espo":
+        assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (128, 64, 0.05)
+        assert (o.learning_rate, o.weight_decay, o.adam_beta2, o.max_grad_norm) == (3e-6, 0.01, 0.99, 0.2)
+        assert (algo.num_iterations, algo.mc_samples, algo.scale_rewards) == (8, 2, "none")
+        assert algo.epsilon == (0.0 if task == "countdown" else 0.2)
+        assert algo.beta == {"gsm8k": 1e-3, "math": 1e-3, "countdown": 3e-3, "sudoku": 1e-2}[task]
+        assert r.num_generations == (16 if task == "math" else 6) and r.prompts_per_step == 16
+        assert (r.max_completion_length, r.temperature) == (256, 1.0)
+        assert r.steps == (256 if task in ("gsm8k", "math") else 128)
+    else:
+        assert not recipe.lora.enabled and recipe.ray.address is None  # full fine-tune, rolled out in-process
+        assert (o.learning_rate, r.num_generations, r.prompts_per_step, o.optimizer_steps_per_rollout) == (5e-7, 8, 16, 1)
+        assert (algo.num_iterations, algo.scale_rewards) == (1, "group")  # on-policy, std-scaled advantages
+        assert algo.mc_samples == (32 if task == "sudoku" else 16)
+        long = task in ("gsm8k", "math")
+        assert (r.max_completion_length, r.steps) == ((512, 256) if long else (256, 128))
+        assert o.max_steps == (400 if task == "sudoku" else 700)

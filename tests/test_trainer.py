@@ -74,8 +74,9 @@ TRACE = {"estimator": "trajectory", "trajectory_steps": 2}  # diffu-GRPO on repl
 
 @pytest.mark.parametrize(
     ("algorithm", "options"),
-    [("diffu_grpo", {}), ("diffu_grpo", TRACE), ("mdpo", {}), ("igpo", {}), ("wd1", {})],
-    ids=["diffu_grpo", "diffu_grpo-trajectory", "mdpo", "igpo", "wd1"],
+    [("diffu_grpo", {}), ("diffu_grpo", TRACE), ("mdpo", {}), ("igpo", {}), ("wd1", {}),
+     ("spg", {"mask_block_length": 4}), ("espo", {}), ("bgpo", {"mc_samples": 2})],
+    ids=["diffu_grpo", "diffu_grpo-trajectory", "mdpo", "igpo", "wd1", "spg", "espo", "bgpo"],
 )
 def test_three_steps_of_each_algorithm_through_the_ray_pool(tmp_path, algorithm, options, ray_pool):
     r = recipe(tmp_path, algorithm, ray={"address": "local", "num_workers": 1}, algorithm=options)

@@ -12,7 +12,7 @@ Three in ten demonstrations are careless (``careless_fraction``): the numbers
 simply added up, whatever the target, like the mixed-quality answers of scraped SFT
 data. This gives the model a habit that reward can remove and that is not tied to
 particular problems; a model trained on clean demonstrations only showed no
-held-out RL gain in any configuration measured (README, "The default run").
+held-out RL gain in any configuration measured (docs/default-run.md, docs/history.md).
 
 Everything is a function of ``--seed`` and the step count (never of wall time),
 and runs with a fixed number of CPU threads, so ``make tiny-model`` reproduces the
@@ -42,6 +42,7 @@ from unmask.data import countdown, render_prompt
 from unmask.errors import UserError
 from unmask.evaluation.benchmarks import COUNTDOWN_EVAL_SIZE, benchmark_rows
 from unmask.models.base import DiffusionLM
+from unmask.models.generation import GenerationDefaults, write_generation_defaults
 from unmask.rl.rollout import encode_prompts
 
 #: training problems are drawn from seeds offset from the user seed (the eval seed is far away)
@@ -217,13 +218,21 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_atomically(model: DiffusionLM, out: str | Path) -> Path:
+def generation_defaults(config: PretrainConfig, task: str) -> GenerationDefaults:
+    """How the pretrained model answers: greedy, one token per step, answers as long as in pretraining."""
+    length = config.gen_length
+    return GenerationDefaults(length, length, length, 0.0, "low_confidence", task)
+
+
+def save_atomically(model: DiffusionLM, out: str | Path, generation: GenerationDefaults | None = None) -> Path:
     """Write the checkpoint into a sibling temp dir, then swap it in, so a crash never leaves half a model."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp)
+        if generation is not None:
+            write_generation_defaults(tmp, generation)
         tmp.chmod(0o755)  # mkdtemp is private; a shipped checkpoint is world-readable
         for file in tmp.iterdir():
             file.chmod(0o644)
@@ -268,6 +277,6 @@ def run_pretrain(args: argparse.Namespace) -> int:
     steps = steps or config.steps
     config = replace(config, steps=steps, warmup_steps=min(config.warmup_steps, math.ceil(steps / 10)))
     model = pretrain(config, args.seed)
-    out = save_atomically(model, args.out)
+    out = save_atomically(model, args.out, generation_defaults(config, args.task))
     print(f"wrote {out} (sha256 {(out / HASH_FILE).read_text().split()[0]})")
     return 0

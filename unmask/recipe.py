@@ -89,8 +89,11 @@ class RolloutConfig(Section):
     block_length: PositiveInt = 32
     temperature: NonNegFloat = 0.7
     remasking: Literal["low_confidence", "random", "margin", "entropy", "rcr"] = "low_confidence"
-    #: confidence function used by RCR
-    rcr_confidence: Literal["probability", "margin", "neg_entropy"] = "probability"
+    #: confidence function used by RCR (rollouts/confidence.py); by default the probability of the
+    #: sampled token under the sampling distribution softmax(logits / τ) (sampling.md §3.4)
+    rcr_confidence: Literal["sampling_probability", "probability", "margin", "entropy", "random"] = (
+        "sampling_probability"
+    )
     threshold: Probability | None = None
     schedule: Literal["linear", "cosine", "pow_k", "log", "exp"] = "linear"
     schedule_k: PositiveInt = 2
@@ -112,6 +115,11 @@ class RolloutConfig(Section):
         return self
 
 
+def _from_bool(value: Any, true: str, false: str) -> Any:
+    """Older recipes gave some choices as booleans; map them to the names they meant."""
+    return (true if value else false) if isinstance(value, bool) else value
+
+
 class _ObjectiveBase(Section):
     beta: NonNegFloat = 0.04
     epsilon: NonNegFloat = 0.2
@@ -122,12 +130,7 @@ class _ObjectiveBase(Section):
     #: an answer counts as correct (accuracy, all-wrong groups, IGPO, MDPO filter) at this total reward
     correct_threshold: float = 1.0
 
-    @field_validator("scale_rewards", mode="before")
-    @classmethod
-    def _bool_scale(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return "group" if value else "none"
-        return value
+    _bool_scale = field_validator("scale_rewards", mode="before")(lambda v: _from_bool(v, "group", "none"))
 
 
 class DiffuGRPOConfig(_ObjectiveBase):
@@ -146,7 +149,15 @@ class MDPOConfig(_ObjectiveBase):
     sample_train_steps: PositiveInt = 8
     confidence_weight: bool = True
     elbo_weight: bool = True
-    over_denoising_filter: bool = False
+    #: train only on over-denoised prompts (an intermediate prediction right, the final answer
+    #: wrong): "greedy" finds them once before training with a greedy pre-pass over the training
+    #: set, as the paper does; "rollout" (or true) keeps the groups where a rollout showed it
+    over_denoising_filter: Literal["off", "rollout", "greedy"] = "off"
+    #: what scores intermediate predictions: "correctness" (1 if the recipe's reward reaches
+    #: correct_threshold, else 0, as published) or "reward" (the recipe's full weighted reward)
+    step_reward: Literal["correctness", "reward"] = "correctness"
+
+    _bool_filter = field_validator("over_denoising_filter", mode="before")(lambda v: _from_bool(v, "rollout", "off"))
 
 
 class IGPOConfig(_ObjectiveBase):
@@ -180,8 +191,59 @@ class WD1Config(_ObjectiveBase):
     p_mask: Probability = 0.15
 
 
+class _NoKL:
+    """Mixin validator: objectives whose papers use no KL term refuse a non-zero ``beta``."""
+
+    @model_validator(mode="after")
+    def _no_kl(self) -> Any:
+        if self.beta != 0:
+            hint = "; the EUBO's β is eubo_beta" if self.name == "spg" else ""
+            raise ValueError(f"beta must be 0: {self.name} has no KL term and no reference policy{hint}")
+        return self
+
+
+class SPGConfig(_NoKL, _ObjectiveBase):
+    """SPG: ELBO for positive advantages, EUBO (or a mix) for negative ones; no ratio, no old policy."""
+
+    name: Literal["spg"] = "spg"
+    beta: NonNegFloat = 0.0
+    #: block-wise samples per answer and inner iteration (``num_t``); with 1 the EUBO has the ELBO's gradient
+    mc_samples: Annotated[int, Field(ge=2)] = 2
+    #: Rényi order of the upper bound (the paper's β): 1.5 GSM8K/MATH, 2.0 Countdown, 1.0 Sudoku
+    eubo_beta: Annotated[float, Field(gt=0.0)] = 1.5
+    #: weight of the EUBO in the negative-advantage bound: 1 = "SPG w/ EUBO", 0 = "w/ ELBO", 0.5 = mixture
+    omega: Probability = 0.5
+    #: block size of the block-wise masks
+    mask_block_length: PositiveInt = 32
+    #: masking rate of the prompt and of the blocks before the cut
+    p_mask: Probability = 0.15
+
+
+class ESPOConfig(_ObjectiveBase):
+    """ESPO: one clipped ratio per sequence from ELBO differences over the length, sequence k2 KL."""
+
+    name: Literal["espo"] = "espo"
+    beta: NonNegFloat = 1e-3
+    epsilon: NonNegFloat = 0.2
+    #: coupled exact-count MC samples per answer (two forward passes each)
+    mc_samples: PositiveInt = 2
+
+
+class BGPOConfig(_NoKL, _ObjectiveBase):
+    """BGPO: per-sample lower bound of the ELBO ratio (tangent for A ≥ 0, Jensen for A < 0)."""
+
+    name: Literal["bgpo"] = "bgpo"
+    beta: NonNegFloat = 0.0
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    #: single-sample ELBO items per answer (``n_t``): 16 math/Countdown, 32 Sudoku
+    mc_samples: PositiveInt = 16
+    #: divide ``d_j`` by the generation length (the VeRL port's scaling) so ``e^d`` stays tame off-policy
+    length_normalized: bool = False
+
+
 AlgorithmConfig = Annotated[
-    DiffuGRPOConfig | MDPOConfig | IGPOConfig | WD1Config, Field(discriminator="name")
+    DiffuGRPOConfig | MDPOConfig | IGPOConfig | WD1Config | SPGConfig | ESPOConfig | BGPOConfig,
+    Field(discriminator="name"),
 ]
 
 
@@ -210,6 +272,19 @@ class OptimConfig(Section):
     max_steps: PositiveInt = 20
     per_device_train_batch_size: PositiveInt = 8
     gradient_accumulation_steps: PositiveInt = 1
+    #: optimizer steps per pass over a rollout batch, however many micro-batches it
+    #: has (1: the published MDPO trainer's one step per rollout); replaces
+    #: gradient_accumulation_steps, so set only one of the two
+    optimizer_steps_per_rollout: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_step_rule(self) -> OptimConfig:
+        if self.optimizer_steps_per_rollout is not None and self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                "set either gradient_accumulation_steps or optimizer_steps_per_rollout, not both "
+                "(optimizer_steps_per_rollout decides how many micro-batches each step accumulates)"
+            )
+        return self
 
 
 class EvalConfig(Section):
@@ -315,6 +390,9 @@ _ALGORITHM_TAGS: dict[str, type[BaseModel]] = {
     "mdpo": MDPOConfig,
     "igpo": IGPOConfig,
     "wd1": WD1Config,
+    "spg": SPGConfig,
+    "espo": ESPOConfig,
+    "bgpo": BGPOConfig,
 }
 
 

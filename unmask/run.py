@@ -182,18 +182,26 @@ def training_curves(out_dir: Path) -> tuple[list[tuple[int, float]], dict[str, l
 
 
 def run_recipe(recipe: Recipe) -> list[Comparison]:
-    """Evaluate, train, evaluate, report; returns the before/after comparisons."""
+    """Evaluate, train, evaluate, report; returns the before/after comparisons.
+
+    Under ``accelerate launch`` every process trains; only the main one evaluates
+    and reports. A run stopped by SIGTERM reports nothing (it resumes later).
+    """
+    from accelerate import PartialState
+
+    main = PartialState(cpu=recipe.model.device == "cpu").is_main_process  # the state Trainer's Accelerator reuses
     out_dir = Path(recipe.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start_metrics_log(out_dir, resuming=recipe.checkpoint.resume_from is not None)
-    save_recipe(recipe, out_dir)
+    if main:
+        start_metrics_log(out_dir, resuming=recipe.checkpoint.resume_from is not None)
+        save_recipe(recipe, out_dir)
     factory = model_factory(recipe.model)
     model = factory()
     rows = eval_rows(recipe)
     settings = eval_settings(recipe)
     timings: dict[str, float] = {}
     with reward_runner(recipe) as runner:
-        before = evaluate_phase(model, rows, recipe, settings, runner) if recipe.eval.before else None
+        before = evaluate_phase(model, rows, recipe, settings, runner) if recipe.eval.before and main else None
         if before is not None:
             timings["eval before"] = before.seconds
             log_metrics(out_dir, {"phase": "eval_before", "step": 0, **before.summary()})
@@ -202,6 +210,8 @@ def run_recipe(recipe: Recipe) -> list[Comparison]:
         trainer = Trainer(recipe, eval_fn=periodic, model_factory=factory, rows=training_rows(recipe, rows))
         for _ in trainer.steps():
             pass
+        if trainer.preempted or not main:
+            return []
         model = trainer.unwrapped
         timings["train"] = time.perf_counter() - started
         after = evaluate_phase(model, rows, recipe, settings, runner)

@@ -2,7 +2,8 @@
 
 Templates are ``str.format`` strings over the row's columns. Math-style tasks ask
 for ``\\boxed{}``; Countdown and Sudoku ask for ``<answer>`` tags, which is what
-their graders extract.
+their graders extract. A recipe may also name a style (``data.prompt_template: d1``)
+whose template per task asks for the layout that style's reward functions score.
 """
 
 from __future__ import annotations
@@ -29,10 +30,38 @@ TEMPLATES: dict[str, str] = {
 TEMPLATES["math500"] = TEMPLATES["math"]
 TEMPLATES["amc"] = TEMPLATES["math"]
 
+_D1_LAYOUT = (
+    "Work through the problem step by step, then reply in exactly this layout:\n"
+    "<reasoning>\nyour step-by-step working\n</reasoning>\n<answer>\n{answer}\n</answer>"
+)
+#: d1's prompt shape: ``<reasoning>``/``<answer>`` tags (what xmlcount and the format rewards
+#: score) and, per task, what goes inside the answer: GSM8K a bare number (int_answer),
+#: MATH a box, Countdown the expression alone in a box, Sudoku the 16 digits
+D1_TEMPLATES: dict[str, str] = {
+    "gsm8k": _D1_LAYOUT.format(answer="the final number alone, digits only") + "\n\n{question}",
+    "math": _D1_LAYOUT.format(answer="\\boxed{{the final answer}}") + "\n\n{problem}",
+    "countdown": (
+        "Using the numbers {nums}, write an arithmetic expression that equals {target}. Use every "
+        "number exactly once, with + - * / and parentheses; put only the expression in the box, "
+        'without "=" or the result.\n' + _D1_LAYOUT.format(answer="\\boxed{{expression}}")
+    ),
+    "sudoku": (
+        "Solve this 4x4 Sudoku: each row, column and 2x2 box holds 1-4 once; 0 is an empty cell.\n"
+        "Puzzle: {puzzle}\n" + _D1_LAYOUT.format(answer="the 16 digits of the solution, row by row")
+    ),
+}
+D1_TEMPLATES["math500"] = D1_TEMPLATES["amc"] = D1_TEMPLATES["math"]
+#: named prompt styles a recipe's ``data.prompt_template`` may give instead of a template
+STYLES: dict[str, dict[str, str]] = {"d1": D1_TEMPLATES}
+
 
 def render_prompt(task: str, row: dict[str, Any], template: str | None = None) -> str:
-    """Fill the task's template (or ``template``) with the row's columns."""
+    """Fill the task's template (or ``template``: a ``str.format`` string or a style name) with the row's columns."""
     text = template if template is not None else TEMPLATES[task]
+    if text in STYLES:
+        if task not in STYLES[text]:
+            raise UserError(f"data.prompt_template: style '{text}' has no prompt for task '{task}'")
+        text = STYLES[text][task]
     try:
         return text.format(**row)
     except (KeyError, IndexError) as exc:

@@ -35,6 +35,7 @@ from unmask.evaluation.settings import (
     settings_grid,
 )
 from unmask.evaluation.store import SampleLog
+from unmask.models.generation import read_generation_defaults
 from unmask.rollouts import RolloutPool, generate
 
 RUN_FILE = "run.json"
@@ -114,9 +115,27 @@ def _progress(console: Console) -> Progress:
     )  # fmt: skip
 
 
+def checkpoint_lengths(args: argparse.Namespace, family: str) -> tuple[list[int], list[int] | None, int | None]:
+    """Answer lengths, steps and block: the command line's, else the checkpoint's ``generation_config.json``.
+
+    The checkpoint's steps and block apply only to its own answer length (not to a ``--gen-length`` grid).
+    """
+    defaults = read_generation_defaults(args.model)
+    lengths = parse_int_list("--gen-length", args.gen_length)
+    steps = parse_int_list("--steps", args.steps)
+    if lengths is not None or defaults.gen_length is None:
+        return lengths or default_gen_lengths(family), steps, args.block_length
+    own = [defaults.steps] if defaults.steps is not None else None
+    return [defaults.gen_length], steps or own, args.block_length or defaults.block_length
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Entry point of ``unmask eval`` (see ``unmask.cli``)."""
     console = Console()
+    if getattr(args, "regrade", None):
+        from unmask.evaluation.regrade import run_regrade
+
+        return run_regrade(args, console)
     if args.compare:
         print_comparison(compare_runs(*args.compare, seed=args.seed), console)
         return 0
@@ -127,9 +146,9 @@ def run_eval(args: argparse.Namespace) -> int:
     rows = {b: benchmark_rows(b, data_dir=args.data_dir, limit=args.limit) for b in benches}
     model = load_eval_model(args.model, args.adapter)
     apply_family_templates(rows, model.family)
-    lengths = parse_int_list("--gen-length", args.gen_length) or default_gen_lengths(model.family)
+    lengths, steps, block = checkpoint_lengths(args, model.family)
     grid = settings_grid(
-        lengths, parse_int_list("--steps", args.steps), args.block_length, args.temperature, args.remasking,
+        lengths, steps, block, args.temperature, args.remasking,
         caches=parse_caches(getattr(args, "cache", None)), thresholds=parse_thresholds(getattr(args, "threshold", None)),
     )  # fmt: skip
     if args.num_samples > 1 and args.temperature == 0:

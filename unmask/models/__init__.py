@@ -3,7 +3,7 @@
 from unmask.models.base import DiffusionLM, positions_from_mask
 from unmask.models.dream import Dream, DreamConfig
 from unmask.models.llada import LLaDA, LLaDAConfig
-from unmask.models.loading import load_model
+from unmask.models.loading import load_model, meta_model
 from unmask.models.native import CheckpointError, NativeLM
 from unmask.models.tiny import TinyConfig, TinyLM, tiny
 
@@ -18,6 +18,7 @@ __all__ = [
     "TinyConfig",
     "TinyLM",
     "load_model",
+    "meta_model",
     "positions_from_mask",
     "tiny",
 ]

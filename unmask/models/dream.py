@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import Qwen2Tokenizer
 
 from unmask.models.kv_cache import KVHook
 from unmask.models.layers import RMSNorm, attention, swiglu
@@ -47,6 +48,10 @@ class DreamConfig(NativeConfig):
         check_heads(
             self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.model_type
         )
+
+
+#: ``<|im_end|>``, where Dream-Instruct ends its turn (``<|endoftext|>`` padding follows)
+IM_END_ID = 151645
 
 
 class DreamAttention(nn.Module):
@@ -118,6 +123,8 @@ class Dream(NativeLM):
     lm_head_name = "lm_head"
     lora_scope = r"model\.layers\.\d+\.(self_attn|mlp)"
     logit_shift = 1
+    end_of_turn_id = IM_END_ID
+    tokenizer_class = Qwen2Tokenizer
 
     def __init__(self, config: DreamConfig, tokenizer: Any = None) -> None:
         super().__init__(config, tokenizer)

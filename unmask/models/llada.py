@@ -118,6 +118,7 @@ class LLaDA(NativeLM):
     lora_targets = ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
     lm_head_name = "model.transformer.ff_out"
     lora_scope = r"model\.transformer\.blocks\.\d+"
+    end_of_turn_id = END_OF_TURN_ID
 
     def __init__(self, config: LLaDAConfig, tokenizer: Any = None) -> None:
         super().__init__(config, tokenizer)
@@ -134,13 +135,6 @@ class LLaDA(NativeLM):
             transformer["ff_out"] = nn.Linear(config.d_model, config.padded_vocab, bias=False)
         self.model = nn.Module()
         self.model.transformer = transformer
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        """The config's EOS plus LLaDA-Instruct's end-of-turn token, which also ends an answer."""
-        ids = super().eos_token_ids
-        eot = END_OF_TURN_ID
-        return ids if eot in ids or eot >= self.config.padded_vocab else (*ids, eot)
 
     @property
     def dims(self) -> Dims:

@@ -138,13 +138,45 @@ def load_weights(
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def load_tokenizer(path: Path) -> Any:
-    """The checkpoint's tokenizer, or ``None`` when the directory has no tokenizer files."""
+def load_tokenizer(path: Path, cls: type[NativeLM]) -> Any:
+    """The checkpoint's tokenizer, or ``None`` when the directory has no tokenizer files.
+
+    Remote code is never run: a ``tokenizer_config.json`` that names a remote class
+    (``auto_map``, e.g. Dream's ``DreamTokenizer``) is read by the family's own
+    ``tokenizer_class`` over the same vocabulary files.
+    """
     if (path / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast.from_pretrained(path)
-    if (path / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(path)
-    return None
+    config_file = path / "tokenizer_config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        remote = json.loads(config_file.read_text()).get("auto_map")
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_file}: invalid JSON ({exc})") from exc
+    try:
+        if remote and cls.tokenizer_class is not None:
+            return cls.tokenizer_class.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{config_file}: cannot build the tokenizer without remote code ({str(exc).splitlines()[0]}); "
+            "add the tokenizer's vocabulary (tokenizer.json, or vocab.json + merges.txt) to the directory"
+        ) from exc
+
+
+def meta_model(name_or_path: str | Path, family: str | None = None) -> NativeLM:
+    """The model a checkpoint's ``config.json`` describes, on the meta device, without tokenizer.
+
+    Costs no memory, so an 8 B config gives its exact tensor names, shapes and
+    parameter (and LoRA) counts on any machine.
+    """
+    path = resolve_checkpoint(name_or_path)
+    raw = read_config(path)
+    cls = family_class(raw, family, path / "config.json")
+    config = cls.config_class.from_dict(raw, source=str(path / "config.json"))
+    with torch.device("meta"):
+        return cls(config)
 
 
 def load_model(
@@ -155,10 +187,7 @@ def load_model(
 ) -> NativeLM:
     """Load a tiny, LLaDA or Dream checkpoint directory (or hub id) in eval mode."""
     path = resolve_checkpoint(name_or_path)
-    raw = read_config(path)
-    cls = family_class(raw, family, path / "config.json")
-    config = cls.config_class.from_dict(raw, source=str(path / "config.json"))
-    with torch.device("meta"):
-        model = cls(config, load_tokenizer(path))
+    model = meta_model(path, family)
+    model.tokenizer = load_tokenizer(path, type(model))
     load_weights(model, path, resolve_dtype(dtype), device or "cpu")
     return model.eval()

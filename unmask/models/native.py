@@ -73,6 +73,14 @@ class NativeConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         return {**self.extra, **values, "model_type": self.model_type}
 
+    def get_text_config(self, *args: Any, **kwargs: Any) -> NativeConfig:
+        """transformers' accessor for a model's text settings (its ``Trainer`` reads the special tokens here)."""
+        return self
+
+    def to_json_string(self) -> str:
+        """The config as JSON (transformers' logging integrations record it with the run)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
 
 class NativeLM(DiffusionLM):
     """A family implemented in unmask: embed → residual blocks → norm → LM head."""
@@ -93,6 +101,18 @@ class NativeLM(DiffusionLM):
     rope_theta: float
     #: raw output at position ``i`` predicts token ``i + logit_shift`` (Dream: 1)
     logit_shift: ClassVar[int] = 0
+    #: the chat template's end-of-turn token: an instruct model ends its answer there, not at EOS
+    end_of_turn_id: ClassVar[int | None] = None
+    #: tokenizer class reading the family's vocabulary files when ``tokenizer_config.json``
+    #: names remote code (Dream's ``DreamTokenizer`` is a Qwen2 byte-level BPE)
+    tokenizer_class: ClassVar[type | None] = None
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The config's EOS plus the end-of-turn token, where the vocabulary has one."""
+        ids = super().eos_token_ids
+        eot = self.end_of_turn_id
+        return ids if eot is None or eot in ids or eot >= self.dims.vocab else (*ids, eot)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -249,8 +269,11 @@ class NativeLM(DiffusionLM):
         raise NotImplementedError
 
     # -- training switches ---------------------------------------------------
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None) -> None:
-        """Recompute block activations in backward (HF-compatible name, used by peft)."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Any = None, **options: Any) -> None:
+        """Recompute block activations in backward (HF-compatible name, used by peft and transformers' Trainer).
+
+        Every block is recomputed; the Trainer's extra ``options`` (``every_n_layers``, ``offload``) are not used.
+        """
         self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
