@@ -143,13 +143,14 @@ def measure_tiny(model: DiffusionLM, rows: list[dict[str, Any]], setting: EvalSe
 
 
 def measure_random(
-    model: DiffusionLM, prompts: torch.Tensor, settings: dict[str, int], names: list[str] | None
+    model: DiffusionLM, prompts: torch.Tensor, settings: dict[str, int], args: argparse.Namespace
 ) -> dict[str, Measured]:
     results = {}
-    for name, options in variants(model, names).items():
-        run = Timed(options)
-        run(model, prompts, seed=0, **settings)
-        results[name] = Measured.of([run])
+    for name, options in variants(model, args.only).items():
+        runs = [Timed(options) for _ in range(args.repeats)]
+        for run in runs:
+            run(model, prompts, seed=0, **settings)
+        results[name] = Measured.of(runs)
     return results
 
 
@@ -210,7 +211,7 @@ def llada_part(args: argparse.Namespace) -> None:
     prompts = torch.randint(0, config.vocab_size - 2, (args.llada_batch, args.llada_prompt), generator=gen)
     settings = {"gen_length": 32, "steps": 32, "block_length": 8}
     generate(model, prompts, gen_length=16, steps=2, block_length=16)  # warm-up
-    results = measure_random(model, prompts, settings, args.only)
+    results = measure_random(model, prompts, settings, args)
     title = (
         f"random LLaDA-shaped model: d_model {width}, {layers} layers, {heads} heads, MLP {mlp}, "
         f"vocab {config.vocab_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters); "
@@ -231,7 +232,7 @@ def main() -> None:
     parser.add_argument("--tiny-blocks", type=int_list, default=[16, 4], help="block lengths for the tiny model")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="time each tiny setting this often, keep the fastest")
+    parser.add_argument("--repeats", type=int, default=1, help="time each setting this often, keep the fastest")
     parser.add_argument("--llada-shape", type=int_list, default=[256, 4, 4, 768], help="d_model,layers,heads,mlp[,vocab]")
     parser.add_argument("--llada-batch", type=int, default=2)
     parser.add_argument("--llada-prompt", type=int, default=32)
