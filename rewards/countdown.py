@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from .extract import answer_tag, last_boxed
+from .extract import boxed_answer
 from .result import GradeResult
 
 MAX_CHARS = 200
@@ -189,14 +189,8 @@ def _reference(nums: str | list | tuple, target: str | int) -> tuple[list[int], 
 
 
 def extract_countdown_answer(completion: str) -> str | None:
-    """The expression a completion commits to: the last box inside the ``<answer>`` block
-    (``<answer>\\boxed{a + b}</answer>`` as d1's prompt asks), else the block itself,
-    else (no block, or an empty one) the last box anywhere."""
-    block = answer_tag(completion)
-    if block:
-        boxed = last_boxed(block)
-        return boxed.strip() if boxed and boxed.strip() else block
-    return last_boxed(completion)
+    """The expression a completion commits to (``extract.boxed_answer``)."""
+    return boxed_answer(completion)
 
 
 def grade_countdown(

@@ -53,6 +53,17 @@ def answer_tag(text: str) -> str | None:
     return (body if end < 0 else body[:end]).strip()
 
 
+def boxed_answer(text: str) -> str | None:
+    """What d1-style prompts ask for: the last box inside the ``<answer>`` block
+    (``<answer>\\boxed{…}</answer>``), else the block's text, else (no block, or an
+    empty one) the last box anywhere; None when there is neither."""
+    block = answer_tag(text)
+    if block:
+        boxed = last_boxed(block)
+        return boxed.strip() if boxed and boxed.strip() else block
+    return last_boxed(text)
+
+
 def last_math_span(text: str) -> str | None:
     """Content of the last ``$..$``, ``$$..$$``, ``\\(..\\)`` or ``\\[..\\]`` span."""
     last = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .extract import answer_tag, last_boxed
+from .extract import boxed_answer
 from .result import GradeResult
 
 CELLS = 16
@@ -23,16 +23,15 @@ def _board(name: str, value: str | int, allow_empty: bool) -> str:
 def grade_sudoku(completion: str, *, puzzle: str | int, solution: str | int) -> GradeResult:
     """Score = share of the puzzle's empty cells (``0``) that the answer fills correctly.
 
-    The answer grid is the first 16 digits of the ``<answer>`` block (else the last box);
+    The answer grid is the first 16 digits of the box inside ``<answer>``, else of the
+    block, else of the last box (``extract.boxed_answer``);
     separators and layout are ignored. ``correct`` means every empty cell is right.
     """
     puzzle_s = _board("puzzle", puzzle, allow_empty=True)
     solution_s = _board("solution", solution, allow_empty=False)
     if any(p != "0" and p != s for p, s in zip(puzzle_s, solution_s, strict=True)):
         raise ValueError(f"sudoku solution {solution_s} contradicts the givens of {puzzle_s}")
-    block = answer_tag(completion)
-    if block is None:
-        block = last_boxed(completion)
+    block = boxed_answer(completion)
     if block is None:
         return GradeResult(False, 0.0, None, "no answer block found")
     grid = "".join(ch for ch in block[:10_000] if ch.isascii() and ch.isdigit())[:CELLS]

@@ -70,11 +70,13 @@ def comparable(record):
 
 
 TRACE = {"estimator": "trajectory", "trajectory_steps": 2}  # diffu-GRPO on replayed commit steps
+# digit_reward is graded, never 'correct': MDPO's default correctness-only step rewards would all be 0
+MDPO_SHAPED = {"step_reward": "reward"}
 
 
 @pytest.mark.parametrize(
     ("algorithm", "options"),
-    [("diffu_grpo", {}), ("diffu_grpo", TRACE), ("mdpo", {}), ("igpo", {}), ("wd1", {}),
+    [("diffu_grpo", {}), ("diffu_grpo", TRACE), ("mdpo", MDPO_SHAPED), ("igpo", {}), ("wd1", {}),
      ("spg", {"mask_block_length": 4}), ("espo", {}), ("bgpo", {"mc_samples": 2})],
     ids=["diffu_grpo", "diffu_grpo-trajectory", "mdpo", "igpo", "wd1", "spg", "espo", "bgpo"],
 )
@@ -173,7 +175,7 @@ def test_nan_losses_skip_steps_then_stop_with_a_clear_error(tmp_path):
 
 
 def test_full_fine_tuning_keeps_a_frozen_reference_copy(tmp_path):
-    trainer = Trainer(recipe(tmp_path, "mdpo", lora={"enabled": False}, optim={"max_steps": 2}),
+    trainer = Trainer(recipe(tmp_path, "mdpo", lora={"enabled": False}, optim={"max_steps": 2}, algorithm=MDPO_SHAPED),
                       model_factory=make_model, rows=ROWS)
     last = list(trainer.steps())[-1]
     assert last["skipped"] == 0.0 and math.isfinite(last["kl"])

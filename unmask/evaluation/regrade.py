@@ -124,15 +124,19 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def summary_table(summaries: list[GroupSummary]) -> Table:
-    table = Table(title="regrade with unmask's graders (95 % Wilson interval)")
-    for header in ("task", "group", "n", "acc %", "95 % CI", "stored %", "differ"):
+    table = Table(
+        title="regrade with unmask's graders (95 % Wilson interval)",
+        caption="score %: mean reward score (Sudoku: share of empty cells right, d1's measure)",
+    )
+    for header in ("task", "group", "n", "acc %", "95 % CI", "score %", "stored %", "differ"):
         table.add_column(header, justify="left" if header in ("task", "group") else "right",
-                         overflow="fold" if header == "group" else "ellipsis")
+                         overflow="fold", no_wrap=header != "group")
     for s in summaries:
         stored = f"{100 * s.stored_correct / s.stored:.1f}" if s.stored else "-"
         table.add_row(
             s.task, s.group, str(s.n), f"{100 * s.accuracy:.1f}",
-            f"{100 * s.low:.1f}–{100 * s.high:.1f}", stored, str(s.disagreements) if s.stored else "-",
+            f"{100 * s.low:.1f}–{100 * s.high:.1f}", f"{100 * s.mean_score:.1f}", stored,
+            str(s.disagreements) if s.stored else "-",
         )  # fmt: skip
     return table
 
