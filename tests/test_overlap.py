@@ -23,11 +23,10 @@ OVERLAP = {"overlap": True, "temperature": 1.0}
 
 @pytest.fixture(scope="module")
 def ray_pool():
+    """This module's local Ray session and one-actor pool (test_trainer's has the same shape)."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    pool = RolloutPool(functools.partial(lora_replica, make_model, r=4, alpha=8), num_workers=1)
-    yield pool
-    pool.shutdown()
+    yield RolloutPool(functools.partial(lora_replica, make_model, r=4, alpha=8), num_workers=1)
     ray.shutdown()
 
 
