@@ -160,3 +160,24 @@ def test_loss_with_theta_equal_to_theta_old_is_the_on_policy_loss(name):
     for loss, grad in results:
         assert torch.allclose(loss, expected.detach(), atol=1e-6), (loss, expected)
         assert torch.allclose(grad, lp.grad, atol=1e-6), (grad, lp.grad)
+
+
+@pytest.mark.parametrize("name", ["espo", "bgpo"])
+def test_elbo_objectives_give_the_on_policy_loss_when_theta_old_is_theta(name):
+    """The ELBO-ratio objectives: θ_old scored separately (= θ) gives the loss and gradient of θ_old = θ."""
+    from unmask.recipe import BGPOConfig, ESPOConfig
+
+    config = {"espo": ESPOConfig(beta=0.0), "bgpo": BGPOConfig()}[name]  # spg, like wd1, has no θ_old
+    assert OBJECTIVES["spg"].needs_old is False and OBJECTIVES["wd1"].needs_old is False
+    objective = build(config)
+    batch = TrainBatch(trajectory(), torch.tensor([-0.5]))
+    results = []
+    for separate in (False, True):
+        current = scores(LP)
+        old = scores(LP.detach()) if separate else None
+        loss, _ = objective.loss(batch, current, old, None)
+        loss.backward()
+        results.append((loss.detach(), current.logprobs.grad))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    assert torch.allclose(loss_a, loss_b) and torch.allclose(grad_a, grad_b)
+    assert grad_a.abs().sum() > 0

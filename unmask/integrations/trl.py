@@ -77,7 +77,7 @@ class DiffusionGRPOConfig(GRPOConfig):
     )
     cache: str = field(default="none", metadata={"help": "KV cache during rollouts: none, prefix or dual."})
     algorithm: str = field(
-        default="diffu_grpo", metadata={"help": "unmask objective: diffu_grpo, mdpo, igpo or wd1."}
+        default="diffu_grpo", metadata={"help": "unmask objective: diffu_grpo, mdpo, igpo, wd1, spg, espo or bgpo."}
     )
     estimator: str = field(
         default="one_step",
