@@ -33,16 +33,29 @@ from unmask.models.base import DiffusionLM
 from unmask.models.llada import LLaDAConfig
 from unmask.rollouts import Trajectory, generate
 
-#: generate() options of each setting; the reference turns off the (exact) partial head too
+#: generate() options of each setting; the reference turns off the (exact) partial head too.
+#: Settings named "exact ..." start from the model's fastest exact options (``exact_fast``).
 VARIANTS: dict[str, dict[str, Any]] = {
     "reference": {"partial_head": False},
-    "partial head": {},
+    "exact (fast)": {},
     "prefix cache": {"cache": "prefix", "partial_head": False},
     "dual cache": {"cache": "dual", "partial_head": False},
     "threshold 0.9": {"threshold": 0.9, "partial_head": False},
     "early exit": {"early_exit": True, "partial_head": False},
     "dual + threshold 0.9": {"cache": "dual", "threshold": 0.9, "partial_head": False},
     "dual + threshold 0.9 + partial head + early exit": {"cache": "dual", "threshold": 0.9, "early_exit": True},
+    # approximate combinations on top of the exact fast path (issue 22: >= 10x at <= 1 point)
+    "exact fast + threshold 0.9 + early exit": {"threshold": 0.9, "early_exit": True},
+    "exact fast + threshold 0.8 + early exit": {"threshold": 0.8, "early_exit": True},
+    "exact fast + threshold 0.75 + early exit": {"threshold": 0.75, "early_exit": True},
+    "exact fast + threshold 0.7 + early exit": {"threshold": 0.7, "early_exit": True},
+    "exact fast + threshold 0.6 + early exit": {"threshold": 0.6, "early_exit": True},
+    "exact fast + threshold 0.5 + early exit": {"threshold": 0.5, "early_exit": True},
+    "exact fast + margin threshold 0.7 + early exit": {"remasking": "margin", "threshold": 0.7, "early_exit": True},
+    "exact fast + margin threshold 0.5 + early exit": {"remasking": "margin", "threshold": 0.5, "early_exit": True},
+    "delayed cache + threshold 0.9 + early exit": {"cache": "delayed", "threshold": 0.9, "early_exit": True},
+    "delayed cache + threshold 0.8 + early exit": {"cache": "delayed", "threshold": 0.8, "early_exit": True},
+    "exact fast + threshold 0.3 + early exit": {"threshold": 0.3, "early_exit": True},
     # the other decoding strategies, same cost model as the reference (issue 4's table)
     "random remasking": {"remasking": "random", "partial_head": False},
     "margin": {"remasking": "margin", "partial_head": False},
@@ -50,6 +63,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rcr": {"remasking": "rcr", "partial_head": False},
     "cfg 1.0": {"cfg_scale": 1.0, "partial_head": False},
 }
+
+
+def exact_fast(model: DiffusionLM) -> dict[str, Any]:
+    """The fastest token-identical options: partial head (the default), plus the prompt's
+    cached keys/values when the model's prompt is blind to the answer."""
+    return {} if getattr(model.config, "prompt_attends_answer", True) else {"cache": "prompt"}
+
+
+def variants(model: DiffusionLM, names: list[str] | None) -> dict[str, dict[str, Any]]:
+    """The settings to run (the reference and ``names``, or all), "exact ..." ones resolved for ``model``."""
+    chosen = ["reference", *(n for n in names if n != "reference")] if names else list(VARIANTS)
+    unknown = [name for name in chosen if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {unknown}; choose from {list(VARIANTS)}")
+    fast = exact_fast(model)
+    return {name: {**fast, **VARIANTS[name]} if name.startswith("exact") else VARIANTS[name] for name in chosen}
 
 
 @dataclass
@@ -102,7 +131,7 @@ class Measured:
 def measure_tiny(model: DiffusionLM, rows: list[dict[str, Any]], setting: EvalSettings, args: argparse.Namespace) -> dict[str, Measured]:
     """Every variant on the held-out rows under ``setting``, graded like the default run's eval."""
     results = {}
-    for name, options in VARIANTS.items():
+    for name, options in variants(model, args.only).items():
         runs = [Timed(options) for _ in range(args.repeats)]
         for run in runs:
             result = evaluate(
@@ -113,12 +142,15 @@ def measure_tiny(model: DiffusionLM, rows: list[dict[str, Any]], setting: EvalSe
     return results
 
 
-def measure_random(model: DiffusionLM, prompts: torch.Tensor, settings: dict[str, int]) -> dict[str, Measured]:
+def measure_random(
+    model: DiffusionLM, prompts: torch.Tensor, settings: dict[str, int], args: argparse.Namespace
+) -> dict[str, Measured]:
     results = {}
-    for name, options in VARIANTS.items():
-        run = Timed(options)
-        run(model, prompts, seed=0, **settings)
-        results[name] = Measured.of([run])
+    for name, options in variants(model, args.only).items():
+        runs = [Timed(options) for _ in range(args.repeats)]
+        for run in runs:
+            run(model, prompts, seed=0, **settings)
+        results[name] = Measured.of(runs)
     return results
 
 
@@ -167,15 +199,19 @@ def tiny_part(args: argparse.Namespace) -> None:
 
 
 def llada_part(args: argparse.Namespace) -> None:
-    width, layers, heads, mlp = args.llada_shape
-    config = LLaDAConfig(d_model=width, n_layers=layers, n_heads=heads, n_kv_heads=heads, mlp_hidden_size=mlp)
+    width, layers, heads, mlp, *vocab = args.llada_shape
+    ids = {}
+    if vocab:  # a smaller vocabulary: the special ids move to its end
+        ids = {"vocab_size": vocab[0], "embedding_size": vocab[0], "mask_token_id": vocab[0] - 1}
+        ids |= {"eos_token_id": vocab[0] - 2, "pad_token_id": vocab[0] - 2}
+    config = LLaDAConfig(d_model=width, n_layers=layers, n_heads=heads, n_kv_heads=heads, mlp_hidden_size=mlp, **ids)
     model = LLaDA(config).eval()
     model.init_weights(0)
     gen = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, 126000, (args.llada_batch, args.llada_prompt), generator=gen)
+    prompts = torch.randint(0, config.vocab_size - 2, (args.llada_batch, args.llada_prompt), generator=gen)
     settings = {"gen_length": 32, "steps": 32, "block_length": 8}
     generate(model, prompts, gen_length=16, steps=2, block_length=16)  # warm-up
-    results = measure_random(model, prompts, settings)
+    results = measure_random(model, prompts, settings, args)
     title = (
         f"random LLaDA-shaped model: d_model {width}, {layers} layers, {heads} heads, MLP {mlp}, "
         f"vocab {config.vocab_size} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters); "
@@ -196,11 +232,13 @@ def main() -> None:
     parser.add_argument("--tiny-blocks", type=int_list, default=[16, 4], help="block lengths for the tiny model")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="time each tiny setting this often, keep the fastest")
-    parser.add_argument("--llada-shape", type=int_list, default=[256, 4, 4, 768], help="d_model,layers,heads,mlp")
+    parser.add_argument("--repeats", type=int, default=1, help="time each setting this often, keep the fastest")
+    parser.add_argument("--llada-shape", type=int_list, default=[256, 4, 4, 768], help="d_model,layers,heads,mlp[,vocab]")
     parser.add_argument("--llada-batch", type=int, default=2)
     parser.add_argument("--llada-prompt", type=int, default=32)
     parser.add_argument("--skip", choices=["tiny", "llada"], default=None)
+    parser.add_argument("--only", type=lambda text: text.split(";"), default=None,
+                        help="';'-separated setting names to run beside the reference (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (oversubscription is slow)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

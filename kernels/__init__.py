@@ -21,10 +21,11 @@ from unmask.kernels.logprob import (
     check_logprob_args,
 )
 from unmask.kernels.rng import row_uniforms
-from unmask.kernels.sampling import StepSample, sample_step_torch
+from unmask.kernels.sampling import StepSample, greedy_probability, sample_step_torch
 
 __all__ = [
     "StepSample",
+    "greedy_probability",
     "linear_token_logprobs",
     "row_uniforms",
     "sample_step",

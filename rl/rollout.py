@@ -87,28 +87,35 @@ class Rollouts:
         temperature: float | None = None,
     ) -> Trajectory:
         """Sample with the recipe's settings; ``temperature`` overrides its temperature (0: greedy)."""
+        traj = self.sample(**self.sample_kwargs(prompt_ids, attention_mask, hints, self.seed, temperature))
+        return traj.to("cpu")  # trajectories wait on the CPU while the accelerator trains
+
+    def sample_kwargs(
+        self, prompt_ids: torch.Tensor, attention_mask: torch.Tensor, hints: torch.Tensor | None, seed: int,
+        temperature: float | None = None,
+    ) -> dict[str, Any]:
+        """``generate`` keyword arguments for these prompts under the recipe's decoding settings."""
         s = self.settings
         device = self.device
-        traj = self.sample(
-            prompt_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            gen_length=s.max_completion_length,
-            steps=s.steps,
-            block_length=s.block_length,
-            temperature=s.temperature if temperature is None else temperature,
-            remasking=s.remasking,
-            cfg_scale=s.cfg_scale,
-            threshold=s.threshold,
-            cache=s.cache,
-            cache_refresh=s.cache_refresh,
-            schedule=s.schedule,
-            schedule_k=s.schedule_k,
-            confidence=s.rcr_confidence if s.remasking == "rcr" else None,
-            hints=None if hints is None else hints.to(device),
-            seed=self.seed,
-            record=self.record,
-        )
-        return traj.to("cpu")  # trajectories wait on the CPU while the accelerator trains
+        return {
+            "prompt_ids": prompt_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "gen_length": s.max_completion_length,
+            "steps": s.steps,
+            "block_length": s.block_length,
+            "temperature": s.temperature if temperature is None else temperature,
+            "remasking": s.remasking,
+            "cfg_scale": s.cfg_scale,
+            "threshold": s.threshold,
+            "cache": s.cache,
+            "cache_refresh": s.cache_refresh,
+            "schedule": s.schedule,
+            "schedule_k": s.schedule_k,
+            "confidence": s.rcr_confidence if s.remasking == "rcr" else None,
+            "hints": None if hints is None else hints.to(device),
+            "seed": seed,
+            "record": self.record,
+        }
 
     def _grade(self, texts: list[str], rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
         names = dict.fromkeys(key for row in rows for key in row if key != "prompt")

@@ -12,11 +12,13 @@ the same estimator keys the θ passes of each inner iteration use.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ from unmask.rl.logging import MetricsLogger, drop_metrics_after, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 from unmask.rl.stream import PromptStream
+from unmask.rollouts import Trajectory
+from unmask.rollouts.pool import PendingRollout
 
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 MAX_BAD_STEPS = 3
@@ -180,6 +184,15 @@ class Trainer:
         self.forward_passes = 0
         training = rows if rows is not None else default_rows(recipe)
         self.stream = PromptStream(self.objective.training_rows(training, self.rollouts, self.encode), recipe.seed)
+        if r.overlap and (self.pool is None or self.pool.num_workers == 0):
+            raise UserError(
+                "rollout.overlap: true needs Ray rollout actors (ray.address set and ray.num_workers >= 1): "
+                "they generate the next step while this process updates; set rollout.overlap: false otherwise"
+            )
+        #: overlap: the next step's submitted rollout, with the adapter that generates it
+        self._next: NextRollout | None = None
+        #: overlap: the adapter the batch being trained on was sampled with (θ_old), or None (θ_old = θ)
+        self._behaviour: dict[str, torch.Tensor] | None = None
 
     # -- set-up ----------------------------------------------------------------
     def _policy(self, base: DiffusionLM) -> tuple[nn.Module, nn.Module | None]:
@@ -243,7 +256,8 @@ class Trainer:
         self.forward_passes += estimator.passes_for(batch.traj)
         with torch.no_grad():
             if which == "old":
-                return estimator.token_logprobs(self.model, batch.traj, key)
+                with self._rollout_policy():
+                    return estimator.token_logprobs(self.model, batch.traj, key)
             if self.reference is not None:
                 return estimator.token_logprobs(self.reference, batch.traj, key)
             with self.unwrapped.disable_adapter():
@@ -300,6 +314,24 @@ class Trainer:
         rest = [[self._scores(mb, k, which) for mb, k in zip(micro, ks, strict=True)] for ks in keys[1:]]
         return [first, *rest]
 
+    @contextlib.contextmanager
+    def _rollout_policy(self) -> Iterator[None]:
+        """Score with the adapter the batch was sampled with (overlap: one update behind), then restore θ."""
+        if self._behaviour is None:
+            yield
+            return
+        params = {name: p for name, p in self.unwrapped.named_parameters() if p.requires_grad}
+        current = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self._behaviour[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(current[name])
+
     # -- one RL step -------------------------------------------------------------
     def encode(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids and attention mask of ``rows``, chat template applied if the recipe asks."""
@@ -307,17 +339,42 @@ class Trainer:
         texts = [base.format_prompt(row["prompt"]) if self.recipe.data.chat_template else row["prompt"] for row in rows]
         return encode_prompts(base.tokenizer, texts, base.pad_token_id)
 
-    def rollout(self) -> tuple[Rollout, dict[str, float]]:
+    def _rollout_inputs(self, step: int) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor, int]:
+        """``(rows, prompt_ids, attention_mask, sampler seed)`` of an RL step (each answer its own row)."""
         r, group = self.recipe.rollout, self.recipe.rollout.num_generations
         acc = self.accelerator  # each training process rolls out its own share of the step's prompts
-        start = self.data_position + acc.process_index * r.prompts_per_step
+        start = self._position(step) + acc.process_index * r.prompts_per_step
         rows = [row for row in self.stream.take(start, r.prompts_per_step) for _ in range(group)]
         prompt_ids, attention = self.encode(rows)
         # rows keep their global seeds: rank k's first row is row k·len(rows) of the step's batch
-        self.rollouts.seed = derive_seed(self.recipe.seed, self.step, 1 << 20) + acc.process_index * len(rows)
-        traj = self.rollouts.generate(prompt_ids, attention)
+        return rows, prompt_ids, attention, derive_seed(self.recipe.seed, step, 1 << 20) + acc.process_index * len(rows)
+
+    def _submit(self, step: int) -> NextRollout:
+        """Start ``step``'s rollout on the actors with the current adapter (overlap)."""
+        rows, prompt_ids, attention, seed = self._rollout_inputs(step)
+        pending = self.pool.submit(**self.rollouts.sample_kwargs(prompt_ids, attention, None, seed))
+        adapter = {name: value.clone() for name, value in trainable_state(self.unwrapped).items()}  # not a view of θ
+        return NextRollout(step, rows, seed, pending, adapter)
+
+    def _sample(self) -> tuple[list[dict[str, Any]], Trajectory, int]:
+        """This step's rows, trajectories and seed: sampled now, or (overlap) collected from the actors,
+        which then start the next step's rollout with the adapter this step updates."""
+        if not self.recipe.rollout.overlap:
+            rows, prompt_ids, attention, seed = self._rollout_inputs(self.step)
+            self.rollouts.seed = seed
+            return rows, self.rollouts.generate(prompt_ids, attention), seed
+        submitted = self._next if self._next is not None and self._next.step == self.step else self._submit(self.step)
+        traj = self._timed("rollout", self.pool.collect)(submitted.pending)
+        self._behaviour = submitted.adapter
+        self._next = self._submit(self.step + 1) if self.step + 1 < self.recipe.optim.max_steps else None
+        self.rollouts.seed = submitted.seed
+        return submitted.rows, traj, submitted.seed
+
+    def rollout(self) -> tuple[Rollout, dict[str, float]]:
+        group = self.recipe.rollout.num_generations
+        rows, traj, seed = self._sample()
         result = self.rollouts.score(traj, rows)
-        rollout = Rollout(traj, rows, result.rewards, result.correct, group, seed=self.rollouts.seed)
+        rollout = Rollout(traj, rows, result.rewards, result.correct, group, seed=seed)
         answer_tokens = float(traj.answer_mask.sum())
         metrics = {
             "reward": float(result.rewards.mean()),
@@ -344,10 +401,12 @@ class Trainer:
         iterations = self.recipe.algorithm.num_iterations
         updates = iterations * len(windows)
         old = None
-        if self.objective.needs_old and updates > 1:
+        stale = self._behaviour is not None  # overlap: sampled one update behind, off-policy from the first step
+        if self.objective.needs_old and (updates > 1 or stale):
             # from the second optimizer step on the batch is off-policy: its ratios need θ_old
             # scored now, whatever num_iterations and accumulation produced the steps
-            old = self._frozen(micro, keys, "old", frozenset(windows[0]) if iterations == 1 else frozenset())
+            exact = frozenset(windows[0]) if iterations == 1 and not stale else frozenset()
+            old = self._frozen(micro, keys, "old", exact)
         ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
         rollback = UpdateRollback(self.model, self.optimizer) if updates > 1 else None
         sums: dict[str, float] = {}
@@ -398,8 +457,8 @@ class Trainer:
         metrics.update(self.update(batch))
         if not metrics["skipped"]:
             self.scheduler.step()  # the schedule counts optimizer updates, not skipped steps
-        if self.pool is not None:
-            self.pool.update_adapter(trainable_state(self.unwrapped), self.step + 1)
+        if self.pool is not None:  # with overlap the actors load it after the rollout they are running
+            self.pool.update_adapter(trainable_state(self.unwrapped), self.step + 1, wait=not self.recipe.rollout.overlap)
         total = time.perf_counter() - began
         metrics.update({
             "lr": self.scheduler.get_last_lr()[0],
@@ -415,8 +474,12 @@ class Trainer:
     @property
     def data_position(self) -> int:
         """Prompts consumed by all processes before the current step."""
+        return self._position(self.step)
+
+    def _position(self, step: int) -> int:
+        """Prompts consumed by all processes before ``step``."""
         per_step = self.recipe.rollout.prompts_per_step * self.accelerator.num_processes
-        return self._data_start + (self.step - self._step_start) * per_step
+        return self._data_start + (step - self._step_start) * per_step
 
     def _check_divergence(self, metrics: dict[str, float]) -> None:
         bad = any(not math.isfinite(metrics.get(key, 0.0)) for key in ("loss", "grad_norm"))
@@ -495,6 +558,17 @@ class Trainer:
             self.runner.close()
             if self.pool is not None and self.owns_pool:
                 self.pool.shutdown()
+
+
+@dataclass
+class NextRollout:
+    """A rollout submitted ahead (overlap): its step, rows, seed, pending result and sampling adapter."""
+
+    step: int
+    rows: list[dict[str, Any]]
+    seed: int
+    pending: PendingRollout
+    adapter: dict[str, torch.Tensor]
 
 
 def _describe(metrics: dict[str, float]) -> str:

@@ -1,10 +1,14 @@
 """The model forward of one denoising step under a cache mode (sampling.md §5).
 
-``none`` runs the whole canvas every step (the reference). ``prefix`` and
+``none`` runs the whole canvas every step (the reference). ``prompt`` runs the
+prompt once and every answer column at every step: exact, and allowed only for a
+model whose prompt does not attend to the answer. ``prefix`` and
 ``dual`` run the whole canvas at a block's first step, filling a ``KVCache``, and
 later steps of the block recompute only the block and everything right of it
 (``prefix``) or only the block (``dual``), attending to cached keys/values of the
 other columns — an approximation whose accuracy cost the benchmark reports.
+``delayed`` is ``dual`` that also reuses a committed column's keys/values once it
+has been run with its token.
 With ``partial_head`` the LM head runs only where the sampler reads logits.
 Every call is accounted per batch row: FLOPs, columns run through the blocks,
 and whether the step used cached states.
@@ -19,7 +23,7 @@ from unmask.models.base import DiffusionLM
 from unmask.models.kv_cache import KVCache
 from unmask.rollouts.flops import forward_flops
 
-CACHE_MODES = ("none", "prefix", "dual")
+CACHE_MODES = ("none", "prompt", "prefix", "dual", "delayed")
 
 
 class StepForward:
@@ -43,6 +47,11 @@ class StepForward:
         self.native = hasattr(model, "new_cache")
         if cache != "none" and not self.native:
             raise UserError(f"cache={cache!r} needs a native unmask model family (tiny, llada, dream)")
+        if cache == "prompt" and getattr(model.config, "prompt_attends_answer", True):
+            raise UserError(
+                "cache='prompt' is exact only for a model whose prompt does not attend to the answer "
+                "(prompt_attends_answer: false); this model's prompt does: use cache='none' (exact) or 'prefix'/'dual'"
+            )
         if refresh < 0:
             raise UserError(f"cache_refresh must be >= 0 (0: refill only at a block's first step), got {refresh}")
         self.model, self.mode, self.cfg_scale, self.partial_head = model, cache, cfg_scale, partial_head
@@ -62,30 +71,35 @@ class StepForward:
         self._filled = prompt_ids.new_empty(0)  # answers of the cached rows when the cache was filled
 
     def new_block(self) -> None:
-        """Drop the cache: the block's first step runs the full canvas again."""
-        self._cache = self._cache_rows = None
+        """Drop the cache: the block's first step runs the full canvas again (the prompt's stays valid)."""
+        if self.mode != "prompt":
+            self._cache = self._cache_rows = None
 
     def __call__(
         self, answer: torch.Tensor, rows: torch.Tensor, predict: torch.Tensor, block: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits [n, m, V], cols [m])``: logits of ``rows`` at answer columns ``cols``.
+    ) -> torch.Tensor:
+        """``[N, V]`` logits of ``rows`` at their predicted columns, in row-major order.
 
         ``answer`` is the full ``[B, L]`` answer canvas, ``rows`` the ``n`` batch rows
-        to run, ``predict`` ``[n, L]`` where the sampler reads logits (``cols`` covers
-        every column predicted in any of those rows), ``block`` the answer span.
+        to run, ``predict`` ``[n, L]`` where the sampler reads logits (``N`` of them),
+        ``block`` the answer span. With the partial head the LM head runs on exactly
+        those ``N`` (row, column) pairs.
         """
         need = predict.any(0).nonzero().squeeze(1)
+        select = predict[:, need]
         x = torch.cat([self.prompt_ids[rows], answer[rows]], dim=1)
         mask = None if self.mask is None else self.mask[rows]
         columns = self._columns(answer[rows], rows, block)
         at = need + self.plen
-        if not self.partial_head:  # the head on every computed column, as an uncached model does
+        if self.partial_head:
+            logits = self._guided(x, mask, at, columns, select if self.native else None)
+            logits = logits if self.native else logits[select]
+        else:  # the head on every computed column, as an uncached model does
             at = torch.arange(self.length, device=x.device) if columns is None else torch.unique(torch.cat([columns, at]))
-        logits = self._guided(x, mask, at, columns)
-        if not self.partial_head:
-            logits = logits[:, torch.searchsorted(at, need + self.plen)]
-        self._account(rows, columns, at)
-        return logits, need
+            logits = self._guided(x, mask, at, columns, None)[:, torch.searchsorted(at, need + self.plen)][select]
+        heads = select.sum(1) if self.partial_head else torch.full_like(rows, len(at))
+        self._account(rows, columns, heads, self._outputs(columns, need + self.plen) if self.partial_head else None)
+        return logits
 
     def _columns(self, answer: torch.Tensor, rows: torch.Tensor, block: tuple[int, int]) -> torch.Tensor | None:
         """Canvas columns to recompute (``None``: all, refilling the cache).
@@ -97,9 +111,10 @@ class StepForward:
         """
         if self.mode == "none":
             return None
-        stale = self.refresh and self._age >= self.refresh - 1
+        stale = self.refresh and self._age >= self.refresh - 1 and self.mode != "prompt"
         if stale or self._cache is None or self._cache_rows is None or not torch.isin(rows, self._cache_rows).all():
-            self._cache, self._cache_rows, self._filled, self._age = self.model.new_cache(), rows, answer, 0
+            cache = self.model.new_cache(keep_hidden=self.mode != "prompt")  # prompt mode reads only answer columns
+            self._cache, self._cache_rows, self._filled, self._age = cache, rows, answer, 0
             return None
         self._age += 1
         if not torch.equal(rows, self._cache_rows):
@@ -108,39 +123,71 @@ class StepForward:
             if self.cfg_scale > 0:
                 keep = torch.cat([keep, keep + len(self._cache_rows)])
             self._cache, self._cache_rows = self._cache.select(keep), rows
+        if self.mode == "prompt":
+            return torch.arange(self.plen, self.length, device=rows.device)
+        if self.mode == "delayed":
+            return self._delayed(answer, block)
         end = self.length if self.mode == "prefix" else self.plen + block[1]
         span = torch.arange(self.plen + block[0], end, device=rows.device)
         changed = (answer != self._filled).any(0).nonzero().squeeze(1) + self.plen
         return torch.unique(torch.cat([span, changed]))
 
+    def _delayed(self, answer: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+        """The block's masked columns and every column whose token changed since it was last run.
+
+        A committed token is run once more (its keys/values then show the token,
+        not the mask) and afterwards read from the cache: fewer columns per step than
+        ``dual``, at the price of committed columns no longer seeing later commits.
+        """
+        masked = (answer[:, block[0] : block[1]] == self.model.mask_token_id).any(0).nonzero().squeeze(1) + block[0]
+        changed = (answer != self._filled).any(0).nonzero().squeeze(1)
+        cols = torch.unique(torch.cat([masked, changed]))
+        if not len(cols):
+            cols = torch.arange(block[0], block[1], device=answer.device)
+        self._filled[:, cols] = answer[:, cols]
+        return cols + self.plen
+
     def _guided(
-        self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor, columns: torch.Tensor | None
+        self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor, columns: torch.Tensor | None,
+        select: torch.Tensor | None,
     ) -> torch.Tensor:
         """Model logits, guided (§1: ``un + (w + 1)(cond − un)``, prompt masked in ``un``)."""
         if self.cfg_scale <= 0:
-            return self._logits(x, mask, at, columns)
+            return self._logits(x, mask, at, columns, select)
         uncond = x.clone()
         real = torch.ones_like(x[:, : self.plen], dtype=torch.bool) if mask is None else mask[:, : self.plen].bool()
         uncond[:, : self.plen] = uncond[:, : self.plen].masked_fill(real, self.model.mask_token_id)
-        both = self._logits(torch.cat([x, uncond]), None if mask is None else torch.cat([mask, mask]), at, columns)
+        both_mask = None if mask is None else torch.cat([mask, mask])
+        both = self._logits(torch.cat([x, uncond]), both_mask, at, columns, None if select is None else torch.cat([select, select]))
         cond, un = both.chunk(2)
         return un + (self.cfg_scale + 1) * (cond - un)
 
     def _logits(
-        self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor, columns: torch.Tensor | None
+        self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor, columns: torch.Tensor | None,
+        select: torch.Tensor | None,
     ) -> torch.Tensor:
         if not self.native:
             return self.model.logits(x, attention_mask=mask, prompt_length=self.plen)[:, at]
         return self.model.logits(
-            x, attention_mask=mask, logits_at=at, columns=columns, cache=self._cache, prompt_length=self.plen
+            x, attention_mask=mask, logits_at=at, columns=columns, cache=self._cache, prompt_length=self.plen,
+            select=select,
         )
 
-    def _account(self, rows: torch.Tensor, columns: torch.Tensor | None, at: torch.Tensor) -> None:
+    def _outputs(self, columns: torch.Tensor | None, read: torch.Tensor) -> int | None:
+        """Columns the model's last block outputs (``NativeLM._last_queries``); ``None``: all it ran."""
+        if columns is None:
+            return None if self.mode not in ("none", "prompt") else len(read)  # a dual/prefix fill keeps every column
+        inside = int(torch.isin(read, columns).sum())
+        return inside or None
+
+    def _account(self, rows: torch.Tensor, columns: torch.Tensor | None, heads: torch.Tensor, outputs: int | None) -> None:
+        """Charge each row its step's FLOPs; ``heads`` ``[n]``: the row's LM-head columns."""
         if not self.native:
             return
         passes = 2 if self.cfg_scale > 0 else 1
         run = self.length if columns is None else len(columns)
-        step = forward_flops(self.model.dims, run, self.length, len(at))
+        dims = self.model.dims
+        step = forward_flops(dims, run, self.length, 0, outputs) + heads.cpu() * forward_flops(dims, 0, 0, 1)
         self.flops[rows.cpu()] += passes * step
         self.columns_run[rows.cpu()] += passes * run
         self.cached = columns is not None

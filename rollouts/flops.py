@@ -12,16 +12,18 @@ from __future__ import annotations
 from unmask.models.native import Dims
 
 
-def forward_flops(dims: Dims, queries: int, keys: int, logits: int) -> int:
+def forward_flops(dims: Dims, queries: int, keys: int, logits: int, outputs: int | None = None) -> int:
     """One sequence's forward: ``queries`` columns run through the blocks.
 
     Each attends to ``keys`` canvas columns (the whole canvas, cached or not), and
-    the LM head runs on ``logits`` columns.
+    the LM head runs on ``logits`` columns. ``outputs`` (default ``queries``) is how
+    many columns the last block produces: the others only feed it keys/values.
     """
+    outputs = queries if outputs is None else outputs
     width = dims.width
     kv_width = width // dims.heads * dims.kv_heads
-    projections = 2 * width * (2 * width + 2 * kv_width)  # q, out; k, v
-    mlp = 2 * 3 * width * dims.mlp  # gate, up, down
-    attention = 2 * 2 * keys * width  # q·kᵀ and p·v over all heads
-    return dims.layers * queries * (projections + mlp + attention) + 2 * logits * width * dims.vocab
+    keys_values = 2 * width * 2 * kv_width
+    per_output = 2 * width * 2 * width + 2 * 3 * width * dims.mlp + 2 * 2 * keys * width  # q, out; MLP; q·kᵀ, p·v
+    blocks = (dims.layers - 1) * queries * (keys_values + per_output) + queries * keys_values + outputs * per_output
+    return blocks + 2 * logits * width * dims.vocab
 

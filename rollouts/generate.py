@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from unmask.errors import UserError
-from unmask.kernels import sample_step, select_commits
+from unmask.kernels import StepSample, greedy_probability, sample_step, select_commits
 from unmask.models.base import DiffusionLM
 from unmask.rollouts.cache import StepForward
 from unmask.rollouts.commit import topk_rows
-from unmask.rollouts.confidence import ConfidenceFn, resolve_confidence
+from unmask.rollouts.confidence import CONFIDENCES, ConfidenceFn, resolve_confidence
 from unmask.rollouts.progress import step_progress
 from unmask.rollouts.record import StepRecorder, answer_mask
 from unmask.rollouts.schedules import SCHEDULES, step_counts
@@ -100,6 +100,10 @@ def generate(
     eos_ids = torch.tensor(model.eos_token_ids, device=device)
     rcr = remasking == "rcr"
     passes = 2 if cfg_scale > 0 else 1
+    # the draws a step may read: none for greedy decoding with a deterministic confidence
+    draws = temperature > 0 or conf_fn not in (CONFIDENCES[name] for name in ("probability", "margin", "entropy"))
+    # greedy low-confidence without a record reads only the token and its probability
+    lean = partial_head and temperature == 0 and conf_fn is CONFIDENCES["probability"] and not record
 
     num_blocks = gen_length // block_length
     block_steps = max(1, steps // num_blocks)
@@ -118,16 +122,15 @@ def generate(
                 if threshold is not None and not scope.any():
                     break
                 nfe += passes * scope.any(1)
-                u_sample, u_conf = _uniforms(generators, gen_length, device)
+                u_sample, u_conf = _uniforms(generators, gen_length, device) if draws else (buffer, buffer)
                 predict = masked if record else scope
                 active = predict.any(1)
                 pred, conf, logprob = answer.clone(), torch.full_like(buffer, float("-inf")), torch.zeros_like(buffer)
                 if active.any():
                     rows = active.nonzero().squeeze(1)
-                    logits, cols = forward(answer, rows, predict[rows], (block * block_length, hi))
-                    flat = logits[predict[rows][:, cols]]
+                    flat = forward(answer, rows, predict[rows], (block * block_length, hi))
                     flat[:, mask_id] = float("-inf")  # a committed [MASK] would silently break the schedule
-                    stats = sample_step(flat, temperature, uniforms=u_sample[predict])
+                    stats = _lean_step(flat) if lean else sample_step(flat, temperature, uniforms=u_sample[predict])
                     pred = pred.masked_scatter(predict, stats.token)
                     conf = conf.masked_scatter(predict, conf_fn(stats, u_conf[predict]).double())
                     logprob = logprob.masked_scatter(predict, stats.logprob)
@@ -180,6 +183,13 @@ def generate(
         flops=forward.flops if forward.native else None,
         **recorder.tensors(),
     )
+
+
+def _lean_step(logits: torch.Tensor) -> StepSample:
+    """The greedy token and its probability only (the exact fast path; no log-prob, margin, entropy)."""
+    token, confidence = greedy_probability(logits)
+    unread = torch.zeros_like(confidence)
+    return StepSample(token, confidence, unread, unread, unread)
 
 
 def _eos_tail(answer: torch.Tensor, eos_ids: torch.Tensor, mask_id: int) -> torch.Tensor:

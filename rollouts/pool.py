@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -72,6 +73,16 @@ class _Replica:
                 "version": self.version}
 
 
+@dataclass
+class PendingRollout:
+    """A submitted rollout: its jobs, the refs still running, results so far, and the adapter version used."""
+
+    jobs: list[dict[str, Any]]
+    refs: dict[Any, tuple[int, Any]]
+    results: list[Trajectory | None]
+    version: int | None
+
+
 class RolloutPool:
     """``num_workers`` Ray actors (or none: in-process) generating trajectories.
 
@@ -125,9 +136,26 @@ class RolloutPool:
         **settings: Any,
     ) -> Trajectory:
         """``generate`` on one batch, its rows split evenly across the actors."""
+        return self.collect(self.submit(prompt_ids, attention_mask=attention_mask, hints=hints, seed=seed, **settings))
+
+    def submit(
+        self,
+        prompt_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        hints: torch.Tensor | None = None,
+        seed: int | list[int] | None = None,
+        **settings: Any,
+    ) -> PendingRollout:
+        """Start :meth:`generate` on the actors and return at once; :meth:`collect` waits for it.
+
+        The actors run it with the adapter they hold now (later updates queue behind
+        it), so a trainer can update while its next rollout is being generated.
+        """
         seeds = row_seeds(seed, prompt_ids.shape[0])
         if self._local is not None:
-            return self._local.generate({"prompt_ids": prompt_ids, "attention_mask": attention_mask, "hints": hints, "seed": seeds, **settings})
+            job = {"prompt_ids": prompt_ids, "attention_mask": attention_mask, "hints": hints, "seed": seeds, **settings}
+            return PendingRollout([job], {}, [self._local.generate(job)], self.version)
         chunks = [rows for rows in torch.arange(prompt_ids.shape[0]).chunk(self.num_workers) if rows.numel()]
         jobs = [
             {
@@ -139,22 +167,33 @@ class RolloutPool:
             }
             for rows in chunks
         ]
-        return Trajectory.cat(self.map(jobs))
+        return self._start(jobs)
+
+    def collect(self, pending: PendingRollout) -> Trajectory:
+        """The trajectories of a :meth:`submit`, rows in the submitted order."""
+        return Trajectory.cat(self._finish(pending))
 
     def map(self, jobs: list[dict[str, Any]]) -> list[Trajectory]:
         """Run each job (``generate`` keyword arguments) on an actor; results in job order."""
         if self._local is not None:
             return [self._local.generate(job) for job in jobs]
+        return self._finish(self._start(jobs))
+
+    def _start(self, jobs: list[dict[str, Any]]) -> PendingRollout:
+        return PendingRollout(jobs, dict(self._submit(i, job) for i, job in enumerate(jobs)), [None] * len(jobs), self.version)
+
+    def _finish(self, pending: PendingRollout) -> list[Trajectory]:
+        """Wait for every job, re-running those whose actor died (on a replacement holding the latest adapter)."""
+        if not pending.refs:
+            return pending.results  # type: ignore[return-value]
         import ray
 
-        results: list[Trajectory | None] = [None] * len(jobs)
-        pending = dict(self._submit(i, job) for i, job in enumerate(jobs))
         restarts = 0
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            index, actor = pending.pop(done[0])
+        while pending.refs:
+            done, _ = ray.wait(list(pending.refs), num_returns=1)
+            index, actor = pending.refs.pop(done[0])
             try:
-                results[index] = ray.get(done[0])
+                pending.results[index] = ray.get(done[0])
             except ray.exceptions.RayActorError:
                 restarts += 1
                 if restarts > self.max_restarts:
@@ -162,12 +201,16 @@ class RolloutPool:
                 slot = index % self.num_workers
                 if self._actors[slot] is actor:  # not yet replaced by another failed job
                     self._replace_actor(slot)
-                ref, owner = self._submit(index, jobs[index])
-                pending[ref] = owner
-        return results  # type: ignore[return-value]
+                ref, owner = self._submit(index, pending.jobs[index])
+                pending.refs[ref] = owner
+        return pending.results  # type: ignore[return-value]
 
-    def update_adapter(self, state_dict: dict[str, torch.Tensor], version: int) -> None:
-        """Push the LoRA tensors of ``state_dict`` (others are ignored) to every replica."""
+    def update_adapter(self, state_dict: dict[str, torch.Tensor], version: int, *, wait: bool = True) -> None:
+        """Push the LoRA tensors of ``state_dict`` (others are ignored) to every replica.
+
+        ``wait=False`` returns at once: each actor loads the adapter after the
+        rollouts already submitted to it and before any submitted later.
+        """
         lora = {name: value.detach().cpu() for name, value in state_dict.items() if is_lora_tensor(name)}
         if not lora:
             raise UserError("update_adapter got no LoRA tensors (names containing '.lora_')")
@@ -178,7 +221,9 @@ class RolloutPool:
         import ray
 
         shared = ray.put(lora)  # one copy in the object store, fetched by each actor's node
-        ray.get([actor.load_adapter.remote(shared, version) for actor in self._actors])
+        loads = [actor.load_adapter.remote(shared, version) for actor in self._actors]
+        if wait:
+            ray.get(loads)
 
     def actors(self) -> list[dict[str, Any]]:
         """``where()`` of every actor: pid, Ray node, cluster address, adapter version."""

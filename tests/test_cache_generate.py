@@ -142,3 +142,15 @@ def test_prefix_cache_is_exact_when_the_prompt_is_blind_to_the_answer(prompts, c
     assert torch.equal(ours.tokens, ref.tokens)
     canvas, batch = prompts.shape[1] + 24, prompts.shape[0]
     assert seen[0] == batch * canvas and all(width <= batch * 24 for width in seen[1:])
+
+
+def test_delayed_cache_runs_each_committed_column_once_more_then_reads_it() -> None:
+    model = random_tiny(seed=0, scale=0.2)
+    prompts = torch.randint(5, 100, (1, 10), generator=torch.Generator().manual_seed(1))
+    seen = block_inputs(model)
+    ours = generate(model, prompts, cache="delayed", **SETTINGS)
+    canvas = prompts.shape[1] + 24
+    # one token per step: step i > 0 of a block runs its 8 - i masked columns plus the one just committed
+    assert seen == [canvas, *(9 - i for i in range(1, 8))] * 3
+    ref = generate(model, prompts, **SETTINGS)
+    assert (ours.answer_ids == ref.answer_ids).double().mean().item() >= 0.8

@@ -39,7 +39,7 @@ def test_default_label_is_unchanged_and_speed_settings_get_their_own() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: EvalSettings(8, 8, 8, cache="kv"), "--cache 'kv': choose from none, prefix, dual"),
+        (lambda: EvalSettings(8, 8, 8, cache="kv"), "--cache 'kv': choose from none, prompt, prefix, dual, delayed"),
         (lambda: EvalSettings(8, 8, 8, threshold=1.5), r"--threshold must be in \(0, 1\]"),
         (lambda: EvalSettings(8, 8, 8, remasking="rcr", threshold=0.9), "--threshold and --remasking rcr"),
         (lambda: parse_thresholds("high"), "--threshold expects a comma list of numbers"),

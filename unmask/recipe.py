@@ -98,9 +98,12 @@ class RolloutConfig(Section):
     schedule: Literal["linear", "cosine", "pow_k", "log", "exp"] = "linear"
     schedule_k: PositiveInt = 2
     cfg_scale: NonNegFloat = 0.0
-    cache: Literal["none", "prefix", "dual"] = "none"
+    cache: Literal["none", "prompt", "prefix", "dual", "delayed"] = "none"
     #: with a cache, every ``cache_refresh``-th step of a block runs the full canvas (0: only the first)
     cache_refresh: NonNegInt = 0
+    #: Ray actors roll out step k+1 with step k's adapter while the trainer updates on step k
+    #: (one step off-policy; θ_old is the rollout policy, so the importance ratio corrects it)
+    overlap: bool = False
 
     @model_validator(mode="after")
     def _blocks(self) -> RolloutConfig:
@@ -297,7 +300,7 @@ class EvalConfig(Section):
     temperature: NonNegFloat = 0.0
     batch_size: PositiveInt = 64
     #: KV cache of the evaluation decoding; exact only for models whose prompt is blind to the answer
-    cache: Literal["none", "prefix", "dual"] = "none"
+    cache: Literal["none", "prompt", "prefix", "dual", "delayed"] = "none"
 
 
 class LoggingConfig(Section):

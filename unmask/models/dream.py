@@ -73,10 +73,11 @@ class DreamAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         key_mask: torch.Tensor | None,
         kv: KVHook | None = None,
+        queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return attention(
             x, self.q_proj, self.k_proj, self.v_proj, self.o_proj,
-            self.n_heads, self.n_kv_heads, rope, key_mask, kv,
+            self.n_heads, self.n_kv_heads, rope, key_mask, kv, queries,
         )  # fmt: skip
 
 
@@ -106,8 +107,10 @@ class DreamLayer(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         key_mask: torch.Tensor | None,
         kv: KVHook | None = None,
+        queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, key_mask, kv)
+        """``queries``: compute only those columns' outputs (see ``run_blocks``)."""
+        x = (x if queries is None else x[:, queries]) + self.self_attn(self.input_layernorm(x), rope, key_mask, kv, queries)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 

@@ -24,15 +24,18 @@ KVHook = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 class KVCache:
     """Per-layer ``[B, H_kv, L, head_dim]`` keys and values (empty until a full forward fills it)."""
 
-    def __init__(self, n_layers: int) -> None:
+    def __init__(self, n_layers: int, keep_hidden: bool = True) -> None:
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
         #: ``[B, L, d]`` output of the last block: logits of columns not recomputed come from it
         self.hidden: torch.Tensor | None = None
+        #: False when every read column is recomputed (a prompt-only cache): the last block
+        #: then never runs columns just to store their output
+        self.keep_hidden = keep_hidden
 
     @property
     def filled(self) -> bool:
-        return self.hidden is not None
+        return self.keys[-1] is not None
 
     def final_hidden(self, hidden: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
         """Store (``columns=None``) or refresh the last block's output; return it for the whole canvas."""
@@ -61,7 +64,7 @@ class KVCache:
 
     def select(self, rows: torch.Tensor) -> KVCache:
         """The cache of the given batch rows only (the batch shrinks as rows finish)."""
-        kept = KVCache(len(self.keys))
+        kept = KVCache(len(self.keys), self.keep_hidden)
         kept.keys = [None if k is None else k[rows] for k in self.keys]
         kept.values = [None if v is None else v[rows] for v in self.values]
         kept.hidden = None if self.hidden is None else self.hidden[rows]

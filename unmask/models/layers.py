@@ -68,6 +68,7 @@ def attention(
     rope: tuple[torch.Tensor, torch.Tensor],
     key_mask: torch.Tensor | None,
     kv: KVHook | None = None,
+    queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bidirectional multi-head (or grouped-query) self-attention through SDPA.
 
@@ -75,12 +76,18 @@ def attention(
     ``[B, 1, n, L]`` masks per query (a prompt blind to the answer).
     ``kv`` exchanges the keys/values of ``x``'s columns for those of the whole
     canvas (a ``KVCache`` hook), so ``x`` may hold only the recomputed columns.
+    ``queries`` (``[n]`` columns of ``x``) returns the output of those columns only,
+    which still attend to every key: the last block needs no more to give logits.
     """
     b, length, _ = x.shape
-    q = q_proj(x).view(b, length, n_heads, -1).transpose(1, 2)
     k = k_proj(x).view(b, length, n_kv_heads, -1).transpose(1, 2)
     v = v_proj(x).view(b, length, n_kv_heads, -1).transpose(1, 2)
-    q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+    k = apply_rotary(k, *rope)
+    if queries is not None:
+        x, rope = x[:, queries], (rope[0][:, :, queries], rope[1][:, :, queries])
+        key_mask = key_mask if key_mask is None or key_mask.shape[2] == 1 else key_mask[:, :, queries]
+        length = len(queries)
+    q = apply_rotary(q_proj(x).view(b, length, n_heads, -1).transpose(1, 2), *rope)
     if kv is not None:
         k, v = kv(k, v)
     out = F.scaled_dot_product_attention(
@@ -101,16 +108,21 @@ def run_blocks(
     key_mask: torch.Tensor | None,
     use_checkpointing: bool,
     kv_hooks: Sequence[KVHook] | None = None,
+    queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply the residual blocks, optionally recomputing activations in backward.
 
     ``kv_hooks`` holds one ``KVCache`` hook per block (cached decoding, no grad).
+    ``queries`` (``[n]`` columns) makes the last block compute only those columns'
+    outputs (``[B, n, d]``): every column's keys/values are still needed there, its
+    attention outputs and MLP only where logits are read.
     """
     for index, block in enumerate(blocks):
         call: Callable[..., torch.Tensor] = block
         kv = None if kv_hooks is None else kv_hooks[index]
+        last = None if index < len(blocks) - 1 else queries
         if use_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(call, x, rope, key_mask, kv, use_reentrant=False)
+            x = checkpoint(call, x, rope, key_mask, kv, last, use_reentrant=False)
         else:
-            x = call(x, rope, key_mask, kv)
+            x = call(x, rope, key_mask, kv, last)
     return x

@@ -91,8 +91,10 @@ class LLaDABlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         key_mask: torch.Tensor | None,
         kv: KVHook | None = None,
+        queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + attention(
+        """``queries``: compute only those columns' outputs (see ``run_blocks``)."""
+        x = (x if queries is None else x[:, queries]) + attention(
             self.attn_norm(x),
             self.q_proj,
             self.k_proj,
@@ -103,6 +105,7 @@ class LLaDABlock(nn.Module):
             rope,
             key_mask,
             kv,
+            queries,
         )
         return x + swiglu(self.ff_norm(x), self.ff_proj, self.up_proj, self.ff_out)
 

@@ -136,11 +136,15 @@ class NativeLM(DiffusionLM):
         columns: torch.Tensor | None = None,
         cache: KVCache | None = None,
         prompt_length: int | None = None,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Position-aligned logits; see ``DiffusionLM.logits`` for the optional arguments.
 
         Rotary angles and the padding mask always come from the full canvas, so a
         partial forward sees each column at the position the full one does.
+        ``select`` (``[B, n]`` bool over the ``logits_at`` columns) returns ``[N, V]``
+        logits of the selected (row, column) pairs only: rows of a batch need logits
+        at different columns, and the LM head is a step's largest product.
         """
         b, length = input_ids.shape
         mask = None if attention_mask is None else attention_mask.bool()
@@ -154,6 +158,10 @@ class NativeLM(DiffusionLM):
             raise ValueError("a forward over a column subset needs the KVCache holding the other columns")
         rope = rotary(positions if columns is None else positions[:, columns], self.head_dim, self.rope_theta)
         key_mask = self._attention_mask(mask, length, columns, prompt_length, input_ids.device)
+        sources = self._logit_sources(
+            logits_at if logits_at is not None else columns, mask, b, length, input_ids.device
+        )
+        queries, read = self._last_queries(sources, columns, cache, length, input_ids.device)
         hidden = run_blocks(
             self.blocks,
             self.embed(input_ids if columns is None else input_ids[:, columns]),
@@ -161,15 +169,43 @@ class NativeLM(DiffusionLM):
             key_mask,
             self.gradient_checkpointing,
             None if cache is None else cache.hooks(columns),
+            queries,
         )
-        if cache is not None:
-            hidden = cache.final_hidden(hidden, columns)
-        sources = self._logit_sources(
-            logits_at if logits_at is not None else columns, mask, b, length, input_ids.device
-        )
+        if cache is not None and cache.keep_hidden:
+            hidden = cache.final_hidden(hidden, columns if queries is None else read)
+        elif queries is not None:
+            sources = torch.searchsorted(read, sources.contiguous())
+        elif columns is not None and sources is not None:  # the computed columns only, nothing stored
+            sources = torch.searchsorted(columns, sources.contiguous())
         if sources is not None:
             hidden = hidden.gather(1, sources[..., None].expand(-1, -1, hidden.shape[-1]))
-        return self.head(hidden)
+        return self.head(hidden if select is None else hidden[select])
+
+    def _last_queries(
+        self,
+        sources: torch.Tensor | None,
+        columns: torch.Tensor | None,
+        cache: KVCache | None,
+        length: int,
+        device: torch.device,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(queries, read)``: the last block's output columns, as indices into the computed
+        columns and as canvas columns; ``(None, None)`` for all of them.
+
+        Only columns whose logits are read need the last block's attention output and
+        MLP (an exact saving: every column's keys/values still enter its attention).
+        Not with gradients, and not when a cache is being filled (it keeps every
+        column's final state); a cached partial forward refreshes the final state of
+        the read columns only, the others are never read before the next fill.
+        """
+        if sources is None or torch.is_grad_enabled() or (cache is not None and cache.keep_hidden and columns is None):
+            return None, None
+        computed = torch.arange(length, device=device) if columns is None else columns
+        wanted = torch.unique(sources)
+        read = wanted[torch.isin(wanted, computed)]
+        if len(read) in (0, len(computed)):
+            return None, None
+        return torch.searchsorted(computed, read), read
 
     def _attention_mask(
         self,
@@ -220,9 +256,12 @@ class NativeLM(DiffusionLM):
         first = (index if mask is None else positions_from_mask(mask))[:, cols] == 0
         return torch.where(first, cols, cols - self.logit_shift)
 
-    def new_cache(self) -> KVCache:
-        """An empty cache for this model's blocks (a forward with ``columns=None`` fills it)."""
-        return KVCache(len(self.blocks))
+    def new_cache(self, keep_hidden: bool = True) -> KVCache:
+        """An empty cache for this model's blocks (a forward with ``columns=None`` fills it).
+
+        ``keep_hidden=False``: the caller reads logits only at columns it recomputes.
+        """
+        return KVCache(len(self.blocks), keep_hidden)
 
     @property
     def dims(self) -> Dims:
