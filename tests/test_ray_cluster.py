@@ -34,10 +34,13 @@ TESTS = Path(__file__).resolve().parent
 STEPS = 3
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: all held open at once, so the OS cannot hand one out twice."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def cluster_env(token: str) -> dict[str, str]:
@@ -50,10 +53,10 @@ def cluster_env(token: str) -> dict[str, str]:
 def head() -> Iterator[tuple[str, dict[str, str]]]:
     """``ray start --head`` on 127.0.0.1 (every port chosen free); yields (address, driver env)."""
     env = cluster_env(secrets.token_hex(16))
-    port = free_port()
-    ports = {flag: free_port() for flag in ("dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                            "metrics-export-port", "node-manager-port", "object-manager-port")}
+    flags = ("dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")
+    port, *chosen = free_ports(len(flags) + 1)
+    ports = dict(zip(flags, chosen, strict=True))
     temp = tempfile.mkdtemp(prefix="unmask-ray-")  # short: Ray's socket paths must fit in 107 bytes
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address=127.0.0.1",
                f"--port={port}", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=false",
