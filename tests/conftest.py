@@ -36,3 +36,21 @@ def shared_models() -> Path:
     if not SHARED_MODELS.is_dir():
         pytest.skip(f"real model files not found at {SHARED_MODELS} (set UNMASK_SHARED_MODELS)")
     return SHARED_MODELS
+
+
+@pytest.fixture(scope="module")
+def ray_pool():
+    """One local Ray session and one-actor LoRA pool per test module: starting them costs seconds."""
+    ray = pytest.importorskip("ray")
+    import functools
+
+    from test_trainer import make_model
+
+    from unmask.rl.trainer import lora_replica
+    from unmask.rollouts.pool import RolloutPool
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    pool = RolloutPool(functools.partial(lora_replica, make_model, r=4, alpha=8), num_workers=1)
+    yield pool
+    pool.shutdown()
+    ray.shutdown()

@@ -6,8 +6,6 @@ with saved adapters as the oracle for which policy sampled each step.
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 from test_trainer import ROWS, make_model, recipe
@@ -16,18 +14,9 @@ from unmask.errors import UserError
 from unmask.rl.checkpoint import trainable_state
 from unmask.rl.trainer import Trainer, lora_replica
 from unmask.rollouts import generate
-from unmask.rollouts.pool import RolloutPool, load_adapter
+from unmask.rollouts.pool import load_adapter
 
 OVERLAP = {"overlap": True, "temperature": 1.0}
-
-
-@pytest.fixture(scope="module")
-def ray_pool():
-    """This module's local Ray session and one-actor pool (test_trainer's has the same shape)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield RolloutPool(functools.partial(lora_replica, make_model, r=4, alpha=8), num_workers=1)
-    ray.shutdown()
 
 
 def snapshot(trainer: Trainer) -> dict[str, torch.Tensor]:

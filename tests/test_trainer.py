@@ -15,8 +15,7 @@ from unmask.models import load_model
 from unmask.models.tiny import tiny
 from unmask.recipe import validate_recipe
 from unmask.rl.logging import read_metrics
-from unmask.rl.trainer import Trainer, TrainingDiverged, lora_replica, train
-from unmask.rollouts.pool import RolloutPool
+from unmask.rl.trainer import Trainer, TrainingDiverged, train
 
 TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}
 make_model = functools.partial(tiny, TINY, seed=0)
@@ -52,17 +51,6 @@ def recipe(tmp_path, name: str, **sections):
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
     return validate_recipe(raw, "test")
-
-
-@pytest.fixture(scope="module")
-def ray_pool():
-    """One local Ray session and one-actor pool for the module: starting them costs seconds."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    pool = RolloutPool(functools.partial(lora_replica, make_model, r=4, alpha=8), num_workers=1)
-    yield pool
-    pool.shutdown()
-    ray.shutdown()
 
 
 def comparable(record):
