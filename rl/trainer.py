@@ -255,9 +255,8 @@ class Trainer:
         estimator = self.objective.estimator
         self.forward_passes += estimator.passes_for(batch.traj)
         with torch.no_grad():
-            if which == "old":
-                with self._rollout_policy():
-                    return estimator.token_logprobs(self.model, batch.traj, key)
+            if which == "old":  # θ as it is now: update() swaps in the rollout adapter around all θ_old passes
+                return estimator.token_logprobs(self.model, batch.traj, key)
             if self.reference is not None:
                 return estimator.token_logprobs(self.reference, batch.traj, key)
             with self.unwrapped.disable_adapter():
@@ -406,7 +405,8 @@ class Trainer:
             # from the second optimizer step on the batch is off-policy: its ratios need θ_old
             # scored now, whatever num_iterations and accumulation produced the steps
             exact = frozenset(windows[0]) if iterations == 1 and not stale else frozenset()
-            old = self._frozen(micro, keys, "old", exact)
+            with self._rollout_policy():  # one swap for every θ_old pass, not one per micro-batch
+                old = self._frozen(micro, keys, "old", exact)
         ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
         rollback = UpdateRollback(self.model, self.optimizer) if updates > 1 else None
         sums: dict[str, float] = {}
