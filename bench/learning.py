@@ -67,6 +67,23 @@ def start_accuracy(model: Any, recipe: Any, rows: list[dict[str, Any]], out: Pat
     return result
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak: the accelerator's allocator where there is one, else the process's peak RSS
+    (Linux resets VmHWM when "5" is written to clear_refs)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mib() -> float:
+    """Peak memory since the last ``reset_peak_memory``, MiB (CUDA allocated, or resident set on the CPU)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
 def weight_change(start: dict[str, torch.Tensor], model: Any) -> float:
     """L2 norm of the trainable parameters' change since ``start``."""
     now = trainable_state(model)
@@ -90,19 +107,23 @@ def run(algorithm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     first = start_accuracy(trainer.unwrapped, recipe, rows, Path(args.out))
     curve = [{"step": 0, "updates": 0, "seconds": 0.0, "weight_change": 0.0,
               **{name: statistics.mean(v) for name, v in first.items()}}]
-    updates, seconds, kl, last = 0, 0.0, [], first
+    updates, seconds, kl, peaks, last = 0, 0.0, [], [], first
+    eval_at = {int(s) for s in args.eval_at.split(",") if s} if args.eval_at else set()
+    reset_peak_memory()
     for metrics in trainer.steps():
+        peaks.append(peak_memory_mib())
         updates += int(metrics.get("optimizer_steps", 0))
         seconds += metrics["time/step"]
         kl.append(metrics.get("kl", 0.0))
-        if trainer.step % args.every == 0 or trainer.step == args.steps:
+        if trainer.step in eval_at or trainer.step % args.every == 0 or trainer.step == args.steps:
             last = greedy_accuracy(trainer.unwrapped, recipe, rows)
             curve.append({"step": trainer.step, "updates": updates, "seconds": seconds,
                           "weight_change": weight_change(start, trainer.unwrapped),
                           **{name: statistics.mean(v) for name, v in last.items()}})
+        reset_peak_memory()
     print(f"{algorithm} seed {seed}: {args.steps} steps, {updates} updates, {seconds:.0f} s training", flush=True)
     return {"algorithm": algorithm, "seed": seed, "steps": args.steps, "overrides": args.set, "curve": curve,
-            "kl": kl, "before": first, "after": last}
+            "kl": kl, "peak_memory_mib": peaks, "before": first, "after": last}
 
 
 def write_json(value: Any, target: Path) -> None:
@@ -130,7 +151,8 @@ def report(out: Path) -> None:
     console = Console(width=220)
     settings = list(results[0]["before"])
     runs = Table(title=f"held-out greedy accuracy (%), per run ({len(results[0]['before'][settings[0]])} problems)")
-    for column in ("algorithm", "seed", *settings, "updates", "KL (last 10)", "weight change", "train s"):
+    for column in ("algorithm", "seed", *settings, "updates", "KL (last 10)", "weight change", "train s", "s/step",
+                   "peak MiB/step"):
         runs.add_column(column, no_wrap=True)
     gains: dict[str, dict[str, list[float]]] = {}
     for r in results:
@@ -143,7 +165,8 @@ def report(out: Path) -> None:
         end = r["curve"][-1]
         kl = r["kl"][-10:]
         runs.add_row(r["algorithm"], str(r["seed"]), *cells, str(end["updates"]), f"{statistics.mean(kl):.4f}",
-                     f"{end['weight_change']:.2f}", f"{end['seconds']:.0f}")
+                     f"{end['weight_change']:.2f}", f"{end['seconds']:.0f}", f"{end['seconds'] / end['step']:.2f}",
+                     f"{max(r.get('peak_memory_mib') or [float('nan')]):.0f}")
     console.print(runs)
     summary = Table(title="mean gain over seeds, points [95 % t-interval]")
     for column in ("algorithm", "seeds", *settings):
@@ -152,28 +175,41 @@ def report(out: Path) -> None:
         seeds = len(next(iter(per_setting.values())))
         summary.add_row(algorithm, str(seeds), *[interval(per_setting[name]) for name in settings])
     console.print(summary)
-    claim(results, settings, console)
-
-
-def claim(results: list[dict[str, Any]], settings: list[str], console: Console) -> None:
-    """MDPO's claim: accuracy at equal optimizer updates, and updates to reach the others' best."""
     curves: dict[str, list[list[dict[str, Any]]]] = {}
     for r in results:
         curves.setdefault(r["algorithm"], []).append(r["curve"])
+    equal_budget(curves, settings, "seconds", "training seconds", console)
+    claim(curves, settings, console)
+
+
+def equal_budget(curves: dict[str, list[list[dict[str, Any]]]], settings: list[str], key: str, what: str,
+                 console: Console) -> int:
+    """Each objective's accuracy at its last evaluation within the smallest budget any run used."""
+    budget = min(c[-1][key] for runs in curves.values() for c in runs)
+    table = Table(title=f"at equal {what} (≤ {budget:.0f}), mean over seeds, % (step of that evaluation)")
+    for column in ("algorithm", *settings, "steps"):
+        table.add_column(column, no_wrap=True)
+    for algorithm, runs in curves.items():
+        at = [[p for p in c if p[key] <= budget][-1] for c in runs]
+        table.add_row(algorithm, *[f"{100 * statistics.mean(p[name] for p in at):.1f}" for name in settings],
+                      ", ".join(str(p["step"]) for p in at))
+    console.print(table)
+    return budget
+
+
+def claim(curves: dict[str, list[list[dict[str, Any]]]], settings: list[str], console: Console) -> None:
+    """MDPO's claim: accuracy at equal optimizer updates, and updates to reach the others' best."""
     if "mdpo" not in curves or len(curves) < 2:
         return
-    fewest = min(c[-1]["updates"] for runs in curves.values() for c in runs)
-    table = Table(title=f"at equal optimizer updates (≤ {fewest}), mean over seeds, %")
-    for column in ("algorithm", *settings, "updates to reach the best other's final (1st setting)"):
+    equal_budget(curves, settings, "updates", "optimizer updates", console)
+    table = Table(title="optimizer updates to reach the best other objective's final mean accuracy (1st setting)")
+    for column in ("algorithm", "target %", "updates per seed (first evaluation at or above it)"):
         table.add_column(column, no_wrap=True)
     final = {a: statistics.mean(c[-1][settings[0]] for c in runs) for a, runs in curves.items()}
     for algorithm, runs in curves.items():
-        at = [[p for p in c if p["updates"] <= fewest][-1] for c in runs]
         target = max(v for a, v in final.items() if a != algorithm)
         reached = [next((p["updates"] for p in c if p[settings[0]] >= target), None) for c in runs]
-        shown = ", ".join("never" if u is None else str(u) for u in reached)
-        table.add_row(algorithm, *[f"{100 * statistics.mean(p[name] for p in at):.1f}" for name in settings],
-                      f"{100 * target:.1f}: {shown}")
+        table.add_row(algorithm, f"{100 * target:.1f}", ", ".join("never" if u is None else str(u) for u in reached))
     console.print(table)
 
 
@@ -181,6 +217,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--eval-at", default="", help="extra evaluation steps, comma list, e.g. 5 (= 40 updates at 8 per step)")
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--seeds", default="0", help="comma list, e.g. 0,1,2")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
