@@ -175,11 +175,34 @@ def report(out: Path) -> None:
         seeds = len(next(iter(per_setting.values())))
         summary.add_row(algorithm, str(seeds), *[interval(per_setting[name]) for name in settings])
     console.print(summary)
+    leader(results, settings, console)
     curves: dict[str, list[list[dict[str, Any]]]] = {}
     for r in results:
         curves.setdefault(r["algorithm"], []).append(r["curve"])
     equal_budget(curves, settings, "seconds", "training seconds", console)
     claim(curves, settings, console)
+
+
+def leader(results: list[dict[str, Any]], settings: list[str], console: Console) -> None:
+    """The objective with the largest mean gain (first setting) against each other one: the
+    difference of final accuracies paired by seed, mean over the seeds both ran, 95 % t-interval
+    (run-to-run variation, which the per-run bootstrap over problems does not cover)."""
+    final = {(r["algorithm"], r["seed"]): {n: 100 * statistics.mean(r["after"][n]) for n in settings} for r in results}
+    algorithms = sorted({a for a, _ in final})
+    if len(algorithms) < 2:
+        return
+    mean = {a: statistics.mean(v[settings[0]] for (b, _), v in final.items() if b == a) for a in algorithms}
+    best = max(algorithms, key=mean.get)
+    table = Table(title=f"{best} minus each other objective, final accuracy, points, paired by seed [95 % t-interval]")
+    for column in ("other", "seeds", *settings):
+        table.add_column(column, no_wrap=True)
+    for other in algorithms:
+        seeds = sorted(s for a, s in final if a == other and (best, s) in final)
+        if other == best or not seeds:
+            continue
+        table.add_row(other, str(len(seeds)), *[
+            interval([final[(best, s)][n] - final[(other, s)][n] for s in seeds]) for n in settings])
+    console.print(table)
 
 
 def equal_budget(curves: dict[str, list[list[dict[str, Any]]]], settings: list[str], key: str, what: str,
