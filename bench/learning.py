@@ -90,8 +90,17 @@ def weight_change(start: dict[str, torch.Tensor], model: Any) -> float:
     return math.sqrt(sum(float((now[k] - v).pow(2).sum()) for k, v in start.items()))
 
 
+def out_of_time(seconds: float, steps: int, budget: float | None) -> bool:
+    """Whether another step would overrun the training-time budget, predicting its time as the mean
+    step so far: every run then ends at most about one of its steps short of the budget."""
+    return budget is not None and seconds + seconds / steps > budget
+
+
 def run(algorithm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one objective on one seed; held-out greedy accuracy at step 0 and every ``--every`` steps."""
+    """Train one objective on one seed, for ``--steps`` steps or, with ``--train-seconds``, for as many
+    steps as fit in that training time (the recipes' schedule is constant after warm-up, so the step
+    cap does not change the learning rate); held-out greedy accuracy at step 0, every ``--every``
+    steps, at ``--eval-at`` and at the end."""
     recipe = load_recipe(
         RECIPES / f"countdown_{algorithm}.yaml",
         [
@@ -115,15 +124,18 @@ def run(algorithm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         updates += int(metrics.get("optimizer_steps", 0))
         seconds += metrics["time/step"]
         kl.append(metrics.get("kl", 0.0))
-        if trainer.step in eval_at or trainer.step % args.every == 0 or trainer.step == args.steps:
+        done = trainer.step == args.steps or out_of_time(seconds, trainer.step, args.train_seconds)
+        if done or trainer.step in eval_at or (args.every and trainer.step % args.every == 0):
             last = greedy_accuracy(trainer.unwrapped, recipe, rows)
             curve.append({"step": trainer.step, "updates": updates, "seconds": seconds,
                           "weight_change": weight_change(start, trainer.unwrapped),
                           **{name: statistics.mean(v) for name, v in last.items()}})
         reset_peak_memory()
-    print(f"{algorithm} seed {seed}: {args.steps} steps, {updates} updates, {seconds:.0f} s training", flush=True)
-    return {"algorithm": algorithm, "seed": seed, "steps": args.steps, "overrides": args.set, "curve": curve,
-            "kl": kl, "peak_memory_mib": peaks, "before": first, "after": last}
+        if done:
+            break
+    print(f"{algorithm} seed {seed}: {trainer.step} steps, {updates} updates, {seconds:.0f} s training", flush=True)
+    return {"algorithm": algorithm, "seed": seed, "steps": trainer.step, "train_seconds": args.train_seconds,
+            "overrides": args.set, "curve": curve, "kl": kl, "peak_memory_mib": peaks, "before": first, "after": last}
 
 
 def write_json(value: Any, target: Path) -> None:
@@ -150,8 +162,14 @@ def report(out: Path) -> None:
         raise SystemExit(f"no results in {out}")
     console = Console(width=220)
     settings = list(results[0]["before"])
-    runs = Table(title=f"held-out greedy accuracy (%), per run ({len(results[0]['before'][settings[0]])} problems)")
-    for column in ("algorithm", "seed", *settings, "updates", "KL (last 10)", "weight change", "train s", "s/step",
+    budgets = {r.get("train_seconds") for r in results}
+    if len(budgets) > 1:
+        raise SystemExit(f"{out} mixes runs with different --train-seconds budgets: give each its own --out")
+    budget = budgets.pop()
+    timed = f", each run trained until its next step would pass {budget:.0f} s" if budget is not None else ""
+    problems = len(results[0]["before"][settings[0]])
+    runs = Table(title=f"held-out greedy accuracy (%), per run ({problems} problems{timed})")
+    for column in ("algorithm", "seed", *settings, "steps", "updates", "KL (last 10)", "weight change", "train s", "s/step",
                    "peak MiB/step"):
         runs.add_column(column, no_wrap=True)
     gains: dict[str, dict[str, list[float]]] = {}
@@ -164,7 +182,7 @@ def report(out: Path) -> None:
             gains.setdefault(r["algorithm"], {}).setdefault(name, []).append(100 * ci.diff)
         end = r["curve"][-1]
         kl = r["kl"][-10:]
-        runs.add_row(r["algorithm"], str(r["seed"]), *cells, str(end["updates"]), f"{statistics.mean(kl):.4f}",
+        runs.add_row(r["algorithm"], str(r["seed"]), *cells, str(end["step"]), str(end["updates"]), f"{statistics.mean(kl):.4f}",
                      f"{end['weight_change']:.2f}", f"{end['seconds']:.0f}", f"{end['seconds'] / end['step']:.2f}",
                      f"{max(r.get('peak_memory_mib') or [float('nan')]):.0f}")
     console.print(runs)
@@ -179,8 +197,9 @@ def report(out: Path) -> None:
     curves: dict[str, list[list[dict[str, Any]]]] = {}
     for r in results:
         curves.setdefault(r["algorithm"], []).append(r["curve"])
-    equal_budget(curves, settings, "seconds", "training seconds", console)
-    claim(curves, settings, console)
+    if not timed:  # timed runs are already at equal training time, and their updates differ by design
+        equal_budget(curves, settings, "seconds", "training seconds", console)
+        claim(curves, settings, console)
 
 
 def leader(results: list[dict[str, Any]], settings: list[str], console: Console) -> None:
@@ -239,7 +258,10 @@ def claim(curves: dict[str, list[list[dict[str, Any]]]], settings: list[str], co
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--every", type=int, default=5, help="evaluate every N steps (0: only at the end)")
+    parser.add_argument("--train-seconds", type=float, default=None,
+                        help="equal wall time: train each run until another step would pass this many training "
+                             "seconds (--steps stays the cap)")
     parser.add_argument("--eval-at", default="", help="extra evaluation steps, comma list, e.g. 5 (= 40 updates at 8 per step)")
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--seeds", default="0", help="comma list, e.g. 0,1,2")
