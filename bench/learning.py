@@ -9,6 +9,9 @@ so runs can be spread over processes and tabulated together afterwards:
     python bench/learning.py --steps 80 --every 20 --seeds 0,1,2 --algorithms mdpo
     python bench/learning.py --report --out runs/bench-learning
 
+``--train-seconds S`` compares at equal wall time instead: each run trains for as many
+steps as fit in S seconds of training (give such runs their own ``--out``).
+
 The report gives, per run, the held-out gain with its paired-bootstrap 95 % interval
 over problems; per objective, the mean gain over seeds with its 95 % t-interval;
 and MDPO's own claim on this task: accuracy after equal numbers of optimizer
@@ -197,7 +200,7 @@ def report(out: Path) -> None:
     curves: dict[str, list[list[dict[str, Any]]]] = {}
     for r in results:
         curves.setdefault(r["algorithm"], []).append(r["curve"])
-    if not timed:  # timed runs are already at equal training time, and their updates differ by design
+    if budget is None:  # timed runs are already at equal training time, and their updates differ by design
         equal_budget(curves, settings, "seconds", "training seconds", console)
         claim(curves, settings, console)
 
