@@ -28,7 +28,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from unmask.evaluation.generations import Item, read_generations
-from unmask.rewards import grade
+from unmask.rewards.graders import grade
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_generations"
 _FIRST_BOX = re.compile(r"\\boxed{(.*?)}")

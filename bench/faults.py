@@ -177,7 +177,8 @@ def actor_killed_mid_batch(work: Path, reference: Path, rng: random.Random) -> O
 
     from unmask.models.lora import apply_lora
     from unmask.recipe import load_recipe
-    from unmask.rollouts import RolloutPool, generate
+    from unmask.rollouts.generate import generate
+    from unmask.rollouts.pool import RolloutPool
     from unmask.run import model_factory
 
     factory = model_factory(load_recipe(ROOT / "recipes" / f"{RECIPE}.yaml").model)

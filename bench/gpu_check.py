@@ -36,14 +36,17 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from unmask.kernels import sample_step, token_logprobs, use_backend  # noqa: E402
-from unmask.kernels.dispatch import triton_available  # noqa: E402
+from unmask.kernels.dispatch import (
+    triton_available,  # noqa: E402
+    use_backend,  # noqa: E402
+)
+from unmask.kernels.ops import sample_step, token_logprobs  # noqa: E402
 from unmask.models import LLaDA  # noqa: E402
 from unmask.models.llada import LLaDAConfig  # noqa: E402
 from unmask.models.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
 from unmask.recipe import validate_recipe  # noqa: E402
 from unmask.rl.trainer import Trainer  # noqa: E402
-from unmask.rollouts import generate  # noqa: E402
+from unmask.rollouts.generate import generate  # noqa: E402
 
 SHARED_CONFIG = Path(__file__).resolve().parents[2] / "shared" / "models" / "llada-8b-instruct" / "config.json"
 #: shapes of a --tiny run: the same code paths at a size a CPU finishes in seconds

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from unmask.evaluation.generations import read_generations
-from unmask.rewards import RewardRunner, RewardSpec
 from unmask.rewards.mathgrade import _parse, extract_math_answer, math_equal, verify_equal
+from unmask.rewards.registry import RewardSpec
+from unmask.rewards.runner import RewardRunner
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_generations"
 

@@ -31,7 +31,8 @@ from unmask.evaluation import EvalSettings, evaluate
 from unmask.models import LLaDA
 from unmask.models.base import DiffusionLM
 from unmask.models.llada import LLaDAConfig
-from unmask.rollouts import Trajectory, generate
+from unmask.rollouts.generate import generate
+from unmask.rollouts.trajectory import Trajectory
 
 #: generate() options of each setting; the reference turns off the (exact) partial head too.
 #: Settings named "exact ..." start from the model's fastest exact options (``exact_fast``).

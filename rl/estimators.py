@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unmask.kernels import token_logprobs
+from unmask.kernels.ops import token_logprobs
 from unmask.rollouts.trajectory import Trajectory
 
 #: an integer seed (one-step, ELBO) or ``[B]`` long step indices (per-step)

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from unmask.recipe import RolloutConfig
-from unmask.rewards import RewardBatch
+from unmask.rewards.runner import RewardBatch
 from unmask.rl.objective import RewardResult
-from unmask.rollouts import Trajectory, generate
+from unmask.rollouts.generate import generate
+from unmask.rollouts.trajectory import Trajectory
 
 
 def encode_prompts(tokenizer: Any, texts: Sequence[str], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

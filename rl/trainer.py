@@ -30,7 +30,8 @@ from transformers import get_scheduler
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
 from unmask.recipe import Recipe, save_recipe
-from unmask.rewards import RewardRunner, RewardSpec
+from unmask.rewards.registry import RewardSpec
+from unmask.rewards.runner import RewardRunner
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from unmask.rl.distributed import Preemption, any_process, max_over_processes, mean_over_processes
 from unmask.rl.estimators import Scores
@@ -38,8 +39,8 @@ from unmask.rl.logging import MetricsLogger, drop_metrics_after, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 from unmask.rl.stream import PromptStream
-from unmask.rollouts import Trajectory
 from unmask.rollouts.pool import PendingRollout
+from unmask.rollouts.trajectory import Trajectory
 
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 MAX_BAD_STEPS = 3

@@ -141,7 +141,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def _grade(task: str, answer: str, row: dict[str, Any]) -> Any:
     from unmask.evaluation.benchmarks import GRADER_TASK, reference
-    from unmask.rewards import grade
+    from unmask.rewards.graders import grade
 
     return grade(GRADER_TASK[task], answer, **reference(task, row))
 

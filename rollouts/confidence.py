@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from unmask.errors import UserError
-from unmask.kernels import StepSample
+from unmask.kernels.sampling import StepSample
 
 ConfidenceFn = Callable[[StepSample, torch.Tensor], torch.Tensor]
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from unmask.errors import UserError
-from unmask.kernels import StepSample, greedy_probability, sample_step, select_commits
+from unmask.kernels.ops import sample_step, select_commits
+from unmask.kernels.sampling import StepSample, greedy_probability
 from unmask.models.base import DiffusionLM
 from unmask.rollouts.cache import StepForward
 from unmask.rollouts.commit import topk_rows

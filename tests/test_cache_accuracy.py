@@ -20,7 +20,8 @@ import torch
 from unmask.errors import UserError
 from unmask.evaluation import EvalSettings, evaluate
 from unmask.models import load_model
-from unmask.rollouts import Trajectory, generate
+from unmask.rollouts.generate import generate
+from unmask.rollouts.trajectory import Trajectory
 
 #: the tiny recipes' greedy evaluation (recipes/tiny/*.yaml): one 16-token block
 DEFAULT = {"gen_length": 16, "steps": 16, "block_length": 16}

@@ -7,7 +7,7 @@ import torch
 from reference_sampler import random_tiny, reference_generate
 
 from unmask.errors import UserError
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 
 SETTINGS = {"gen_length": 24, "steps": 24, "block_length": 8}
 

@@ -71,7 +71,7 @@ def test_eval_settings_reach_the_sampler() -> None:
     seen = []
 
     def spy(model, prompt_ids, **kwargs):
-        from unmask.rollouts import generate
+        from unmask.rollouts.generate import generate
 
         seen.append(generate(model, prompt_ids, record=True, **kwargs))
         return seen[-1]

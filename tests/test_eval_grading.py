@@ -11,8 +11,8 @@ import torch
 from unmask.evaluation import evaluate
 from unmask.evaluation.settings import EvalSettings
 from unmask.models import tiny
-from unmask.rewards import Grader, grade_many
-from unmask.rollouts import generate
+from unmask.rewards.grading import Grader, grade_many
+from unmask.rollouts.generate import generate
 
 #: sympy evaluates this power tower for as long as it is allowed to
 POWER_TOWER = r"\boxed{9^{9^{9^{9}}}}"

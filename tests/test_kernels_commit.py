@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unmask.kernels import select_commits, set_backend, use_backend
-from unmask.kernels.dispatch import backend_for, requested_backend
+from unmask.kernels.dispatch import backend_for, requested_backend, set_backend, use_backend
+from unmask.kernels.ops import select_commits
 
 NEG = float("-inf")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unmask.kernels import linear_token_logprobs, token_logprobs, use_backend
-from unmask.kernels.dispatch import enable_interpreter
+from unmask.kernels.dispatch import enable_interpreter, use_backend
+from unmask.kernels.ops import linear_token_logprobs, token_logprobs
 
 pytest.importorskip("triton", reason="triton is not installed (pip install '.[dev]')")
 enable_interpreter()

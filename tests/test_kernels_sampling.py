@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unmask.kernels import row_uniforms, sample_step, use_backend
-from unmask.kernels.dispatch import enable_interpreter
+from unmask.kernels.dispatch import enable_interpreter, use_backend
+from unmask.kernels.ops import sample_step
+from unmask.kernels.rng import row_uniforms
 from unmask.kernels.sampling import sample_step_torch
 
 pytest.importorskip("triton", reason="triton is not installed (pip install '.[dev]')")

@@ -13,7 +13,7 @@ from test_trainer import ROWS, make_model, recipe
 from unmask.errors import UserError
 from unmask.rl.checkpoint import trainable_state
 from unmask.rl.trainer import Trainer, lora_replica
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 from unmask.rollouts.pool import load_adapter
 
 OVERLAP = {"overlap": True, "temperature": 1.0}

@@ -11,7 +11,8 @@ ray = pytest.importorskip("ray")
 
 from unmask.models.lora import apply_lora  # noqa: E402
 from unmask.models.tiny import tiny  # noqa: E402
-from unmask.rollouts import RolloutPool, generate  # noqa: E402
+from unmask.rollouts.generate import generate  # noqa: E402
+from unmask.rollouts.pool import RolloutPool  # noqa: E402
 
 SETTINGS = {"gen_length": 8, "steps": 4, "block_length": 4, "temperature": 0.9, "remasking": "rcr", "seed": 7}
 

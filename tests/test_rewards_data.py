@@ -6,7 +6,7 @@ import csv
 import json
 
 from unmask.data.countdown import solve
-from unmask.rewards import grade
+from unmask.rewards.graders import grade
 from unmask.rewards.gsm8k import gsm8k_gold
 
 

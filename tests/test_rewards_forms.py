@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from unmask.rewards import grade
 from unmask.rewards.extract import boxed_answer
+from unmask.rewards.graders import grade
 
 CD = {"nums": [49, 55, 53], "target": 51}
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from unmask.rewards import RewardRunner, RewardSpec, grade
+from unmask.rewards.graders import grade
+from unmask.rewards.registry import RewardSpec
+from unmask.rewards.runner import RewardRunner
 
 GOLDEN = [json.loads(line) for line in (Path(__file__).parent / "golden_rewards.jsonl").open()]
 

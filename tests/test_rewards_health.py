@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from unmask.rewards import RewardRunner, RewardSpec
 from unmask.rewards.health import RewardHealth, trim
+from unmask.rewards.registry import RewardSpec
+from unmask.rewards.runner import RewardRunner
 
 # what a grader that does not know \text{} would see all run long
 UNREADABLE = "<reasoning>\n55 minus 53 is 2, plus 49 is 51\n</reasoning>\n<answer>\n\\text{55 - 53 + 49}\n</answer>"

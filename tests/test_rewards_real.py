@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from unmask.evaluation.generations import Item, read_generations
-from unmask.rewards import grade
+from unmask.rewards.graders import grade
 
 REAL = "real_generations"
 

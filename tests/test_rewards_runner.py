@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from unmask.rewards import RewardConfigError, RewardRunner, RewardSpec
+from unmask.rewards.registry import RewardSpec
+from unmask.rewards.result import RewardConfigError
+from unmask.rewards.runner import RewardRunner
 
 
 def length_reward(prompts, completions, **_):

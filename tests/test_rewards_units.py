@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from unmask.rewards import RewardRunner, RewardSpec, available, completion_text, grade, load_reward
 from unmask.rewards.countdown import evaluate
 from unmask.rewards.extract import answer_tag, last_boxed, last_math_span, last_number
 from unmask.rewards.formats import soft_format, strict_format, xml_count
+from unmask.rewards.functions import completion_text
+from unmask.rewards.graders import grade
+from unmask.rewards.registry import RewardSpec, available, load_reward
+from unmask.rewards.runner import RewardRunner
 
 D1_PERFECT = "<reasoning>\n9*2=18\n</reasoning>\n<answer>\n18\n</answer>\n"
 

@@ -16,7 +16,7 @@ from unmask.recipe import BGPOConfig, validate_recipe
 from unmask.rl.estimators import Scores, sequence_elbo
 from unmask.rl.objective import Rollout, TrainBatch, build_objective
 from unmask.rl.trainer import Trainer
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 from unmask.rollouts.trajectory import Trajectory
 
 

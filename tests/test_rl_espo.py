@@ -17,7 +17,7 @@ from unmask.rl.estimators import Scores, sequence_elbo
 from unmask.rl.mc_estimators import ExactCountEstimator, Sample, pool
 from unmask.rl.objective import TrainBatch, build_objective
 from unmask.rl.trainer import Trainer
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 from unmask.rollouts.trajectory import Trajectory
 
 

@@ -13,7 +13,7 @@ from unmask.rl.estimators import (
     TrajectoryEstimator,
     sequence_elbo,
 )
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 from unmask.rollouts.trajectory import Trajectory
 
 TINY = {"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}

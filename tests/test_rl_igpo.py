@@ -7,7 +7,8 @@ import torch
 
 from unmask.models.tiny import tiny
 from unmask.recipe import IGPOConfig, RolloutConfig
-from unmask.rewards import RewardRunner, RewardSpec
+from unmask.rewards.registry import RewardSpec
+from unmask.rewards.runner import RewardRunner
 from unmask.rl.igpo import IGPO
 from unmask.rl.objective import Rollout
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler

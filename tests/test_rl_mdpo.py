@@ -13,10 +13,11 @@ from test_trainer import make_model
 from unmask.errors import UserError
 from unmask.models.tiny_tokenizer import build_tiny_tokenizer
 from unmask.recipe import MDPOConfig, Recipe, RolloutConfig, load_recipe
-from unmask.rewards import RewardRunner, RewardSpec
+from unmask.rewards.registry import RewardSpec
+from unmask.rewards.runner import RewardRunner
 from unmask.rl.objective import Rollout, build_objective
 from unmask.rl.rollout import Rollouts
-from unmask.rollouts import Trajectory
+from unmask.rollouts.trajectory import Trajectory
 from unmask.run import eval_settings
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes"

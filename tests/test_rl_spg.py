@@ -14,7 +14,7 @@ from unmask.recipe import SPGConfig, validate_recipe
 from unmask.rl.estimators import Scores, sequence_elbo
 from unmask.rl.mc_estimators import BlockEstimator, Sample, eubo_tokens, pool
 from unmask.rl.objective import TrainBatch, build_objective
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 from unmask.rollouts.trajectory import Trajectory
 
 LN = math.log

@@ -7,7 +7,7 @@ import torch
 from reference_sampler import random_tiny, reference_generate
 
 from unmask.errors import UserError
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 from unmask.rollouts.schedules import step_counts
 
 

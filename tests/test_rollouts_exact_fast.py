@@ -17,9 +17,10 @@ import torch
 from reference_sampler import random_tiny
 
 from unmask.errors import UserError
-from unmask.kernels import greedy_probability, sample_step
-from unmask.rollouts import generate
+from unmask.kernels.ops import sample_step
+from unmask.kernels.sampling import greedy_probability
 from unmask.rollouts.confidence import DEFAULT_CONFIDENCE
+from unmask.rollouts.generate import generate
 from unmask.rollouts.schedules import SCHEDULES
 
 SETTINGS = {"gen_length": 12, "steps": 6, "block_length": 4}

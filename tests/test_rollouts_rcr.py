@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 
 from unmask.models.base import DiffusionLM
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 
 MASK, EOS, VOCAB = 7, 6, 8
 

@@ -6,7 +6,7 @@ import pytest
 from rich.text import Text
 
 from unmask.models.tiny import tiny
-from unmask.rollouts import generate
+from unmask.rollouts.generate import generate
 from unmask.rollouts.render import render_denoising
 
 

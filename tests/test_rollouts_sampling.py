@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from unmask.kernels import sample_step
+from unmask.kernels.ops import sample_step
 
 DRAWS = 200_000
 

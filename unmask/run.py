@@ -25,7 +25,8 @@ from unmask.models.base import DiffusionLM
 from unmask.pretrain import problem_key
 from unmask.recipe import ModelConfig, Recipe, save_recipe
 from unmask.report import CURVE_FILE, Comparison, compare, markdown_table, plot_curves, print_table
-from unmask.rewards import RewardRunner, RewardSpec
+from unmask.rewards.registry import RewardSpec
+from unmask.rewards.runner import RewardRunner
 from unmask.rl.trainer import Trainer, default_rows
 
 METRICS_FILE = "metrics.jsonl"

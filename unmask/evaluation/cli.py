@@ -36,7 +36,8 @@ from unmask.evaluation.settings import (
 )
 from unmask.evaluation.store import SampleLog
 from unmask.models.generation import read_generation_defaults
-from unmask.rollouts import RolloutPool, generate
+from unmask.rollouts.generate import generate
+from unmask.rollouts.pool import RolloutPool
 
 RUN_FILE = "run.json"
 

@@ -25,7 +25,8 @@ from rich.table import Table
 
 from unmask.errors import UserError
 from unmask.evaluation.generations import Item, read_generations
-from unmask.rewards import Grader, GradeResult
+from unmask.rewards.grading import Grader
+from unmask.rewards.result import GradeResult
 
 VERDICTS_FILE = "regrade.jsonl"
 SUMMARY_FILE = "regrade_summary.json"

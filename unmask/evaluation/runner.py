@@ -21,8 +21,9 @@ from unmask.evaluation.report import Summary, summarize
 from unmask.evaluation.settings import EvalSettings
 from unmask.evaluation.store import SampleLog, sample_key
 from unmask.models.base import DiffusionLM
-from unmask.rewards import Grader
-from unmask.rollouts import Trajectory, generate
+from unmask.rewards.grading import Grader
+from unmask.rollouts.generate import generate
+from unmask.rollouts.trajectory import Trajectory
 
 GenerateFn = Callable[..., Trajectory]
 

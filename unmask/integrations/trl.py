@@ -46,7 +46,7 @@ from unmask.models import load_model
 from unmask.models.base import DiffusionLM
 from unmask.models.lora import target_regex
 from unmask.recipe import Recipe, validate_recipe
-from unmask.rewards import RewardBatch
+from unmask.rewards.runner import RewardBatch
 from unmask.rl.estimators import Scores
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, decode_answers, encode_prompts, local_sampler

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from unmask.kernels.commit import threshold_commits, topk_commits
-from unmask.kernels.dispatch import backend_for, set_backend, use_backend
+from unmask.kernels.dispatch import backend_for
 from unmask.kernels.logprob import (
     TORCH_OPS,
     LinearTokenLogprobs,
@@ -21,19 +21,7 @@ from unmask.kernels.logprob import (
     check_logprob_args,
 )
 from unmask.kernels.rng import row_uniforms
-from unmask.kernels.sampling import StepSample, greedy_probability, sample_step_torch
-
-__all__ = [
-    "StepSample",
-    "greedy_probability",
-    "linear_token_logprobs",
-    "row_uniforms",
-    "sample_step",
-    "select_commits",
-    "set_backend",
-    "token_logprobs",
-    "use_backend",
-]
+from unmask.kernels.sampling import StepSample, sample_step_torch
 
 
 def sample_step(

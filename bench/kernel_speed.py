@@ -20,13 +20,9 @@ import time
 
 import torch
 
-from unmask.kernels import (
-    linear_token_logprobs,
-    row_uniforms,
-    sample_step,
-    token_logprobs,
-    use_backend,
-)
+from unmask.kernels.dispatch import use_backend
+from unmask.kernels.ops import linear_token_logprobs, sample_step, token_logprobs
+from unmask.kernels.rng import row_uniforms
 from unmask.kernels.sampling import _sample_chunk
 
 VOCAB = 126_464
