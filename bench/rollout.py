@@ -11,7 +11,7 @@ LLaDA's architecture and full 126k vocabulary, scaled down to this machine, on r
 prompts: its numbers measure cost; its answers carry no meaning (a random model is
 never confident, so threshold decoding and early exit change nothing there).
 
-Every setting is the reference sampler (sampling.md §1: no cache, LM head on every
+Every setting is the reference sampler (docs/sampling.md §1: no cache, LM head on every
 column) plus the named accelerations; ratios are against the reference of the same
 model and block. Tokens/s counts ``gen_length`` tokens per answer and only the time
 spent in ``generate`` (not grading); it is wall time with ``--threads`` CPU threads,

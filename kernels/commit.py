@@ -1,7 +1,7 @@
 """Which masked positions a denoising step commits, decided on the device.
 
 Both rules are a handful of batched tensor ops with no ``.item()`` / ``.tolist()``,
-so a GPU sampler never waits for the host between steps (sampling.md §1, §4).
+so a GPU sampler never waits for the host between steps (docs/sampling.md §1, §4).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def threshold_commits(
 ) -> torch.Tensor:
     """Every eligible position above ``threshold``; a row with none commits its single best.
 
-    Rows without eligible positions commit nothing (Fast-dLLM's rule, sampling.md §4).
+    Rows without eligible positions commit nothing (Fast-dLLM's rule, docs/sampling.md §4).
     """
     candidates = _candidates(confidence, eligible)
     above = candidates & (confidence > threshold)

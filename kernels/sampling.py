@@ -6,7 +6,7 @@ sampling distribution, the top-1 − top-2 probability margin and the entropy of
 ``softmax(logits)``. Sampling is by inverse CDF on float64 probabilities with one
 53-bit uniform per row: exact in distribution down to float64 rounding (~1e-16),
 whereas Gumbel-max with float32 noise caps the perturbation at ≈16.6 and lowers
-the effective temperature (sampling.md §1). The Triton kernel uses the same
+the effective temperature (docs/sampling.md §1). The Triton kernel uses the same
 uniforms and the same rule, so both backends draw the same tokens.
 
 The twin works on chunks of rows so that at most one chunk is ever held in float64

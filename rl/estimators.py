@@ -1,7 +1,7 @@
 """Likelihood estimators: how a masked dLLM scores the tokens of a sampled answer.
 
 A dLLM has no cheap exact sequence likelihood, so each objective picks one of
-these estimators (algorithms.md). They share one call,
+these estimators (diffu-GRPO by `algorithm.estimator`, docs/recipes.md). They share one call,
 ``token_logprobs(model, traj, key) -> Scores``, so objectives never know how a
 score was obtained. ``key`` is the only source of randomness: passing the same
 key to the θ, θ_old and reference passes of one inner iteration gives them the

@@ -109,7 +109,7 @@ class Objective:
 
     @property
     def record_steps(self) -> bool:
-        """Whether rollouts must keep the per-step record (sampling.md §7)."""
+        """Whether rollouts must keep the per-step record (docs/sampling.md §7)."""
         return False
 
     def build_estimator(self, mask_token_id: int, temperature: float) -> Estimator:

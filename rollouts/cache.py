@@ -1,4 +1,4 @@
-"""The model forward of one denoising step under a cache mode (sampling.md §5).
+"""The model forward of one denoising step under a cache mode (docs/sampling.md §5).
 
 ``none`` runs the whole canvas every step (the reference). ``prompt`` runs the
 prompt once and every answer column at every step: exact, and allowed only for a

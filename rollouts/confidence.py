@@ -1,4 +1,4 @@
-"""Confidence measures that decide which predictions to commit (sampling.md §2–§3).
+"""Confidence measures that decide which predictions to commit (docs/sampling.md §2–§3).
 
 A confidence function maps the statistics of ``N`` predictions (and ``N`` fresh
 uniforms, for the random rule) to ``N`` scores; higher means commit sooner. Users

@@ -1,4 +1,4 @@
-"""The denoising loop: one call for every decoding strategy (sampling.md §1–§4, §6–§7).
+"""The denoising loop: one call for every decoding strategy (docs/sampling.md §1–§4, §6–§7).
 
 With ``temperature=0`` and ``remasking="low_confidence"`` it is the reference
 (LLaDA) sampler token for token. Randomness: each row has its own CPU
@@ -66,7 +66,7 @@ def generate(
     CFG) during which a row still had positions to decode. The mask token is never
     predicted (its logit is set to ``-inf``).
 
-    Speed (sampling.md §5): ``cache`` is ``"none"`` (exact), ``"prefix"`` or
+    Speed (docs/sampling.md §5): ``cache`` is ``"none"`` (exact), ``"prefix"`` or
     ``"dual"`` (approximate KV caching within a block, exact for the prompt of a model
     whose prompt does not attend to the answer; ``cache_refresh`` > 0 runs the full
     canvas again every that many steps of a block); ``partial_head`` applies the

@@ -1,4 +1,4 @@
-"""Per-step recording of a rollout (sampling.md §7), kept compact and moved to the CPU."""
+"""Per-step recording of a rollout (docs/sampling.md §7), kept compact and moved to the CPU."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How many tokens to commit at each step of a block (sampling.md §1–§2).
+"""How many tokens to commit at each step of a block (docs/sampling.md §1–§2).
 
 ``linear`` is the reference even split; the others are MaskGIT-style schedules
 where ``γ(r)`` is the fraction of the block still masked after a fraction ``r`` of

@@ -1,4 +1,4 @@
-"""What a sampler hands to the RL objectives (sampling.md §7).
+"""What a sampler hands to the RL objectives (docs/sampling.md §7).
 
 A ``Trajectory`` holds the final canvas and, when recorded, one compact record per
 denoising step. Storage is linear in ``T × L`` per sequence: the canvas before

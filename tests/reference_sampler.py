@@ -1,4 +1,4 @@
-"""A plain transcription of sampling.md §1, the parity oracle for the rollout engine.
+"""A plain transcription of docs/sampling.md §1, the parity oracle for the rollout engine.
 
 Deliberately unoptimised and independent of ``unmask.rollouts``: one full-canvas
 forward per step, softmax of the raw logits for the confidence, ``torch.topk``

@@ -1,6 +1,6 @@
 """Approximate fast decoding on the shipped tiny model: held-out accuracy within 2 points.
 
-Threshold decoding and the dual KV cache change answers (sampling.md §4–5); the
+Threshold decoding and the dual KV cache change answers (docs/sampling.md §4–5); the
 issue's bound is that held-out Countdown accuracy drops by at most 2 points. The
 shipped model's prompt does not attend to the answer, so its cached prompt
 keys/values are exact; what a cache still approximates is the answer's other blocks

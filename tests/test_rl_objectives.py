@@ -1,4 +1,4 @@
-"""Each objective's loss against the formula of algorithms.md on hand-set scores."""
+"""Each objective's loss against its published formula, written out in each test, on hand-set scores."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ class RolloutConfig(Section):
     temperature: NonNegFloat = 0.7
     remasking: Literal["low_confidence", "random", "margin", "entropy", "rcr"] = "low_confidence"
     #: confidence function used by RCR (rollouts/confidence.py); by default the probability of the
-    #: sampled token under the sampling distribution softmax(logits / τ) (sampling.md §3.4)
+    #: sampled token under the sampling distribution softmax(logits / τ) (docs/sampling.md §3)
     rcr_confidence: Literal["sampling_probability", "probability", "margin", "entropy", "random"] = (
         "sampling_probability"
     )

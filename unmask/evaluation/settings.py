@@ -27,7 +27,7 @@ class EvalSettings:
     block_length: int
     temperature: float = 0.0
     remasking: str = "low_confidence"
-    #: KV cache of block decoding (approximate unless "none"), sampling.md §5
+    #: KV cache of block decoding (approximate unless "none"), docs/sampling.md §5
     cache: str = "none"
     #: Fast-dLLM parallel decoding: commit every position above this confidence (§4)
     threshold: float | None = None

@@ -69,7 +69,7 @@ class DiffusionLM(nn.Module):
         (left-padded) prompt; callers always pass it when they know it, and models whose
         prompt does not attend to the answer (``prompt_attends_answer=False``) require it.
 
-        Optional, for fast rollouts (sampling.md §5): ``logits_at`` (``[n]`` long
+        Optional, for fast rollouts (docs/sampling.md §5): ``logits_at`` (``[n]`` long
         canvas columns) applies the LM head only there, since the full ``[B, L, V]``
         tensor is a step's largest for a big vocabulary. ``columns`` (``[m]`` long)
         runs only those canvas columns through the blocks, attending to the other

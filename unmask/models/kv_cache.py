@@ -1,6 +1,6 @@
 """Keys and values of every block over the whole canvas, for approximate cached decoding.
 
-Block decoding (sampling.md §5) recomputes only some canvas columns per step and
+Block decoding (docs/sampling.md §5) recomputes only some canvas columns per step and
 lets them attend to keys/values of the other columns kept from an earlier step.
 The cache holds, per layer, rotated keys and values for *all* columns; a forward
 over a column subset overwrites those columns in place and attends to the whole
