@@ -3,6 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # On a CPU machine this takes the local CPU wheel; elsewhere PyPI's build for your platform.
 TORCH_SPEC ?= torch==2.13.0
+# the exact versions the suite last passed with (pip constraints); `make lock` rewrites it
+LOCK := requirements-lock.txt
+LOCK_VENV ?= .venv-lock
+# both cores: pytest-xdist workers (`PYTEST_WORKERS=0` runs in one process)
+PYTEST_WORKERS ?= 2
 RECIPE ?= tiny/countdown_diffu_grpo_trajectory
 ARGS ?=
 MODEL ?= builtin:tiny-countdown
@@ -15,19 +20,32 @@ NPROC ?= 1
 ACCELERATE_CONFIG ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test test-slow bench lint tiny-model clean
+.PHONY: help install lock train eval test test-slow bench lint tiny-model clean
 
 help:  ## list the targets (this text)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) pip
+	$(PY) -m pip install -q -c $(LOCK) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install unmask with its dev tools
+install: $(VENV)/.installed  ## create .venv and install unmask with the locked versions (requirements-lock.txt)
+
+lock:  ## re-resolve to the newest versions pyproject.toml allows, run the tests there, rewrite the lock only if they pass
+	rm -rf $(LOCK_VENV)
+	python3 -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	{ echo "# pip constraints: the versions 'make test' last passed with; written by 'make lock'"; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
+	@echo "$(LOCK) rewritten from a green run; run 'make install' (or 'make clean install') to use it"
 
 train: $(VENV)/.installed  ## run RECIPE (default: the tiny Countdown run, ~7 min on a CPU); ARGS="key=value ..." overrides; NPROC=2 for 2 processes
 ifeq ($(NPROC),1)
@@ -41,7 +59,7 @@ eval: $(VENV)/.installed  ## evaluate MODEL on BENCH (EVAL_ARGS for more options
 	$(VENV)/bin/unmask eval --model $(MODEL) --bench $(BENCH) $(EVAL_ARGS)
 
 test: $(VENV)/.installed  ## run the test suite (CPU, under 10 minutes)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed  ## run the tests marked slow
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
@@ -56,4 +74,4 @@ tiny-model: $(VENV)/.installed  ## rebuild the shipped tiny model byte for byte 
 	$(VENV)/bin/unmask pretrain --task countdown --out unmask/assets/tiny-countdown --seed 0
 
 clean:  ## remove .venv and build outputs
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info

@@ -2,24 +2,24 @@
 
 User mistakes (``UserError``) print one line and exit with code 2; ``--debug``
 shows the traceback instead. Heavy imports happen inside each subcommand so that
-``unmask recipes`` and error messages are instant.
+``unmask recipes`` and error messages are instant. An ``ImportError`` that reaches
+``main`` means a broken install, never a missing feature: it names the import that
+failed and the command that repairs it (exit code 3).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unmask.errors import UserError
 
 EXIT_USER_ERROR = 2
-EXIT_NOT_AVAILABLE = 3
-
-
-class NotAvailable(Exception):
-    """A subcommand whose machinery has not landed yet: said plainly, never faked."""
+EXIT_BROKEN_INSTALL = 3
+REPAIR_COMMAND = "make install  (in a checkout; elsewhere: pip install --force-reinstall unmask)"
 
 
 def recipes_dir() -> Path:
@@ -56,37 +56,27 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from unmask.recipe import load_recipe
+    from unmask.run import run_recipe
 
-    recipe = load_recipe(resolve_recipe_path(args.recipe), args.overrides)
-    try:
-        from unmask.run import run_recipe
-    except ImportError as exc:
-        raise NotAvailable(f"unmask train: the RL trainer is not available yet ({exc})") from None
-    run_recipe(recipe)
+    run_recipe(load_recipe(resolve_recipe_path(args.recipe), args.overrides))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    try:
-        from unmask.evaluation.cli import run_eval
-    except ImportError as exc:
-        raise NotAvailable(f"unmask eval: evaluation is not available yet ({exc})") from None
+    from unmask.evaluation.cli import run_eval
+
     return run_eval(args)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    try:
-        from unmask.rollouts.cli import run_sample
-    except ImportError as exc:
-        raise NotAvailable(f"unmask sample: the sampler CLI is not available yet ({exc})") from None
+    from unmask.rollouts.cli import run_sample
+
     return run_sample(args)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    try:
-        from unmask.pretrain import run_pretrain
-    except ImportError as exc:
-        raise NotAvailable(f"unmask pretrain: not available yet ({exc})") from None
+    from unmask.pretrain import run_pretrain
+
     return run_pretrain(args)
 
 
@@ -171,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def broken_install_message(exc: ImportError) -> str:
+    """Which import failed, where, and the command that repairs the install."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = next((f for f in reversed(frames) if f.line and "import" in f.line), frames[-1] if frames else None)
+    at = f"\n  at {where.filename}:{where.lineno}: {where.line}" if where else ""
+    return f"error: broken install: {exc}{at}\n  repair it with: {REPAIR_COMMAND}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -182,9 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except NotAvailable as exc:
-        print(f"not available: {exc}", file=sys.stderr)
-        return EXIT_NOT_AVAILABLE
+    except ImportError as exc:
+        if args.debug:
+            raise
+        print(broken_install_message(exc), file=sys.stderr)
+        return EXIT_BROKEN_INSTALL
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
