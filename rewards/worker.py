@@ -4,6 +4,9 @@ Used both in-process and inside pool workers so the two paths contain errors ali
 An outcome is ``(kind, payload)``: ``("ok", value)`` (for rewards ``("ok", (value,
 reason))``, see ``RewardCaller``), ``("error", message)`` or
 ``("config", message)``; the pool adds ``("timeout", None)`` and ``("died", message)``.
+Built-in rewards are called per item (deduplicated and cached by the runner); any
+other function is called once per batch, as TRL calls it (``batch.call_batch``), and
+its ``ok`` payload is ``(values, logged metrics, extra columns)``.
 A worker runs one *handler* (a job's fields in, an outcome out), built in the worker
 by a picklable factory: ``reward_handler`` for rewards, ``grading.grade_handler`` for
 evaluation verdicts.
@@ -11,14 +14,13 @@ evaluation verdicts.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import resource
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .batch import RewardState, call_batch, checked_values
 from .functions import BOUNDED_REWARDS, TASK_REWARDS, grade_one, quick_one
 from .registry import RewardSpec
 from .result import GradeResult, RewardConfigError
@@ -31,20 +33,8 @@ _MAX_MESSAGE = 300
 
 def call_one(fn: Any, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> float | None:
     """``fn`` on a batch of one; a wrong-length or non-numeric return is a config error."""
-    values = fn([prompt], [completion], **{k: [v] for k, v in columns.items()})
-    if not isinstance(values, list | tuple):
-        raise RewardConfigError(
-            f"returned {type(values).__name__}; it must return a list of floats"
-        )
-    if len(values) != 1:
-        raise RewardConfigError(f"returned {len(values)} values for 1 completion")
-    value = values[0]
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise RewardConfigError(f"returned a {type(value).__name__}; values must be floats or None")
-    value = float(value)
-    return None if math.isnan(value) else value
+    (value,) = checked_values(fn([prompt], [completion], **{k: [v] for k, v in columns.items()}), 1)
+    return value
 
 
 def run_item(fn: Any, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> Outcome:
@@ -87,13 +77,15 @@ class RewardCaller:
     Built-in task rewards are graded through their grader, so the reason is known;
     ``local`` answers in this process where that is cheap and bounded (format rewards,
     every task but MATH, MATH where ``mathfast`` decides) and returns None where the
-    item needs a worker (sympy, or a user function that might hang).
+    item needs a worker (sympy). Every other function is ``batched``: ``batch`` calls
+    it on a whole batch with TRL's keywords.
     """
 
     def __init__(self, spec: RewardSpec) -> None:
         self.fn = spec.load()
         self.task = spec.name if spec.name in TASK_REWARDS else None
         self.bounded = spec.name in BOUNDED_REWARDS
+        self.batched = self.task is None and not self.bounded
         self.options = dict(spec.kwargs)
 
     def _graded(self, grader: Callable[..., GradeResult | None], completion: Any, columns: Mapping[str, Any]) -> Outcome | None:
@@ -116,13 +108,26 @@ class RewardCaller:
             return self._graded(quick_one, completion, columns)
         return self.full(prompt, completion, columns) if self.bounded else None
 
+    def batch(
+        self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None,
+        columns: Mapping[str, Sequence[Any]], state: RewardState,
+    ) -> Outcome:
+        try:
+            return ("ok", call_batch(self.fn, prompts, completions, completion_ids, columns, state))
+        except RewardConfigError as exc:
+            return ("config", str(exc))
+        except Exception as exc:  # a plug-in failed on this batch: contain it
+            return error_outcome(exc)
+
 
 def reward_handler(specs: list[RewardSpec]) -> Handler:
-    """Jobs ``(spec_index, prompt, completion, columns)`` → reward outcomes (rewards loaded once)."""
+    """Jobs ``(spec_index, *fields)`` → reward outcomes (rewards loaded once): an item's
+    ``(prompt, completion, columns)``, or a batched function's ``RewardCaller.batch`` fields."""
     callers = [RewardCaller(spec) for spec in specs]
 
-    def handle(index: int, prompt: Any, completion: Any, columns: Mapping[str, Any]) -> Outcome:
-        return callers[index].full(prompt, completion, columns)
+    def handle(index: int, *fields: Any) -> Outcome:
+        caller = callers[index]
+        return caller.batch(*fields) if caller.batched else caller.full(*fields)
 
     return handle
 

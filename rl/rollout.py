@@ -118,14 +118,18 @@ class Rollouts:
             "record": self.record,
         }
 
-    def _grade(self, texts: list[str], rows: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _grade(
+        self, texts: list[str], ids: list[list[int]], rows: Sequence[dict[str, Any]]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         names = dict.fromkeys(key for row in rows for key in row if key != "prompt")
         columns = {key: [row.get(key) for row in rows] for key in names}  # rows may lack optional columns
-        result = self.score_fn([row["prompt"] for row in rows], texts, columns)
+        result = self.score_fn([row["prompt"] for row in rows], texts, columns, completion_ids=ids)
         return torch.tensor(result.totals, dtype=torch.float), result.metrics
 
     def score(self, traj: Trajectory, rows: list[dict[str, Any]]) -> RewardResult:
-        rewards, metrics = self._grade(decode_answers(self.tokenizer, traj.answer_ids, self.eos_ids), rows)
+        """Rewards of the final answers; ``completion_ids`` run up to and including the first EOS, as in TRL."""
+        ids = [row[:length] for row, length in zip(traj.answer_ids.tolist(), traj.answer_mask.sum(1).tolist(), strict=True)]
+        rewards, metrics = self._grade(decode_answers(self.tokenizer, traj.answer_ids, self.eos_ids), ids, rows)
         return RewardResult(rewards, rewards >= self.correct_threshold, metrics)
 
     def score_steps(self, traj: Trajectory, rows: list[dict[str, Any]]) -> torch.Tensor:
@@ -137,8 +141,8 @@ class Rollouts:
         """
         answers = intermediate_answers(traj, self.mask_token_id)  # [T, B, L]
         steps, batch = answers.shape[:2]
-        texts = self.tokenizer.batch_decode(answers.reshape(steps * batch, -1).tolist(), skip_special_tokens=True)
-        rewards, _ = self._grade(texts, list(rows) * steps)
+        ids = answers.reshape(steps * batch, -1).tolist()
+        rewards, _ = self._grade(self.tokenizer.batch_decode(ids, skip_special_tokens=True), ids, list(rows) * steps)
         return rewards.reshape(steps, batch).T
 
 

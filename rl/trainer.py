@@ -30,8 +30,9 @@ from transformers import get_scheduler
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
 from unmask.recipe import Recipe, save_recipe
+from unmask.rewards.batch import RewardState
 from unmask.rewards.registry import RewardSpec
-from unmask.rewards.runner import RewardRunner
+from unmask.rewards.runner import COUNTS, RewardRunner
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from unmask.rl.distributed import Preemption, any_process, max_over_processes, mean_over_processes
 from unmask.rl.estimators import Scores
@@ -373,6 +374,7 @@ class Trainer:
     def rollout(self) -> tuple[Rollout, dict[str, float]]:
         group = self.recipe.rollout.num_generations
         rows, traj, seed = self._sample()
+        self.runner.state = RewardState(global_step=self.step, max_steps=self.recipe.optim.max_steps)
         result = self.rollouts.score(traj, rows)
         rollout = Rollout(traj, rows, result.rewards, result.correct, group, seed=seed)
         answer_tokens = float(traj.answer_mask.sum())
@@ -380,7 +382,7 @@ class Trainer:
             "reward": float(result.rewards.mean()),
             "accuracy": float(result.correct.float().mean()),
             "answer_tokens": answer_tokens,
-            **{k: v for k, v in result.metrics.items() if k.startswith("rewards/")},
+            **{k: v for k, v in result.metrics.items() if k not in COUNTS},  # reward means, logged metrics
         }
         return rollout, metrics
 

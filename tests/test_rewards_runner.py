@@ -1,7 +1,8 @@
 """RewardRunner: weights, dedup, cache, containment of failing/hanging/crashing plug-ins.
 
 The plug-ins below are loaded by dotted path (``test_rewards_runner:...``) inside the
-worker processes, exactly as a user's reward module would be.
+worker processes, exactly as a user's reward module would be. Like every function that
+is not built in, they are called once per batch, as TRL calls them.
 """
 
 from __future__ import annotations
@@ -23,26 +24,26 @@ def length_reward(prompts, completions, **_):
 
 
 def flaky_reward(prompts, completions, **_):
-    if "boom" in completions[0]:
+    if any("boom" in c for c in completions):
         raise ValueError("boom seen")
-    return [1.0]
+    return [1.0] * len(completions)
 
 
 def hang_reward(prompts, completions, **_):
-    if "hang" in completions[0]:
+    if any("hang" in c for c in completions):
         time.sleep(60)
-    return [1.0]
+    return [1.0] * len(completions)
 
 
 def crash_reward(prompts, completions, **_):
-    if "crash" in completions[0]:
+    if any("crash" in c for c in completions):
         os.kill(os.getpid(), signal.SIGKILL)
-    return [1.0]
+    return [1.0] * len(completions)
 
 
 def greedy_reward(prompts, completions, **_):
     bytearray(3 * 2**30)
-    return [1.0]
+    return [1.0] * len(completions)
 
 
 def two_values_reward(prompts, completions, **_):
@@ -81,12 +82,14 @@ def test_mdpo_like_batch_is_deduplicated_then_cached():
 
 
 def test_raising_plugin_scores_on_error_counted_and_logged_once(caplog):
-    texts = ["ok", "boom 1", "boom 2", "ok 2"]
     runner = RewardRunner([spec("flaky_reward")], num_workers=0, on_error=-1.0)
     with caplog.at_level(logging.WARNING, logger="unmask.rewards"):
-        batch = runner.score([""] * 4, texts)
-    assert batch.totals == [1.0, -1.0, -1.0, 1.0]
-    assert batch.metrics["errors"] == 2
+        first = runner.score([""] * 3, ["ok", "boom 1", "ok 2"])
+        second = runner.score([""] * 2, ["boom 2", "ok"])
+        fine = runner.score([""] * 2, ["ok", "ok 2"])
+    assert first.totals == [-1.0] * 3 and second.totals == [-1.0] * 2  # the call failed for the whole batch
+    assert fine.totals == [1.0, 1.0]
+    assert first.metrics["errors"] == second.metrics["errors"] == 1
     assert sum("boom seen" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -129,11 +132,12 @@ def test_pool_contains_hang_crash_and_memory_blowup():
         started = time.perf_counter()
         batch = runner.score([""] * 4, texts)
         assert time.perf_counter() - started < 5.0
-        assert batch.per_reward["test_rewards_runner:hang_reward"] == [1.0, 0.0, 1.0, 1.0]
-        assert batch.per_reward["test_rewards_runner:crash_reward"] == [1.0, 1.0, 0.0, 1.0]
+        assert batch.per_reward["test_rewards_runner:hang_reward"] == [0.0] * 4
+        assert batch.per_reward["test_rewards_runner:crash_reward"] == [0.0] * 4
         assert batch.metrics["timeouts"] == 1
-        # one crash plus four MemoryErrors from the 3 GiB allocation under a 512 MiB cap
-        assert batch.metrics["errors"] == 5
+        # one crash plus one MemoryError from the 3 GiB allocation under a 512 MiB cap
+        assert batch.metrics["errors"] == 2
         assert batch.metrics["worker_restarts"] == 2
         again = runner.score([""], ["fresh"])
         assert again.per_reward["test_rewards_runner:crash_reward"] == [1.0]
+        assert again.per_reward["test_rewards_runner:hang_reward"] == [1.0]

@@ -126,7 +126,9 @@ def evaluate_phase(
         records[by_label[record["setting"]]].append(record)
     sampled = records[SAMPLED]
     columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "solution")}
-    rewards = runner.score([r["prompt"] for r in sampled], [r["completion"] for r in sampled], columns).totals
+    texts = [r["completion"] for r in sampled]
+    ids = model.tokenizer(texts, add_special_tokens=False)["input_ids"]  # TRL-style rewards may read the tokens
+    rewards = runner.score([r["prompt"] for r in sampled], texts, columns, completion_ids=ids).totals
     return Phase(
         accuracy={name: [float(r["correct"]) for r in recs] for name, recs in records.items()},
         reward=rewards,

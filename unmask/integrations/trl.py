@@ -246,10 +246,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                     for p in prompts]
         return list(prompts)
 
-    def _score_texts(self, prompts: list[Any], completions: list[str], columns: dict[str, list[Any]]) -> RewardBatch:
+    def _score_texts(
+        self, prompts: list[Any], completions: list[str], columns: dict[str, list[Any]], completion_ids: list[list[int]]
+    ) -> RewardBatch:
         """TRL's reward call (``_calculate_rewards``) in the shape unmask's ``Rollouts`` expects."""
         inputs = [{"prompt": p, **{k: v[i] for k, v in columns.items()}} for i, p in enumerate(prompts)]
-        completion_ids = self._tokenizer(completions, add_special_tokens=False)["input_ids"]
         if is_conversational({"prompt": prompts[0]}):  # TRL hands conversational datasets message lists
             completions = [[{"role": "assistant", "content": text}] for text in completions]
         per_func = self._calculate_rewards(inputs, prompts, completions, completion_ids)
