@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from unmask.data import countdown, render_prompt
 from unmask.errors import UserError
@@ -44,6 +43,7 @@ from unmask.evaluation.benchmarks import COUNTDOWN_EVAL_SIZE, benchmark_rows
 from unmask.models.base import DiffusionLM
 from unmask.models.generation import GenerationDefaults, write_generation_defaults
 from unmask.rl.rollout import encode_prompts
+from unmask.sft.loss import AbsorbingMask, LossSettings, RowRandom, SFTBatch, sft_loss
 
 #: training problems are drawn from seeds offset from the user seed (the eval seed is far away)
 TRAIN_SEED_OFFSET = 1_000
@@ -152,18 +152,16 @@ def masked_diffusion_loss(
     generator: torch.Generator,
     min_mask_ratio: float = 1e-3,
 ) -> torch.Tensor:
-    """LLaDA's SFT loss: ``E_t [ 1/t · Σ_masked CE ] / answer length``, prompt never masked."""
+    """LLaDA's SFT loss: ``E_t [ 1/t · Σ_masked CE ] / answer length``, prompt never masked.
+
+    It is ``unmask sft``'s loss (unmask/sft/loss.py) with the tiny defaults, drawing
+    from one generator for the batch as this trainer always has.
+    """
     answer = batch.answer_ids
-    n, length = answer.shape
-    t = min_mask_ratio + (1 - min_mask_ratio) * torch.rand(n, 1, generator=generator)
-    masked = torch.rand(n, length, generator=generator) < t
-    noisy = torch.where(masked, torch.full_like(answer, model.mask_token_id), answer)
-    input_ids = torch.cat([batch.prompt_ids, noisy], dim=1)
-    attention = torch.cat([batch.prompt_mask, torch.ones_like(masked)], dim=1)
-    logits = model.logits(input_ids, attention_mask=attention, prompt_length=batch.prompt_ids.shape[1])[:, -length:]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), answer.reshape(-1), reduction="none")
-    weighted = ce.view(n, length) * masked / t
-    return (weighted.sum(1) / length).mean()
+    sft_batch = SFTBatch(batch.prompt_ids, batch.prompt_mask, answer, torch.ones_like(answer, dtype=torch.bool))
+    settings = LossSettings(epsilon=min_mask_ratio)
+    corruption = AbsorbingMask(model.mask_token_id, full_logits=True)
+    return sft_loss(model, sft_batch, RowRandom(len(answer), generator), settings, corruption)
 
 
 def learning_rate(step: int, config: PretrainConfig) -> float:

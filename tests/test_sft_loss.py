@@ -1,0 +1,221 @@
+"""The SFT losses on hand-built batches: each weighting and normalisation against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from unmask.models import Dream, DreamConfig, tiny
+from unmask.pretrain import EncodedRows, masked_diffusion_loss
+from unmask.sft.loss import (
+    AbsorbingMask,
+    LossSettings,
+    RowRandom,
+    SFTBatch,
+    cart_weights,
+    denominator,
+    loss_terms,
+    sft_loss,
+)
+
+LN8 = math.log(8)
+SMALL = {"d_model": 32, "n_heads": 2, "n_layers": 1, "mlp_hidden_size": 64}
+
+
+@dataclass
+class Injected:
+    """A corruption with a fixed noise pattern and uniform logits over V = 8, so every CE is ln 8."""
+
+    noised: torch.Tensor
+
+    def corrupt(self, batch: SFTBatch, t: torch.Tensor, rand: RowRandom) -> torch.Tensor:
+        return self.noised & batch.supervised
+
+    def answer_logits(self, model: object, batch: SFTBatch, noised: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*batch.answer_ids.shape, 8)
+
+
+def batch_of(supervised: list[list[bool]]) -> SFTBatch:
+    sup = torch.tensor(supervised)
+    rows, length = sup.shape
+    return SFTBatch(torch.ones(rows, 1, dtype=torch.long), torch.ones(rows, 1, dtype=torch.bool),
+                    torch.zeros(rows, length, dtype=torch.long), sup, sup.clone())
+
+
+def stub_loss(batch: SFTBatch, noised: list[list[bool]], t: list[float], **settings: object) -> float:
+    terms = loss_terms(None, batch, RowRandom.keyed([0] * len(batch)), LossSettings(**settings),
+                       Injected(torch.tensor(noised)), t=torch.tensor(t)[:, None])
+    return float(terms.numerator.detach()) / denominator(batch, LossSettings(**settings).normalization)
+
+
+def test_each_normalisation_gives_the_hand_computed_value() -> None:
+    # windows L = (4, 2), t = (0.5, 0.5), two noised positions per row; each noised CE/t = 2 ln 8
+    batch = batch_of([[True] * 4, [True, True, False, False]])
+    noised = [[True, True, False, False], [True, True, False, False]]
+    # sequence: mean over rows of (2 · 2 ln 8) / L_i = mean(ln 8, 2 ln 8) = 1.5 ln 8 = 3.1192
+    assert stub_loss(batch, noised, [0.5, 0.5], normalization="sequence") == pytest.approx(1.5 * LN8)
+    assert round(1.5 * LN8, 4) == 3.1192
+    # token: (4 ln 8 + 4 ln 8) / 6 supervised positions = (4/3) ln 8 = 2.7726
+    assert stub_loss(batch, noised, [0.5, 0.5], normalization="token") == pytest.approx(4 / 3 * LN8)
+    # batch: per-row sums over the 2 rows = 8 ln 8 / 2 = 4 ln 8
+    assert stub_loss(batch, noised, [0.5, 0.5], normalization="batch") == pytest.approx(4 * LN8)
+    # no weighting, token: 4 noised positions × ln 8 / 6 = (2/3) ln 8
+    assert stub_loss(batch, noised, [0.5, 0.5], normalization="token", weighting="none") == pytest.approx(2 / 3 * LN8)
+
+
+def test_equal_windows_make_sequence_and_token_agree() -> None:
+    # L = (4, 4), noised counts (2, 1), t = (0.5, 0.25): row sums 2 ln8/0.5 = 4 ln 8 and ln8/0.25 = 4 ln 8
+    batch = batch_of([[True] * 4, [True] * 4])
+    noised = [[True, True, False, False], [False, False, True, False]]
+    for normalization in ("sequence", "token"):  # both (8 ln 8) / 8 = ln 8 = 2.0794
+        assert stub_loss(batch, noised, [0.5, 0.25], normalization=normalization) == pytest.approx(LN8)
+
+
+def test_cart_weights_of_the_hand_example() -> None:
+    # [q0, a0, a1, a2], p = 0.3. Only a1 noised: clean q0 (distance 2: 0.3·0.7), a0 and a2 (distance 1: 0.3)
+    # → ½ (0.21 + 0.3 + 0.3) = 0.405. All of a0..a2 noised: only q0 is clean, at distances 1, 2, 3
+    # → ½ (0.3, 0.21, 0.147) = (0.15, 0.105, 0.0735)
+    batch = batch_of([[True] * 3])
+    one = cart_weights(batch, torch.tensor([[False, True, False]]), 0.3)
+    assert one.tolist()[0] == pytest.approx([0.0, 0.405, 0.0])
+    every = cart_weights(batch, torch.tensor([[True, True, True]]), 0.3)
+    assert every.tolist()[0] == pytest.approx([0.15, 0.105, 0.0735])
+    # the loss, token-normalised over 3 positions: 0.405 · ln 8 / 3 = 0.2807
+    loss = stub_loss(batch, [[False, True, False]], [0.5], weighting="cart", normalization="token")
+    assert loss == pytest.approx(0.405 * LN8 / 3) and loss == pytest.approx(0.2807, abs=1e-4)
+
+
+def test_cart_ignores_left_padding() -> None:
+    batch = batch_of([[True] * 3])
+    padded = SFTBatch(torch.zeros(1, 4, dtype=torch.long), torch.tensor([[False, False, False, True]]),
+                      batch.answer_ids, batch.supervised, batch.answer_attention)
+    noised = torch.tensor([[True, True, True]])
+    assert torch.equal(cart_weights(padded, noised, 0.3), cart_weights(batch, noised, 0.3))
+
+
+def rows_batch(model, prompts: list[list[int]], answers: list[list[int]], pads: int = 0) -> SFTBatch:
+    """Left-padded prompts (plus ``pads`` extra pad columns) and full answer windows."""
+    width = max(map(len, prompts)) + pads
+    ids = torch.full((len(prompts), width), model.pad_token_id)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt):] = torch.tensor(prompt)
+        mask[i, width - len(prompt):] = True
+    answer = torch.tensor(answers)
+    return SFTBatch(ids, mask, answer, torch.ones_like(answer, dtype=torch.bool), seeds=list(range(len(prompts))))
+
+
+def test_tiny_default_is_pretrain_loss_bit_for_bit() -> None:
+    model = tiny(SMALL, seed=0)
+    batch = rows_batch(model, [[5, 6, 7], [8, 9]], [[10, 11, 12, 1], [13, 14, 1, 1]])
+    old = masked_diffusion_loss(model, EncodedRows(batch.prompt_ids, batch.prompt_mask, batch.answer_ids),
+                                torch.Generator().manual_seed(4))
+    new = sft_loss(model, batch, RowRandom(2, torch.Generator().manual_seed(4)), LossSettings(),
+                   AbsorbingMask(model.mask_token_id, full_logits=True))
+    assert torch.equal(old, new)
+    # the answer-column head gives the same value to float precision
+    fast = sft_loss(model, batch, RowRandom(2, torch.Generator().manual_seed(4)), LossSettings(),
+                    AbsorbingMask(model.mask_token_id))
+    assert float(fast.detach()) == pytest.approx(float(new.detach()), abs=1e-6)
+
+
+class Recording:
+    """Wraps a model and keeps the inputs of its last forward."""
+
+    def __init__(self, model) -> None:
+        self.model, self.seen = model, None
+
+    def logits(self, ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        self.seen = ids.clone()
+        return self.model.logits(ids, **kwargs)
+
+
+def test_prompt_is_never_noised_even_at_t_one() -> None:
+    model = tiny(SMALL, seed=0)
+    batch = rows_batch(model, [[5, 6, 7], [8, 9]], [[10, 11, 12, 1], [13, 14, 1, 1]])
+    recorder = Recording(model)
+    terms = loss_terms(recorder, batch, RowRandom.keyed(batch.seeds), LossSettings(), AbsorbingMask(model.mask_token_id),
+                       t=torch.ones(2, 1))
+    plen = batch.prompt_ids.shape[1]
+    assert torch.equal(recorder.seen[:, :plen], batch.prompt_ids)
+    assert (recorder.seen[:, plen:] == model.mask_token_id).all()
+    assert terms.noised == 8  # every answer position, and nothing else
+
+
+def test_loss_does_not_change_with_left_padding() -> None:
+    model = tiny(SMALL, seed=0)
+    for weighting in ("elbo", "cart"):
+        settings = LossSettings(weighting=weighting)
+        plain = rows_batch(model, [[5, 6, 7]], [[10, 11, 12, 1]])
+        padded = rows_batch(model, [[5, 6, 7]], [[10, 11, 12, 1]], pads=5)
+        a = sft_loss(model, plain, RowRandom.keyed([9]), settings, AbsorbingMask(model.mask_token_id))
+        b = sft_loss(model, padded, RowRandom.keyed([9]), settings, AbsorbingMask(model.mask_token_id))
+        assert float(a) == pytest.approx(float(b), abs=1e-6)
+
+
+def small_dream() -> Dream:
+    config = DreamConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=40, mask_token_id=39, pad_token_id=38, eos_token_id=38)
+    model = Dream(config)
+    model.init_weights(1)
+    return model
+
+
+@dataclass(frozen=True)
+class HandShifted(AbsorbingMask):
+    """Raw Dream outputs (no adapter shift), moved one column right by hand ``shifts`` times."""
+
+    shifts: int = 1
+
+    def answer_logits(self, model, batch: SFTBatch, noised: torch.Tensor) -> torch.Tensor:
+        plen, length = batch.prompt_ids.shape[1], batch.answer_ids.shape[1]
+        noisy = batch.answer_ids.masked_fill(noised, self.mask_token_id)
+        ids = torch.cat([batch.prompt_ids, noisy], 1)
+        model.logit_shift = 0  # an instance attribute: the raw outputs, output i predicting token i + 1
+        try:
+            raw = model.logits(ids, attention_mask=torch.cat([batch.prompt_mask, batch.window_attention], 1))
+        finally:
+            del model.logit_shift
+        return raw[:, plen - self.shifts : plen + length - self.shifts]
+
+
+def test_dream_loss_reads_adapter_logits_without_shifting_again() -> None:
+    model = small_dream()
+    batch = rows_batch(model, [[5, 6, 7]], [[10, 11, 12, 13, 14, 15, 16, 38]])
+    for weighting in ("cart", "elbo"):
+        settings = LossSettings(weighting=weighting, normalization="token")
+        adapter = sft_loss(model, batch, RowRandom.keyed([5]), settings, AbsorbingMask(model.mask_token_id))
+        by_hand = sft_loss(model, batch, RowRandom.keyed([5]), settings, HandShifted(model.mask_token_id))
+        twice = sft_loss(model, batch, RowRandom.keyed([5]), settings, HandShifted(model.mask_token_id, shifts=2))
+        assert float(adapter) > 0 and float(adapter) == pytest.approx(float(by_hand), abs=1e-6)
+        assert abs(float(twice) - float(adapter)) > 1e-3
+
+
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_accumulation_layout_leaves_the_gradient_unchanged(normalization: str) -> None:
+    model = tiny(SMALL, seed=0)
+    full = rows_batch(model, [[5, 6, 7], [8, 9], [7], [6, 5, 4, 3]],
+                      [[10, 11, 1, 1], [13, 1, 1, 1], [12, 12, 12, 1], [11, 1, 1, 1]])
+    full.supervised[1, 3] = False  # unequal supervised lengths, so token and sequence differ
+    settings = LossSettings(normalization=normalization)
+    corruption = AbsorbingMask(model.mask_token_id)
+
+    def gradient(parts: list[list[int]]) -> torch.Tensor:
+        model.zero_grad()
+        total = denominator(full, normalization)
+        for part in parts:
+            index = torch.tensor(part)
+            sub = SFTBatch(full.prompt_ids[index], full.prompt_mask[index], full.answer_ids[index],
+                           full.supervised[index], seeds=[full.seeds[i] for i in part])
+            keep = sub.prompt_mask.any(0)  # each micro-batch pads only to its own longest prompt
+            sub = SFTBatch(sub.prompt_ids[:, keep], sub.prompt_mask[:, keep], sub.answer_ids, sub.supervised, seeds=sub.seeds)
+            (loss_terms(model, sub, RowRandom.keyed(sub.seeds), settings, corruption).numerator / total).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    one = gradient([[0, 1, 2, 3]])
+    two = gradient([[0, 1], [2, 3]])
+    assert torch.allclose(one, two, atol=1e-6)
+    assert one.abs().sum() > 0

@@ -1,0 +1,1 @@
+"""The SFT stage: ``unmask sft RECIPE.yaml`` (docs/sft.md)."""

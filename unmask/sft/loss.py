@@ -1,0 +1,211 @@
+"""Masked-diffusion SFT losses: t sampling, corruption, weighting, normalisation (docs/sft.md).
+
+A row is a left-padded prompt followed by an answer window of ``L`` positions (the
+answer, its end-of-turn token, then EOS fill). One ratio ``t = ε + (1 − ε)·U`` is
+drawn per row, answer positions are corrupted with probability ``t`` and the loss
+scores the corrupted positions only; the prompt is never corrupted nor scored.
+
+Weighting: ``elbo`` (1/t, which makes the loss an upper bound of the answer's
+negative log-likelihood), ``cart`` (a masked position weighted by its clean
+neighbours, geometric in the distance; no 1/t) or ``none``.
+
+Normalisation, always over the whole optimizer step (all micro-batches and
+processes), so the accumulation layout cannot change the gradient:
+``token`` divides the weighted sum by the supervised positions of the step,
+``sequence`` divides each row by its own supervised length and averages the rows,
+``batch`` divides the per-row sums by the number of rows.
+
+The random draws come from a ``RowRandom``: one generator per row, seeded from the
+row's position in the data stream (so left padding, micro-batching, the process
+count and resume leave them unchanged), or one generator for a whole batch (the
+stream ``unmask pretrain`` has always used). What a corrupted row looks like and
+how the model reads it is a ``Corruption``: the default ``AbsorbingMask`` puts the
+family's mask token in place; a family with another diffusion process (e.g. a
+block-diffusion two-stream input) supplies its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Weighting = Literal["elbo", "cart", "none"]
+Normalization = Literal["token", "sequence", "batch"]
+
+
+@dataclass
+class SFTBatch:
+    """Rows of prompt + answer window as tensors (the prompt left-padded, as the sampler sees it)."""
+
+    prompt_ids: torch.Tensor  # [B, P] long
+    prompt_mask: torch.Tensor  # [B, P] bool, False on left padding
+    answer_ids: torch.Tensor  # [B, L] long: answer, end-of-turn, EOS fill
+    supervised: torch.Tensor  # [B, L] bool: corruptible and scored
+    #: [B, L] bool, False past a row's own window (``eos_fill: max_length``); None = every column
+    answer_attention: torch.Tensor | None = None
+    #: one noise seed per row (its data-stream position); None for batch-level randomness
+    seeds: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.answer_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> SFTBatch:
+        att = None if self.answer_attention is None else self.answer_attention.to(device)
+        return SFTBatch(self.prompt_ids.to(device), self.prompt_mask.to(device), self.answer_ids.to(device),
+                        self.supervised.to(device), att, self.seeds)
+
+    @property
+    def window_attention(self) -> torch.Tensor:
+        return torch.ones_like(self.supervised) if self.answer_attention is None else self.answer_attention
+
+
+class RowRandom:
+    """Uniform draws ``[B, *shape]``: from one generator per row, or from one shared generator."""
+
+    def __init__(self, rows: int, generators: torch.Generator | Sequence[torch.Generator]) -> None:
+        self.rows = rows
+        self.generators = generators
+
+    @classmethod
+    def keyed(cls, seeds: Sequence[int]) -> RowRandom:
+        """A generator per row: a row's draws depend on its seed only, never on its batch."""
+        return cls(len(seeds), [torch.Generator().manual_seed(int(s)) for s in seeds])
+
+    def uniform(self, *shape: int) -> torch.Tensor:
+        if isinstance(self.generators, torch.Generator):
+            return torch.rand(self.rows, *shape, generator=self.generators)
+        return torch.stack([torch.rand(*shape, generator=g) for g in self.generators])
+
+
+def sample_t(rand: RowRandom, epsilon: float) -> torch.Tensor:
+    """``[B, 1]`` ratios ``ε + (1 − ε)·U``: never 0, so the 1/t weight stays finite."""
+    return epsilon + (1 - epsilon) * rand.uniform(1)
+
+
+class Corruption(Protocol):
+    """A family's forward process for training: which positions are noised, and the model's view of them."""
+
+    def corrupt(self, batch: SFTBatch, t: torch.Tensor, rand: RowRandom) -> torch.Tensor:
+        """``[B, L]`` bool: the answer positions noised at ratios ``t`` ``[B, 1]`` (a subset of ``supervised``)."""
+        ...
+
+    def answer_logits(self, model: nn.Module, batch: SFTBatch, noised: torch.Tensor) -> torch.Tensor:
+        """``[B, L, V]`` position-aligned logits of the answer window given the noised row."""
+        ...
+
+
+@dataclass(frozen=True)
+class AbsorbingMask:
+    """Absorbing ``[MASK]`` noise over one full-attention canvas (LLaDA, Dream, tiny).
+
+    Each supervised answer position is masked independently with probability ``t``;
+    the model reads ``[prompt ; noised answer]`` and the LM head runs only at the
+    answer columns (a long prompt's vocabulary-sized logits are never built).
+    ``full_logits=True`` runs the head over every column and slices the answer: the
+    same values, but not the same gradient bits, and the shipped tiny model was
+    trained on that path (``make tiny-model`` rebuilds it byte for byte).
+    """
+
+    mask_token_id: int
+    full_logits: bool = False
+
+    def corrupt(self, batch: SFTBatch, t: torch.Tensor, rand: RowRandom) -> torch.Tensor:
+        draws = rand.uniform(batch.answer_ids.shape[1]).to(t.device)
+        return (draws < t) & batch.supervised
+
+    def answer_logits(self, model: nn.Module, batch: SFTBatch, noised: torch.Tensor) -> torch.Tensor:
+        plen, length = batch.prompt_ids.shape[1], batch.answer_ids.shape[1]
+        noisy = torch.where(noised, torch.full_like(batch.answer_ids, self.mask_token_id), batch.answer_ids)
+        ids = torch.cat([batch.prompt_ids, noisy], dim=1)
+        attention = torch.cat([batch.prompt_mask, batch.window_attention], dim=1)
+        if self.full_logits:
+            return model.logits(ids, attention_mask=attention, prompt_length=plen)[:, plen:]
+        columns = torch.arange(plen, plen + length, device=ids.device)
+        return model.logits(ids, attention_mask=attention, prompt_length=plen, logits_at=columns)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The ``sft:`` loss fields (docs/sft.md lists them and their per-family defaults)."""
+
+    weighting: Weighting = "elbo"
+    normalization: Normalization = "sequence"
+    epsilon: float = 1e-3
+    #: CART's geometric parameter p
+    geo_p: float = 0.3
+
+
+def cart_weights(batch: SFTBatch, noised: torch.Tensor, p: float) -> torch.Tensor:
+    """``[B, L]`` CART weights: ``½ Σ_{j clean, j≠i} p(1−p)^{max(|i−j|−1, 0)}`` at noised ``i``, else 0.
+
+    Clean positions are the real prompt tokens and the un-noised window columns;
+    left padding is not a position, so distances (and the weights) ignore it.
+    """
+    clean = torch.cat([batch.prompt_mask, batch.window_attention & ~noised], dim=1).to(torch.float64)
+    real = torch.cat([batch.prompt_mask, batch.window_attention], dim=1).long()
+    position = real.cumsum(1)  # real-token index (left pads share index 0 and are never clean)
+    plen = batch.prompt_ids.shape[1]
+    distance = (position[:, plen:, None] - position[:, None, :]).abs()
+    kernel = p * (1 - p) ** (distance - 1).clamp(min=0).to(torch.float64)
+    weights = 0.5 * (kernel * clean[:, None, :]).sum(-1)
+    return (weights * noised).to(torch.float32)
+
+
+def denominator(batch: SFTBatch, normalization: Normalization) -> float:
+    """This batch's share of the step denominator (a function of the data only, known before any forward)."""
+    if normalization == "token":
+        return float(batch.supervised.sum())
+    return float(len(batch))
+
+
+@dataclass
+class LossTerms:
+    """The step loss is ``numerator / Σ denominator``; ``elbo`` is the 1/t-weighted CE per supervised token."""
+
+    numerator: torch.Tensor
+    elbo: float
+    noised: int
+
+
+def loss_terms(
+    model: nn.Module,
+    batch: SFTBatch,
+    rand: RowRandom,
+    settings: LossSettings,
+    corruption: Corruption,
+    t: torch.Tensor | None = None,
+) -> LossTerms:
+    """Draw ``t`` (unless given, ``[B, 1]``) and the noise, run the model, weight and sum the masked CE."""
+    if t is None:
+        t = sample_t(rand, settings.epsilon)
+    t = t.to(batch.answer_ids.device)
+    noised = corruption.corrupt(batch, t, rand)
+    logits = corruption.answer_logits(model, batch, noised)
+    n, length = batch.answer_ids.shape
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.answer_ids.reshape(-1), reduction="none")
+    scored = ce.view(n, length) * noised
+    elbo = scored / t
+    if settings.weighting == "elbo":
+        weighted = elbo
+    elif settings.weighting == "cart":
+        weighted = scored * cart_weights(batch, noised, settings.geo_p)
+    else:
+        weighted = scored
+    rows = weighted.sum(1)
+    if settings.normalization == "sequence":
+        rows = rows / batch.supervised.sum(1).clamp(min=1)
+    tokens = float(batch.supervised.sum().clamp(min=1))
+    return LossTerms(rows.sum(), float(elbo.detach().sum()) / tokens, int(noised.sum()))
+
+
+def sft_loss(
+    model: nn.Module, batch: SFTBatch, rand: RowRandom, settings: LossSettings, corruption: Corruption
+) -> torch.Tensor:
+    """The loss of one batch standing alone (numerator over its own denominator)."""
+    terms = loss_terms(model, batch, rand, settings, corruption)
+    return terms.numerator / denominator(batch, settings.normalization)
