@@ -1,4 +1,4 @@
-"""Checkpoint directories built from the real LLaDA / Dream files in ../shared/models.
+"""Checkpoint directories built from the real LLaDA / Dream / SDAR files in ../shared/models.
 
 The shared folders hold configs and tokenizer files but no weights, and LLaDA's
 BPE vocabulary (``tokenizer.json``) is missing. These helpers build what a test
@@ -21,6 +21,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from unmask.models.loading import meta_model
 
 LLADA, DREAM = "llada-8b-instruct", "dream-v0-instruct-7b"
+#: the SDAR folder with tokenizer files and chat template (TraDo uses the same files and class)
+SDAR = "sdar-4b-chat"
 #: exact parameter counts of the two configs (published: 8.02 B and 7.62 B); derivation in docs/models.md
 PARAMETERS = {LLADA: 8_015_581_184, DREAM: 7_615_616_512}
 #: trainable parameters of LoRA r=128 on all seven linear layers of every block
@@ -28,13 +30,15 @@ LORA_R128 = {LLADA: 335_544_320, DREAM: 322_961_408}
 #: files copied as they are from the shared folders (whatever each folder has)
 COPIED = (
     "config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "added_tokens.json",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
 )  # fmt: skip
 #: the cut: depth and width only; vocabulary, token ids, rotary and norm settings stay real
 CUTS = {
     LLADA: {"n_layers": 2, "d_model": 64, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden_size": 96},
     DREAM: {"num_hidden_layers": 2, "hidden_size": 112, "num_attention_heads": 7,
             "num_key_value_heads": 1, "intermediate_size": 96},
+    SDAR: {"num_hidden_layers": 2, "hidden_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "head_dim": 16, "intermediate_size": 96},
 }  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from unmask.models.dream import Dream, DreamConfig
 from unmask.models.llada import LLaDA, LLaDAConfig
 from unmask.models.loading import load_model, meta_model
 from unmask.models.native import CheckpointError, NativeLM
+from unmask.models.sdar import SDAR, SDARConfig
 from unmask.models.tiny import TinyConfig, TinyLM, tiny
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "LLaDA",
     "LLaDAConfig",
     "NativeLM",
+    "SDAR",
+    "SDARConfig",
     "TinyConfig",
     "TinyLM",
     "load_model",

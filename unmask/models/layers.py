@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by every family (tiny, LLaDA, Dream).
+"""Transformer building blocks shared by every family (tiny, LLaDA, Dream, SDAR).
 
 The math lives here once; family modules only hold the weights under their
 official names and call these functions, so a fix to attention or rotary applies
@@ -69,25 +69,29 @@ def attention(
     key_mask: torch.Tensor | None,
     kv: KVHook | None = None,
     queries: torch.Tensor | None = None,
+    q_norm: nn.Module | None = None,
+    k_norm: nn.Module | None = None,
 ) -> torch.Tensor:
     """Bidirectional multi-head (or grouped-query) self-attention through SDPA.
 
     ``key_mask`` ``[B, 1, 1, L]`` (True = attend) hides padding from every query;
-    ``[B, 1, n, L]`` masks per query (a prompt blind to the answer).
+    ``[B, 1, n, L]`` masks per query (a prompt blind to the answer, a block-causal mask).
+    ``q_norm`` / ``k_norm`` normalise each head of q / k before rotary (Qwen3, SDAR).
     ``kv`` exchanges the keys/values of ``x``'s columns for those of the whole
     canvas (a ``KVCache`` hook), so ``x`` may hold only the recomputed columns.
     ``queries`` (``[n]`` columns of ``x``) returns the output of those columns only,
     which still attend to every key: the last block needs no more to give logits.
     """
     b, length, _ = x.shape
-    k = k_proj(x).view(b, length, n_kv_heads, -1).transpose(1, 2)
+    k = k_proj(x).view(b, length, n_kv_heads, -1)
     v = v_proj(x).view(b, length, n_kv_heads, -1).transpose(1, 2)
-    k = apply_rotary(k, *rope)
+    k = apply_rotary((k if k_norm is None else k_norm(k)).transpose(1, 2), *rope)
     if queries is not None:
         x, rope = x[:, queries], (rope[0][:, :, queries], rope[1][:, :, queries])
         key_mask = key_mask if key_mask is None or key_mask.shape[2] == 1 else key_mask[:, :, queries]
         length = len(queries)
-    q = apply_rotary(q_proj(x).view(b, length, n_heads, -1).transpose(1, 2), *rope)
+    q = q_proj(x).view(b, length, n_heads, -1)
+    q = apply_rotary((q if q_norm is None else q_norm(q)).transpose(1, 2), *rope)
     if kv is not None:
         k, v = kv(k, v)
     out = F.scaled_dot_product_attention(

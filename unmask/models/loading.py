@@ -20,10 +20,13 @@ from unmask.assets import builtin_path
 from unmask.models.dream import Dream
 from unmask.models.llada import LLaDA
 from unmask.models.native import CheckpointError, NativeLM
+from unmask.models.sdar import MOE_MODEL_TYPE, MOE_REFUSAL, SDAR
 from unmask.models.tiny import TinyLM
 
 #: ``config.json`` model_type (lower-cased) → family
-MODEL_TYPES: dict[str, type[NativeLM]] = {"llada": LLaDA, "dream": Dream, "unmask-tiny": TinyLM}
+MODEL_TYPES: dict[str, type[NativeLM]] = {"llada": LLaDA, "dream": Dream, "sdar": SDAR, "unmask-tiny": TinyLM}
+#: ``config.json`` model_type → why it is refused (families still to come)
+REFUSED = {MOE_MODEL_TYPE: MOE_REFUSAL}
 #: ``family=`` argument → family
 FAMILIES: dict[str, type[NativeLM]] = {cls.family: cls for cls in MODEL_TYPES.values()}
 DTYPES = {
@@ -79,11 +82,13 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def family_class(config: dict[str, Any], family: str | None, config_file: Path) -> type[NativeLM]:
+    model_type = str(config.get("model_type", "")).lower()
+    if model_type in REFUSED:
+        raise CheckpointError(f"{config_file}: {REFUSED[model_type]}")
     if family is not None:
         if family not in FAMILIES:
             raise CheckpointError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
         return FAMILIES[family]
-    model_type = str(config.get("model_type", "")).lower()
     if model_type not in MODEL_TYPES:
         raise CheckpointError(
             f"{config_file}: unknown model_type {config.get('model_type')!r}; supported: "
@@ -185,7 +190,7 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> NativeLM:
-    """Load a tiny, LLaDA or Dream checkpoint directory (or hub id) in eval mode."""
+    """Load a tiny, LLaDA, Dream or SDAR checkpoint directory (or hub id) in eval mode."""
     path = resolve_checkpoint(name_or_path)
     model = meta_model(path, family)
     model.tokenizer = load_tokenizer(path, type(model))
