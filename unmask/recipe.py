@@ -364,7 +364,7 @@ def _known_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str
     return list(fields)
 
 
-def _format_error(source: str, exc: ValidationError, raw: dict[str, Any]) -> str:
+def _format_error(source: str, exc: ValidationError, raw: dict[str, Any], schema: type[BaseModel] = Recipe) -> str:
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _ALGORITHM_TAGS))
     key = ".".join(str(p) for p in loc) or "(top level)"
@@ -374,7 +374,7 @@ def _format_error(source: str, exc: ValidationError, raw: dict[str, Any]) -> str
             name = raw.get("algorithm", {}).get("name", "mdpo") if isinstance(raw.get("algorithm"), dict) else "mdpo"
             options = list(_ALGORITHM_TAGS.get(name, MDPOConfig).model_fields)
         else:
-            options = _known_keys(Recipe, parent)
+            options = _known_keys(schema, parent)
         close = difflib.get_close_matches(str(loc[-1]), options, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(options)}"
         return f"{source}: unknown key '{key}'{hint}"
@@ -396,8 +396,8 @@ _ALGORITHM_TAGS: dict[str, type[BaseModel]] = {
 }
 
 
-def validate_recipe(raw: Any, source: str) -> Recipe:
-    """Validate a parsed mapping; ``source`` names it in errors."""
+def validate_recipe(raw: Any, source: str, schema: type[Section] = Recipe) -> Any:
+    """Validate a parsed mapping against ``schema`` (an RL ``Recipe``, or e.g. an SFT recipe); ``source`` names it in errors."""
     if raw is None:
         raise RecipeError(f"{source}: the recipe is empty; start from one in recipes/ (see `unmask recipes`)")
     if not isinstance(raw, dict):
@@ -409,9 +409,9 @@ def validate_recipe(raw: Any, source: str) -> Recipe:
             f"choose one of {', '.join(_ALGORITHM_TAGS)}"
         )
     try:
-        return Recipe.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(_format_error(source, exc, raw)) from None
+        raise RecipeError(_format_error(source, exc, raw, schema)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -444,8 +444,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, schema: type[Section] = Recipe) -> Any:
+    """Read, override and validate a recipe file (against ``schema``, the RL ``Recipe`` by default)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found; `unmask recipes` lists the shipped ones")
@@ -462,8 +462,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         if isinstance(raw, dict):
             raw = apply_overrides(raw, overrides)
             source = f"{path} (with overrides {' '.join(overrides)})"
-            return validate_recipe(raw, source)
-    return validate_recipe(raw, str(path))
+            return validate_recipe(raw, source, schema)
+    return validate_recipe(raw, str(path), schema)
 
 
 def save_recipe(recipe: Recipe, directory: str | Path) -> Path:
