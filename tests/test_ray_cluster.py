@@ -141,3 +141,16 @@ def test_a_driver_without_the_token_is_refused(head, tmp_path):
     done = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}')"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "token" in done.stderr.lower()
+
+
+def test_a_run_started_in_the_repository_root_joins_the_head(head, tmp_path):
+    """``unmask train ... ray.address=HOST:PORT`` from the root, as a user starts it: the
+    actors get the driver's working directory on their path and import transformers."""
+    from test_user_paths import ONE_TINY_STEP, run_from_root
+
+    address, env = head
+    done = run_from_root("-m", "unmask.cli", "train", "tiny/countdown_diffu_grpo_trajectory",
+                         f"output_dir={tmp_path}", f"ray.address={address}", "ray.num_workers=1",
+                         *ONE_TINY_STEP, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert (tmp_path / "metrics.jsonl").read_text().count('"loss"') == 1
