@@ -6,7 +6,7 @@ so a regression in any RL component turns it red. It trains on 16 fixed training
 prompts (no held-out problem) with a fixed seed and measures those prompts before
 and after, 8 samples each at temperature 0.7 (whatever the recipe rolls out at), with
 8 answers per prompt and no warm-up to keep it short. Measured on the shipped model
-(30 % careless demonstrations, see README): diffu-GRPO 30.5 → 43.0 % sampled in 10
+(30 % careless demonstrations, see docs/default-run.md): diffu-GRPO 30.5 → 43.0 % sampled in 10
 steps, with trajectory replay 30.5 → 44.5 %; MDPO only 30.5 → 32.0 % on this model,
 so its bar is low and its rollout reward (0.38 at step 1, 0.37 mean after) is not
 checked. Those numbers predate issue 19 (θ_old scored across optimizer steps,

@@ -114,7 +114,7 @@ def _d1_compare():
 @pytest.mark.parametrize("task", ["gsm8k", "countdown", "sudoku"])
 def test_d1_parser_reimplementation_matches_published_accuracy(shared_data, task):
     """bench/d1_compare.py's parser reproduces the accuracies d1 reports for these files
-    (README of the folder): GSM8K 69.29 % of 1130, Sudoku 11.72 % of cells; Countdown
+    (as d1 published them): GSM8K 69.29 % of 1130, Sudoku 11.72 % of cells; Countdown
     20.70 % (53 of 256) is matched within one item (54)."""
     d1 = _d1_compare()
     items = [i for p in sorted((shared_data / REAL).glob(f"{task}_*.json")) for i in _items(p).values()]
