@@ -16,6 +16,7 @@ from test_models_real import real_prompts
 
 from unmask.models import CheckpointError, load_model
 from unmask.models.loading import load_tokenizer, meta_model
+from unmask.models.lora import apply_lora
 from unmask.models.sdar import SDAR
 
 #: exact parameter counts (4B and 8B: half the index's bf16 ``total_size``); derivation in docs/models.md
@@ -135,3 +136,12 @@ def test_cut_down_checkpoint_loads_and_saves(shared_models: Path, tmp_path: Path
     written, read = again.config.to_dict(), model.config.to_dict()
     assert (written.pop("torch_dtype"), read.pop("torch_dtype")) == ("float32", "bfloat16")  # saved as loaded
     assert written == read
+
+
+def test_lora_r128_adapts_all_seven_layers_of_the_real_4b(shared_models: Path) -> None:
+    c = real_config(shared_models, SDAR_4B)
+    policy = apply_lora(meta_model(shared_models / SDAR_4B), r=128, alpha=256)
+    d, q, kv, h = c["hidden_size"], c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"], c["intermediate_size"]
+    per_layer = 128 * (2 * (d + q) + 2 * (d + kv) + 3 * (d + h))  # q, o; k, v; gate, up, down
+    trainable, _ = policy.get_nb_trainable_parameters()
+    assert trainable == c["num_hidden_layers"] * per_layer == 264_241_152
