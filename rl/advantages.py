@@ -1,14 +1,19 @@
 """Advantages shared by every objective: group baselines, MDPO per-step values, wd1 weights.
 
+Each advantage a recipe can name is registered in ``ADVANTAGES`` at the end of the file.
+
 Rewards arrive flat, ``[N]`` with ``N = prompts × G`` and the ``G`` answers of a
 prompt contiguous (the order the trainer samples them in).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
+
+from unmask.rl.registry import Registry
 
 Scale = Literal["group", "batch", "none"]
 
@@ -81,3 +86,30 @@ def wd1_weights(advantages: torch.Tensor, group_size: int, psi: float) -> torch.
 def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """``r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean_g r)``: a baseline that ignores the answer itself (ESPO)."""
     return group_advantages(rewards, group_size) * group_size / (group_size - 1)
+
+
+#: ``(rewards, group_size, config) -> advantages``; per-step parts take ``[N, T]`` rewards
+Advantage = Callable[[torch.Tensor, int, Any], torch.Tensor]
+ADVANTAGES: Registry[Advantage] = Registry("advantage estimator")
+
+
+@ADVANTAGES.register("group")
+def _group(rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
+    """GRPO's: the group mean removed, divided by the std the recipe's ``scale_rewards`` names."""
+    return group_advantages(rewards, group_size, config.scale_rewards)
+
+
+@ADVANTAGES.register("leave_one_out")
+def _leave_one_out(rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
+    return leave_one_out_advantages(rewards, group_size)
+
+
+@ADVANTAGES.register("wd1", needs=("psi",))
+def _wd1(rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
+    """wd1's coefficients ``w⁺ − w⁻`` of the unscaled group advantages."""
+    return wd1_weights(group_advantages(rewards, group_size), group_size, config.psi)
+
+
+@ADVANTAGES.register("mdpo", per_step=True)
+def _mdpo(step_rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
+    return mdpo_advantages(step_rewards, group_size)

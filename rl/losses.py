@@ -1,8 +1,16 @@
-"""Loss pieces shared by the objectives: masked means, KL estimators, the clipped surrogate."""
+"""Loss pieces shared by the objectives: masked means, KL forms (registered), the clipped surrogate."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from unmask.rl.registry import Registry
+
+#: ``(logprobs, ref_logprobs) -> penalty`` elementwise; ``level`` says what it is applied to:
+#: per-token log-probs (added to token-level policy terms) or a sequence value (divided by L)
+KL_FORMS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("KL form")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -13,18 +21,23 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return total / count.clamp(min=1.0)
 
 
+@KL_FORMS.register("k2", level="token")
 def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """``½(ℓ_ref − ℓ)²`` (MDPO)."""
     return 0.5 * (ref_logprobs - logprobs) ** 2
 
 
+@KL_FORMS.register("k3", level="token")
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """``exp(ℓ_ref − ℓ) − (ℓ_ref − ℓ) − 1``: unbiased, non-negative (d1, IGPO)."""
     delta = ref_logprobs - logprobs
     return torch.exp(delta) - delta - 1.0
 
 
-KL_ESTIMATORS = {"k2": kl_k2, "k3": kl_k3}
+@KL_FORMS.register("k2_sequence", level="sequence")
+def kl_k2_sequence(value: torch.Tensor, ref_value: torch.Tensor) -> torch.Tensor:
+    """``½(E − E_ref)²`` of a sequence value (ESPO's ELBO, GDSD's D); the objective divides it by ``L``."""
+    return 0.5 * (value - ref_value) ** 2
 
 
 def sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

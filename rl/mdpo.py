@@ -1,4 +1,5 @@
-"""MDPO: intermediate-prediction rewards, per-step advantages, per-step conditional likelihood.
+"""MDPO's parts: (answer, step) items with per-step advantages from intermediate-prediction
+rewards, and its confidence and length weights on each step's tokens.
 
 Each rollout contributes its ``sample_train_steps`` most informative steps; an
 item of the batch is one (rollout, step) pair and costs one forward/backward.
@@ -11,54 +12,49 @@ from typing import Any
 import torch
 
 from unmask.errors import UserError
-from unmask.rl.advantages import all_wrong_groups, mdpo_advantages, top_steps
-from unmask.rl.estimators import Estimator, Key, Scores, StepEstimator
-from unmask.rl.losses import masked_mean
-from unmask.rl.objective import Encoder, Objective, Rollout, RolloutContext, TrainBatch, register
+from unmask.rl.advantages import all_wrong_groups, top_steps
+from unmask.rl.aggregation import TOKEN_WEIGHTS
+from unmask.rl.batches import BATCHES, Batches
+from unmask.rl.estimators import Scores
+from unmask.rl.objective import Encoder, Objective, Rollout, RolloutContext, TrainBatch
 from unmask.rollouts.trajectory import Trajectory
 
 #: prompts per greedy pre-pass batch (over_denoising_filter: greedy)
 PRE_PASS_BATCH = 256
 
 
-@register
-class MDPO(Objective):
-    name = "mdpo"
-    kl = "k2"
+def step_rewards(config: Any, ctx: RolloutContext, traj: Trajectory, rows: list[dict[str, Any]]) -> torch.Tensor:
+    """``[N, T]`` rewards of the intermediate predictions (correctness only unless the recipe says so)."""
+    rewards = ctx.score_steps(traj, rows)
+    if config.step_reward == "correctness":
+        # shaping credit (Countdown's 0.1 for a well-formed wrong answer) would become a
+        # full-size advantage once each step is normalised across a group with no correct answer
+        rewards = (rewards >= config.correct_threshold).float()
+    return rewards
 
-    @property
-    def record_steps(self) -> bool:
-        return True
 
-    def build_estimator(self, mask_token_id: int, temperature: float) -> Estimator:
-        # greedy rollouts have no sampling distribution; score them at temperature 1
-        return StepEstimator(mask_token_id, temperature=temperature or 1.0)
+def over_denoised(config: Any, step_rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: some intermediate prediction was correct but the final answer was not."""
+    return (step_rewards >= config.correct_threshold).any(1) & ~correct.bool()
 
-    def key(self, batch: TrainBatch, seed: int) -> Key:
-        return batch.steps
 
-    def step_rewards(self, ctx: RolloutContext, traj: Trajectory, rows: list[dict[str, Any]]) -> torch.Tensor:
-        """``[N, T]`` rewards of the intermediate predictions (correctness only unless the recipe says so)."""
-        rewards = ctx.score_steps(traj, rows)
-        if self.config.step_reward == "correctness":
-            # shaping credit (Countdown's 0.1 for a well-formed wrong answer) would become a
-            # full-size advantage once each step is normalised across a group with no correct answer
-            rewards = (rewards >= self.config.correct_threshold).float()
-        return rewards
+class Steps(Batches):
+    """Items are (answer, step) pairs: each answer's ``sample_train_steps`` steps of largest ``|A_t|``."""
 
-    def over_denoised(self, step_rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-        """``[N]`` bool: some intermediate prediction was correct but the final answer was not."""
-        return (step_rewards >= self.config.correct_threshold).any(1) & ~correct.bool()
+    per_step = True
 
-    def training_rows(self, rows: list[dict[str, Any]], ctx: RolloutContext, encode: Encoder) -> list[dict[str, Any]]:
+    def training_rows(
+        self, objective: Objective, rows: list[dict[str, Any]], ctx: RolloutContext, encode: Encoder
+    ) -> list[dict[str, Any]]:
         """With ``over_denoising_filter: greedy``, the prompts a greedy pre-pass finds over-denoised."""
-        if self.config.over_denoising_filter != "greedy":
+        config = objective.config
+        if config.over_denoising_filter != "greedy":
             return rows
         kept = []
         for start in range(0, len(rows), PRE_PASS_BATCH):
             batch = rows[start : start + PRE_PASS_BATCH]
             traj = ctx.generate(*encode(batch), temperature=0.0)
-            hit = self.over_denoised(self.step_rewards(ctx, traj, batch), ctx.score(traj, batch).correct)
+            hit = over_denoised(config, step_rewards(config, ctx, traj, batch), ctx.score(traj, batch).correct)
             kept += [row for row, keep in zip(batch, hit.tolist(), strict=True) if keep]
         if not kept:
             raise UserError(
@@ -67,37 +63,37 @@ class MDPO(Objective):
             )
         return kept
 
-    def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
-        group = rollout.group_size
-        step_rewards = self.step_rewards(ctx, rollout.traj, rollout.rows)  # [N, T]
-        advantages = mdpo_advantages(step_rewards, group)
-        steps = top_steps(advantages, self.config.sample_train_steps)  # [N, k]
+    def prepare(self, objective: Objective, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
+        config, group = objective.config, rollout.group_size
+        rewards = step_rewards(config, ctx, rollout.traj, rollout.rows)  # [N, T]
+        advantages = objective.advantages(rewards, group)
+        steps = top_steps(advantages, config.sample_train_steps)  # [N, k]
         keep = torch.ones(len(rollout.rows), dtype=torch.bool)
-        if self.config.over_denoising_filter == "rollout":
+        if config.over_denoising_filter == "rollout":
             # the in-rollout variant: whole groups of prompts where some answer showed it
-            hit = self.over_denoised(step_rewards, rollout.correct)
+            hit = over_denoised(config, rewards, rollout.correct)
             keep = hit.reshape(-1, group).any(1).repeat_interleave(group)
         rows = torch.arange(len(rollout.rows))[keep].repeat_interleave(steps.shape[1])
         item_steps = steps[keep].flatten()
         metrics = {
             "all_wrong_fraction": float(all_wrong_groups(rollout.correct, group).float().mean()),
-            "step_reward": float(step_rewards.float().mean()),
+            "step_reward": float(rewards.float().mean()),
             "kept_fraction": float(keep.float().mean()),
         }
         return TrainBatch(rollout.traj.select(rows), advantages[rows, item_steps], item_steps, metrics)
 
-    def loss(
-        self, batch: TrainBatch, scores: Scores, old: Scores | None, ref: Scores | None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        mask = scores.mask
-        rows = torch.arange(len(batch), device=mask.device)
-        weight = torch.ones_like(scores.logprobs)
-        if self.config.confidence_weight and batch.traj.step_confidence is not None:
-            weight = batch.traj.step_confidence[batch.steps, rows].float()
-        scale = torch.ones(len(batch), 1, device=mask.device)
-        if self.config.elbo_weight:
-            scale = (self.gen_length / mask.sum(1, keepdim=True).clamp(min=1)).float()
-        policy, kl, clipped = self.surrogate_terms(scores, old, ref, batch.advantages[:, None])
-        per_token = weight * (scale * policy + self.config.beta * kl)
-        loss = masked_mean(per_token, mask, dim=1).mean()
-        return loss, self.token_metrics(scores, kl, clipped, mask)
+
+BATCHES.register("steps", needs=("sample_train_steps", "over_denoising_filter", "step_reward"))(Steps())
+
+
+@TOKEN_WEIGHTS.register("mdpo", per_step=True, needs=("confidence_weight", "elbo_weight"))
+def step_weights(batch: TrainBatch, scores: Scores, mask: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's confidence of each token at the trained step (outer), and ``L/|M|`` (inner)."""
+    rows = torch.arange(len(batch), device=mask.device)
+    weight = torch.ones_like(scores.logprobs)
+    if config.confidence_weight and batch.traj.step_confidence is not None:
+        weight = batch.traj.step_confidence[batch.steps, rows].float()
+    scale = torch.ones(len(batch), 1, device=mask.device)
+    if config.elbo_weight:
+        scale = (batch.traj.gen_length / mask.sum(1, keepdim=True).clamp(min=1)).float()
+    return weight, scale

@@ -1,21 +1,25 @@
-"""The ``Objective`` contract and its registry: a new algorithm is one file in ``rl/``.
+"""The ``Objective``: a composition of registered parts, named by a recipe's algorithm section.
 
 An objective turns a scored rollout into a ``TrainBatch`` (``prepare``: advantages,
 which steps to train, extra samples) and a ``TrainBatch`` plus estimator scores into
 a scalar loss (``loss``). It never sees how rollouts were produced or how the
-trainer batches, accumulates and steps.
+trainer batches, accumulates and steps. Every algorithm is a preset: its recipe
+section's defaults name its parts (batch builder, advantage, likelihood estimator,
+policy loss, KL form, loss mask, token weight, aggregation), and a recipe may swap any
+of them; ``check_parts`` refuses the pairs that cannot work (docs/objectives.md).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 
 from unmask.rl.estimators import Estimator, Key, Scores
-from unmask.rl.losses import KL_ESTIMATORS, clipped_surrogate, masked_mean
+from unmask.rl.losses import KL_FORMS, masked_mean
 from unmask.rollouts.trajectory import Trajectory
 
 
@@ -87,93 +91,148 @@ class RolloutContext(Protocol):
     def tokenizer(self) -> Any: ...
 
 
-class Objective:
-    """Base class; subclasses set ``name`` and implement ``build_estimator``/``prepare``/``loss``."""
+#: the modules whose decorators register the parts (imported before any part is looked up)
+PART_MODULES = (
+    "advantages", "losses", "likelihoods", "policy_losses", "aggregation", "batches",
+    "mdpo", "igpo", "wd1", "spg", "espo", "bgpo",
+)
 
-    name: ClassVar[str] = ""
-    #: KL estimator used when ``beta > 0``
-    kl: ClassVar[str] = "k3"
+
+def registries() -> dict[str, Any]:
+    """Every part registry by the algorithm field that names its part."""
+    modules = {name: importlib.import_module(f"unmask.rl.{name}") for name in PART_MODULES}
+    return {
+        "batch": modules["batches"].BATCHES, "advantage": modules["advantages"].ADVANTAGES,
+        "estimator": modules["likelihoods"].ESTIMATORS, "policy_loss": modules["policy_losses"].POLICY_LOSSES,
+        "kl": KL_FORMS, "loss_mask": modules["aggregation"].LOSS_MASKS,
+        "token_weight": modules["aggregation"].TOKEN_WEIGHTS, "aggregation": modules["aggregation"].AGGREGATIONS,
+    }
+
+
+def check_parts(config: Any) -> None:
+    """Refuse unknown parts and incompatible pairs with one line naming the field to change (docs/objectives.md)."""
+    parts = registries()
+    chosen = {kind: getattr(config, kind) for kind in parts}
+    for kind, name in chosen.items():
+        try:
+            needs = parts[kind].trait(name, "needs", ())
+        except ValueError as unknown:
+            raise ValueError(f"algorithm.{kind}: {unknown}") from None
+        missing = [need for need in needs if not hasattr(config, need)]
+        if missing:
+            raise ValueError(
+                f"algorithm.{kind}: {name} reads {', '.join(missing)}, which {config.name} has no field for; "
+                f"start from an algorithm that has it"
+            )
+
+    def trait(kind: str, name: str, default: Any = None) -> Any:
+        return parts[kind].trait(chosen[kind], name, default)
+
+    level = trait("policy_loss", "level")
+    rules = [
+        (level not in trait("aggregation", "levels"), "aggregation",
+         f"{chosen['aggregation']} reduces {'/'.join(trait('aggregation', 'levels'))} terms and "
+         f"{chosen['policy_loss']} gives {level} terms"),
+        (trait("kl", "level") == "sequence" and trait("policy_loss", "sequence") is None, "kl",
+         f"{chosen['kl']} penalises a sequence value and {chosen['policy_loss']} has none; use k2 or k3"),
+        (trait("policy_loss", "estimator") is not None
+         and not trait("estimator", trait("policy_loss", "estimator")), "estimator",
+         f"{chosen['policy_loss']} needs an estimator with the {trait('policy_loss', 'estimator')} trait"),
+        (bool(trait("advantage", "per_step")) != parts["batch"][chosen["batch"]].per_step, "advantage",
+         f"{chosen['advantage']} and the {chosen['batch']} batch builder disagree on per-step items"),
+        (trait("estimator", "keyed_by_steps") and not parts["batch"][chosen["batch"]].per_step, "estimator",
+         f"{chosen['estimator']} scores one trained step per item; it needs the steps batch builder"),
+        (trait("token_weight", "per_step") and not parts["batch"][chosen["batch"]].per_step, "token_weight",
+         f"{chosen['token_weight']} weighs a trained step; it needs the steps batch builder"),
+    ]
+    for broken, kind, why in rules:
+        if broken:
+            raise ValueError(f"algorithm.{kind}: {why} (docs/objectives.md)")
+
+
+class Objective:
+    """The parts a recipe's algorithm section names, put together."""
 
     def __init__(self, config: Any, *, mask_token_id: int, temperature: float, gen_length: int) -> None:
+        check_parts(config)
+        parts = registries()
         self.config = config
+        self.name = config.name
         self.gen_length = gen_length
-        self.estimator = self.build_estimator(mask_token_id, temperature)
+        self.batches = parts["batch"][config.batch]
+        self.advantage = parts["advantage"][config.advantage]
+        self.policy = parts["policy_loss"][config.policy_loss]
+        self.level = parts["policy_loss"].trait(config.policy_loss, "level")
+        #: whether the loss has a θ/θ_old ratio; the trainer scores θ_old whenever one
+        #: rollout batch feeds more than one optimizer step (θ_old = θ on the first)
+        self.needs_old = bool(parts["policy_loss"].trait(config.policy_loss, "ratio"))
+        self.sequence_value = parts["policy_loss"].trait(config.policy_loss, "sequence")
+        self.kl, self.kl_level = KL_FORMS[config.kl], KL_FORMS.trait(config.kl, "level")
+        self.mask = parts["loss_mask"][config.loss_mask]
+        self.token_weight = parts["token_weight"][config.token_weight]
+        self.aggregate = parts["aggregation"][config.aggregation]
+        self.estimator: Estimator = parts["estimator"][config.estimator](config, mask_token_id, temperature)
+        #: rollouts must keep the per-step record (docs/sampling.md §7)
+        self.record_steps = bool(parts["estimator"].trait(config.estimator, "record"))
+        self._keyed_by_steps = bool(parts["estimator"].trait(config.estimator, "keyed_by_steps"))
 
     @property
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
-    #: whether the loss has a θ/θ_old ratio; the trainer scores θ_old whenever one
-    #: rollout batch feeds more than one optimizer step (θ_old = θ on the first)
-    needs_old: ClassVar[bool] = True
-
-    @property
-    def record_steps(self) -> bool:
-        """Whether rollouts must keep the per-step record (docs/sampling.md §7)."""
-        return False
-
-    def build_estimator(self, mask_token_id: int, temperature: float) -> Estimator:
-        raise NotImplementedError
-
     def key(self, batch: TrainBatch, seed: int) -> Key:
-        """The estimator key of one inner iteration for ``batch``."""
-        return self.estimator.key_for(batch.traj, seed)
+        """The estimator key of one inner iteration for ``batch`` (a per-step estimator's: its steps)."""
+        return batch.steps if self._keyed_by_steps else self.estimator.key_for(batch.traj, seed)
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return self.advantage(rewards, group_size, self.config)
 
     def training_rows(self, rows: list[dict[str, Any]], ctx: RolloutContext, encode: Encoder) -> list[dict[str, Any]]:
-        """The prompts to train on, chosen once before training (all of them unless an objective filters)."""
-        return rows
+        """The prompts to train on, chosen once before training."""
+        return self.batches.training_rows(self, rows, ctx, encode)
 
     def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
-        raise NotImplementedError
+        return self.batches.prepare(self, rollout, ctx)
+
+    def loss_mask(self, batch: TrainBatch, scores: Scores) -> torch.Tensor:
+        return self.mask(batch, scores, self.config)
 
     def loss(
         self, batch: TrainBatch, scores: Scores, old: Scores | None, ref: Scores | None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """Policy terms, then the KL: inside token-level terms, else as its own mean after aggregation."""
+        from unmask.rl.policy_losses import LossInputs
 
-    # -- shared pieces -------------------------------------------------------
-    def surrogate_terms(
-        self, scores: Scores, old: Scores | None, ref: Scores | None, advantages: torch.Tensor,
-        log_ratio: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-token ``(−clipped surrogate, KL, clipped mask)``; ``old=None`` means θ_old = θ."""
-        old_lp = scores.logprobs.detach() if old is None else old.logprobs
-        if log_ratio is None:
-            log_ratio = scores.logprobs - old_lp
-        gain, clipped = clipped_surrogate(
-            log_ratio, advantages, self.config.epsilon, self.config.epsilon_high
-        )
-        kl = (
-            KL_ESTIMATORS[self.kl](scores.logprobs, ref.logprobs)
-            if ref is not None and self.config.beta > 0
-            else torch.zeros_like(gain)
-        )
-        return -gain, kl, clipped
-
-    @staticmethod
-    def token_metrics(
-        scores: Scores, kl: torch.Tensor, clipped: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, float]:
-        return {
-            "kl": float(masked_mean(kl.detach(), mask)),
-            "clip_fraction": float(masked_mean(clipped.float(), mask)),
-            "entropy": float(masked_mean(scores.entropy, mask)),
-        }
-
-
-OBJECTIVES: dict[str, type[Objective]] = {}
-
-
-def register(cls: type[Objective]) -> type[Objective]:
-    """Class decorator: make an objective available under ``cls.name`` in recipes."""
-    OBJECTIVES[cls.name] = cls
-    return cls
+        mask = self.loss_mask(batch, scores)
+        x = LossInputs(batch.traj, batch.advantages, scores, old, mask, self.config)
+        terms = self.policy(x)
+        beta, with_kl = self.config.beta, ref is not None and self.config.beta > 0
+        if self.level == "token":
+            kl = self.kl(scores.logprobs, ref.logprobs) if with_kl else torch.zeros_like(terms.values)
+            outer, inner = self.token_weight(batch, scores, mask, self.config)
+            per_token = inner * terms.values + beta * kl
+            loss = self.aggregate(per_token if outer is None else outer * per_token, x)
+            return loss, {
+                "kl": float(masked_mean(kl.detach(), mask)),
+                "clip_fraction": float(masked_mean(terms.clipped.float(), mask)),
+                "entropy": float(masked_mean(scores.entropy, mask)),
+            }
+        loss = self.aggregate(terms.values, x)
+        metrics = {"entropy": float(masked_mean(scores.entropy, mask)), **terms.metrics}
+        if terms.clipped is not None:
+            metrics["clip_fraction"] = float(terms.clipped.float().mean())
+        if with_kl:
+            if self.kl_level == "sequence":
+                kl = self.kl(terms.sequence, self.sequence_value(ref)) / batch.traj.gen_length
+                penalty = kl.mean()
+            else:
+                kl = self.kl(scores.logprobs, ref.logprobs)
+                penalty = masked_mean(kl, mask)
+            loss = loss + beta * penalty
+            metrics["kl"] = float(penalty.detach())
+        return loss, metrics
 
 
 def build_objective(config: Any, **kwargs: Any) -> Objective:
-    """The objective named by ``config.name`` (an algorithm section of a recipe)."""
-    from unmask.rl import bgpo, diffu_grpo, espo, igpo, mdpo, spg, wd1  # noqa: F401  (registration)
-
-    if config.name not in OBJECTIVES:
-        raise ValueError(f"unknown algorithm {config.name!r}; choose one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[config.name](config, **kwargs)
+    """The objective a recipe's algorithm section describes."""
+    return Objective(config, **kwargs)

@@ -9,8 +9,7 @@ from unmask.models.tiny import tiny
 from unmask.recipe import IGPOConfig, RolloutConfig
 from unmask.rewards.registry import RewardSpec
 from unmask.rewards.runner import RewardRunner
-from unmask.rl.igpo import IGPO
-from unmask.rl.objective import Rollout
+from unmask.rl.objective import Rollout, build_objective
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 
 GEN = 40
@@ -59,7 +58,7 @@ def test_igpo_hints_only_all_wrong_groups_and_never_the_answer(setup):
     calls.clear()
     scored = ctx.score(traj, rows)
     assert scored.correct.tolist() == [False] * 4 + [True] * 4 + [False] * 4
-    objective = IGPO(IGPOConfig(free_tail=10), mask_token_id=model.mask_token_id, temperature=1.0, gen_length=GEN)
+    objective = build_objective(IGPOConfig(free_tail=10), mask_token_id=model.mask_token_id, temperature=1.0, gen_length=GEN)
     batch = objective.prepare(Rollout(traj, rows, scored.rewards, scored.correct, 4, seed=5), ctx)
 
     assert len(calls) == 1

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from unmask.recipe import DiffuGRPOConfig, IGPOConfig, MDPOConfig, WD1Config
+from unmask.recipe import ALGORITHMS, DiffuGRPOConfig, IGPOConfig, MDPOConfig, WD1Config
 from unmask.rl.estimators import Scores
 from unmask.rl.losses import masked_mean
-from unmask.rl.objective import OBJECTIVES, TrainBatch, build_objective
+from unmask.rl.mdpo import over_denoised
+from unmask.rl.objective import TrainBatch, build_objective
 from unmask.rollouts.trajectory import Trajectory
 
 LP = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
@@ -44,7 +45,7 @@ def build(config):
 
 def test_all_objectives_are_registered():
     build(WD1Config())
-    assert set(OBJECTIVES) >= {"diffu_grpo", "mdpo", "igpo", "wd1", "spg", "espo", "bgpo"}
+    assert set(ALGORITHMS) >= {"diffu_grpo", "mdpo", "igpo", "wd1", "spg", "espo", "bgpo"}
 
 
 def test_diffu_grpo_loss_is_clipped_surrogate_plus_k3_over_answer_tokens():
@@ -109,7 +110,7 @@ def test_mdpo_over_denoising_finds_answers_that_were_right_earlier():
     step_rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     correct = torch.tensor([False, False, True, True])
     # answer 0 was correct at step 1 but wrong at the end; answers 2 and 3 were right at the end
-    assert objective.over_denoised(step_rewards, correct).tolist() == [True, False, False, False]
+    assert over_denoised(objective.config, step_rewards, correct).tolist() == [True, False, False, False]
 
 
 ON_POLICY_CASES = {
@@ -168,7 +169,9 @@ def test_elbo_objectives_give_the_on_policy_loss_when_theta_old_is_theta(name):
     from unmask.recipe import BGPOConfig, ESPOConfig
 
     config = {"espo": ESPOConfig(beta=0.0), "bgpo": BGPOConfig()}[name]  # spg, like wd1, has no θ_old
-    assert OBJECTIVES["spg"].needs_old is False and OBJECTIVES["wd1"].needs_old is False
+    from unmask.recipe import SPGConfig
+
+    assert build(SPGConfig()).needs_old is False and build(WD1Config()).needs_old is False
     objective = build(config)
     batch = TrainBatch(trajectory(), torch.tensor([-0.5]))
     results = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,7 +120,21 @@ def _from_bool(value: Any, true: str, false: str) -> Any:
     return (true if value else false) if isinstance(value, bool) else value
 
 
+#: every algorithm section by its ``name``; filled by ``@algorithm`` below, read by the recipe's
+#: algorithm union, its error messages and the TRL front end (the list is written once)
+ALGORITHMS: dict[str, type[BaseModel]] = {}
+
+
+def algorithm(cls: type[BaseModel]) -> type[BaseModel]:
+    """Class decorator: make an algorithm section (a preset of parts) available under its ``name``."""
+    ALGORITHMS[cls.model_fields["name"].default] = cls
+    return cls
+
+
 class _ObjectiveBase(Section):
+    """Options every objective shares, and its parts: each preset's defaults are its paper's choices,
+    and a recipe may name other registered parts (docs/objectives.md lists them and the invalid pairs)."""
+
     beta: NonNegFloat = 0.04
     epsilon: NonNegFloat = 0.2
     epsilon_high: NonNegFloat | None = None
@@ -129,22 +143,53 @@ class _ObjectiveBase(Section):
     scale_rewards: Literal["group", "batch", "none"] = "none"
     #: an answer counts as correct (accuracy, all-wrong groups, IGPO, MDPO filter) at this total reward
     correct_threshold: float = 1.0
+    #: token-level ratio losses: GSPO's length-normalised sequence ratio instead of per-token ratios
+    sequence_level_ratio: bool = False
+    batch: str = "rows"
+    advantage: str = "group"
+    estimator: str = "one_step"
+    policy_loss: str = "clip"
+    kl: str = "k3"
+    loss_mask: str = "answer"
+    token_weight: str = "estimator"
+    aggregation: str = "token_mean"
 
     _bool_scale = field_validator("scale_rewards", mode="before")(lambda v: _from_bool(v, "group", "none"))
 
+    @model_validator(mode="after")
+    def _parts(self) -> Any:
+        # imported here: the part registries import torch, which only validation needs
+        from unmask.rl.objective import check_parts
 
+        check_parts(self)
+        return self
+
+    def check_rollout(self, rollout: RolloutConfig) -> None:
+        """Refuse rollout settings this objective cannot train on (none by default)."""
+
+
+@algorithm
 class DiffuGRPOConfig(_ObjectiveBase):
     name: Literal["diffu_grpo"] = "diffu_grpo"
     epsilon: NonNegFloat = 0.5
     p_mask: Probability = 0.15
-    estimator: Literal["one_step", "elbo", "trajectory"] = "one_step"
+    #: one_step (d1), elbo (coupled ELBO) or trajectory (exact replay), or any registered estimator
+    estimator: str = "one_step"
     #: trajectory estimator: commit steps scored per row (None: all, exact; k: k/T of the cost)
     trajectory_steps: PositiveInt | None = None
 
 
+@algorithm
 class MDPOConfig(_ObjectiveBase):
     name: Literal["mdpo"] = "mdpo"
     beta: NonNegFloat = 0.02
+    batch: str = "steps"
+    advantage: str = "mdpo"
+    estimator: str = "step"
+    kl: str = "k2"
+    loss_mask: str = "scored"
+    token_weight: str = "mdpo"
+    aggregation: str = "sequence_mean"
     #: steps per rollout trained (largest Σ|A_t| first)
     sample_train_steps: PositiveInt = 8
     confidence_weight: bool = True
@@ -160,9 +205,12 @@ class MDPOConfig(_ObjectiveBase):
     _bool_filter = field_validator("over_denoising_filter", mode="before")(lambda v: _from_bool(v, "rollout", "off"))
 
 
+@algorithm
 class IGPOConfig(_ObjectiveBase):
     name: Literal["igpo"] = "igpo"
     beta: NonNegFloat = 0.01
+    batch: str = "hinted"
+    loss_mask: str = "hint_filtered"
     p_mask: Probability = 0.15
     hint_ratio_min: Probability = 0.2
     hint_ratio_max: Probability = 0.6
@@ -171,7 +219,6 @@ class IGPOConfig(_ObjectiveBase):
     free_tail: NonNegInt = 30
     replace_fraction: Probability = 0.5
     entropy_clip_ratio: Probability = 0.2
-    sequence_level_ratio: bool = False
     #: dataset column holding the reference reasoning trace
     reasoning_column: str = "reasoning"
 
@@ -184,9 +231,13 @@ class IGPOConfig(_ObjectiveBase):
         return self
 
 
+@algorithm
 class WD1Config(_ObjectiveBase):
     name: Literal["wd1"] = "wd1"
     beta: NonNegFloat = 0.0
+    advantage: str = "wd1"
+    policy_loss: str = "likelihood"
+    aggregation: str = "sequence_mean"
     psi: Annotated[float, Field(gt=0.0)] = 1.0
     p_mask: Probability = 0.15
 
@@ -202,11 +253,16 @@ class _NoKL:
         return self
 
 
+@algorithm
 class SPGConfig(_NoKL, _ObjectiveBase):
     """SPG: ELBO for positive advantages, EUBO (or a mix) for negative ones; no ratio, no old policy."""
 
     name: Literal["spg"] = "spg"
     beta: NonNegFloat = 0.0
+    estimator: str = "block"
+    policy_loss: str = "sandwich"
+    loss_mask: str = "scored"
+    aggregation: str = "answer_tokens"
     #: block-wise samples per answer and inner iteration (``num_t``); with 1 the EUBO has the ELBO's gradient
     mc_samples: Annotated[int, Field(ge=2)] = 2
     #: Rényi order of the upper bound (the paper's β): 1.5 GSM8K/MATH, 2.0 Countdown, 1.0 Sudoku
@@ -219,21 +275,34 @@ class SPGConfig(_NoKL, _ObjectiveBase):
     p_mask: Probability = 0.15
 
 
+@algorithm
 class ESPOConfig(_ObjectiveBase):
     """ESPO: one clipped ratio per sequence from ELBO differences over the length, sequence k2 KL."""
 
     name: Literal["espo"] = "espo"
     beta: NonNegFloat = 1e-3
     epsilon: NonNegFloat = 0.2
+    advantage: str = "leave_one_out"
+    estimator: str = "exact_count"
+    policy_loss: str = "elbo_clip"
+    kl: str = "k2_sequence"
+    loss_mask: str = "scored"
+    aggregation: str = "sequence_mean"
     #: coupled exact-count MC samples per answer (two forward passes each)
     mc_samples: PositiveInt = 2
 
 
+@algorithm
 class BGPOConfig(_NoKL, _ObjectiveBase):
     """BGPO: per-sample lower bound of the ELBO ratio (tangent for A ≥ 0, Jensen for A < 0)."""
 
     name: Literal["bgpo"] = "bgpo"
     beta: NonNegFloat = 0.0
+    batch: str = "samples"
+    estimator: str = "elbo_sample"
+    policy_loss: str = "bound"
+    loss_mask: str = "scored"
+    aggregation: str = "sequence_mean"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     #: single-sample ELBO items per answer (``n_t``): 16 math/Countdown, 32 Sudoku
     mc_samples: PositiveInt = 16
@@ -241,10 +310,7 @@ class BGPOConfig(_NoKL, _ObjectiveBase):
     length_normalized: bool = False
 
 
-AlgorithmConfig = Annotated[
-    DiffuGRPOConfig | MDPOConfig | IGPOConfig | WD1Config | SPGConfig | ESPOConfig | BGPOConfig,
-    Field(discriminator="name"),
-]
+AlgorithmConfig = Annotated[Union[tuple(ALGORITHMS.values())], Field(discriminator="name")]  # noqa: UP007
 
 
 class RewardItem(Section):
@@ -342,6 +408,11 @@ class Recipe(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
+    @model_validator(mode="after")
+    def _rollout_fits_algorithm(self) -> Recipe:
+        self.algorithm.check_rollout(self.rollout)
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -366,13 +437,13 @@ def _known_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str
 
 def _format_error(source: str, exc: ValidationError, raw: dict[str, Any], schema: type[BaseModel] = Recipe) -> str:
     err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _ALGORITHM_TAGS))
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ALGORITHMS))
     key = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         parent = loc[:-1]
         if parent and parent[0] == "algorithm":
             name = raw.get("algorithm", {}).get("name", "mdpo") if isinstance(raw.get("algorithm"), dict) else "mdpo"
-            options = list(_ALGORITHM_TAGS.get(name, MDPOConfig).model_fields)
+            options = list(ALGORITHMS.get(name, MDPOConfig).model_fields)
         else:
             options = _known_keys(schema, parent)
         close = difflib.get_close_matches(str(loc[-1]), options, n=1)
@@ -385,17 +456,6 @@ def _format_error(source: str, exc: ValidationError, raw: dict[str, Any], schema
     return f"{source}: {key}: {err['msg']} (got {shown})"
 
 
-_ALGORITHM_TAGS: dict[str, type[BaseModel]] = {
-    "diffu_grpo": DiffuGRPOConfig,
-    "mdpo": MDPOConfig,
-    "igpo": IGPOConfig,
-    "wd1": WD1Config,
-    "spg": SPGConfig,
-    "espo": ESPOConfig,
-    "bgpo": BGPOConfig,
-}
-
-
 def validate_recipe(raw: Any, source: str, schema: type[Section] = Recipe) -> Any:
     """Validate a parsed mapping against ``schema`` (an RL ``Recipe``, or e.g. an SFT recipe); ``source`` names it in errors."""
     if raw is None:
@@ -403,10 +463,10 @@ def validate_recipe(raw: Any, source: str, schema: type[Section] = Recipe) -> An
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}")
     algo = raw.get("algorithm")
-    if isinstance(algo, dict) and "name" in algo and algo["name"] not in _ALGORITHM_TAGS:
+    if isinstance(algo, dict) and "name" in algo and algo["name"] not in ALGORITHMS:
         raise RecipeError(
             f"{source}: algorithm.name: unknown algorithm {algo['name']!r}; "
-            f"choose one of {', '.join(_ALGORITHM_TAGS)}"
+            f"choose one of {', '.join(ALGORITHMS)}"
         )
     try:
         return schema.model_validate(raw)
