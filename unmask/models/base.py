@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unmask.diffusion.absorbing import AbsorbingMask
+from unmask.diffusion.process import DiffusionProcess
 from unmask.models.kv_cache import KVCache
 
 
@@ -39,6 +41,16 @@ class DiffusionLM(nn.Module):
     @property
     def mask_token_id(self) -> int:
         return int(self.config.mask_token_id)
+
+    @property
+    def process(self) -> DiffusionProcess:
+        """The family's diffusion process (docs/diffusion.md): absorbing mask noise over one canvas.
+
+        Samplers, trajectories, caches and estimators ask it how text is noised and
+        scored; a family with another process (block-causal, uniform noise) overrides this.
+        """
+        blind = not getattr(self.config, "prompt_attends_answer", True)
+        return AbsorbingMask(self.mask_token_id, "prompt_blind" if blind else "full")
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

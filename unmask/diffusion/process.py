@@ -1,0 +1,85 @@
+"""The interface every diffusion process implements (docs/diffusion.md).
+
+Three processes exist in the field: absorbing ``[MASK]`` noise over one canvas
+(LLaDA, Dream, tiny), the same noise over block-causal canvases with an exact KV
+cache of finished blocks (SDAR, TraDo), and uniform-token noise with re-noising
+(DiffusionGemma). They differ in exactly the questions below, so a sampler step,
+``Trajectory.canvas`` and every likelihood estimator are written once against this
+interface and a new process is one short file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+from unmask.errors import UserError
+
+if TYPE_CHECKING:
+    from unmask.models.base import DiffusionLM
+
+Attention = Literal["full", "prompt_blind", "block_causal"]
+
+
+class DiffusionProcess(ABC):
+    """How text is corrupted, the attention pattern, and the training forward.
+
+    ``attention``: ``full`` (every token sees every token), ``prompt_blind`` (prompt
+    queries see prompt keys only, so the prompt's keys/values never go stale) or
+    ``block_causal`` (bidirectional inside blocks of ``block_size``, causal across).
+    ``two_stream``: the training forward scores a noisy canvas against a clean copy
+    ``[x_t ; x_0]`` instead of the noisy canvas alone. ``records``: the per-step
+    ``Trajectory`` fields a sampler step of this process fills.
+    """
+
+    name: str
+    attention: Attention
+    block_size: int | None = None
+    two_stream: bool = False
+    records: tuple[str, ...] = ("step_masked", "step_pred", "step_confidence", "step_logprob", "step_cached")
+
+    @abstractmethod
+    def noised(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Bool mask of the positions of ``tokens`` that still hold noise (to be decoded)."""
+
+    @abstractmethod
+    def corrupt(self, tokens: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """``tokens`` with noise written at the True positions of ``where`` (same shape)."""
+
+    @abstractmethod
+    def is_noise_token(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Bool mask of ids that no position may be committed to (e.g. the mask token)."""
+
+    @abstractmethod
+    def forbid_noise(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits [..., V]`` with the noise token made impossible, in place; returns them."""
+
+    def blank(self, like: torch.Tensor) -> torch.Tensor:
+        """A canvas shaped like ``like`` with every position noised (the sampler's start)."""
+        return self.corrupt(like, torch.ones_like(like, dtype=torch.bool))
+
+    def scoring_logits(
+        self,
+        model: DiffusionLM,
+        noisy: torch.Tensor,
+        clean: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        prompt_length: int,
+        **options: object,
+    ) -> torch.Tensor:
+        """Logits ``[B, P + L, V]`` of the noisy canvas, as training scores it.
+
+        One stream: the noisy canvas alone (``clean`` is unused). Two-stream processes
+        override this to score every block against clean earlier blocks.
+        """
+        return model.logits(noisy, attention_mask, prompt_length=prompt_length, **options)
+
+    def two_stream_logits(self, model: DiffusionLM, noisy: torch.Tensor, clean: torch.Tensor,
+                          attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The ``[x_t ; x_0]`` training forward; only block-causal processes define it."""
+        raise UserError(
+            f"the {self.name} process ({self.attention} attention) has no two-stream input: "
+            "[x_t ; x_0] scoring needs a block-causal family such as SDAR"
+        )
