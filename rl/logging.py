@@ -80,10 +80,10 @@ def _kept(record: dict[str, Any], step: int) -> bool:
     return "phase" in record or int(record.get("step", 0)) <= step
 
 
-def progress_bar(enabled: bool) -> Progress:
+def progress_bar(enabled: bool, title: str = "RL") -> Progress:
     """A per-step bar whose description shows the phase and its timings."""
     return Progress(
-        TextColumn("[bold]RL[/bold]"),
+        TextColumn(f"[bold]{title}[/bold]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.description}"),

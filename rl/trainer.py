@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from transformers import get_scheduler
 
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
@@ -38,6 +37,7 @@ from unmask.rl.distributed import Preemption, any_process, max_over_processes, m
 from unmask.rl.estimators import Scores
 from unmask.rl.logging import MetricsLogger, drop_metrics_after, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
+from unmask.rl.policy import build_optimizer, build_policy
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 from unmask.rl.stream import PromptStream
 from unmask.rollouts.pool import PendingRollout
@@ -145,15 +145,11 @@ class Trainer:
         base = factory()
         self.base_model = base
         self.accelerator = Accelerator(cpu=recipe.model.device == "cpu")
-        self.model, self.reference = self._policy(base)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model = build_policy(base, recipe.model, recipe.lora)
+        #: None: LoRA's reference is the adapter disabled; full fine-tuning copies the base below if needed
+        self.reference: nn.Module | None = None
         o = recipe.optim
-        optimizer = torch.optim.AdamW(
-            params, lr=o.learning_rate, betas=(o.adam_beta1, o.adam_beta2), weight_decay=o.weight_decay
-        )
-        # transformers' "constant" schedule ignores warmup; a recipe's warmup_steps must not be silently dropped
-        schedule = "constant_with_warmup" if o.lr_scheduler_type == "constant" and o.warmup_steps else o.lr_scheduler_type
-        self.scheduler = get_scheduler(schedule, optimizer, o.warmup_steps, o.max_steps)
+        optimizer, self.scheduler = build_optimizer(self.model, o, o.max_steps, o.warmup_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         r = recipe.rollout
         self.objective: Objective = build_objective(
@@ -197,22 +193,6 @@ class Trainer:
         self._behaviour: dict[str, torch.Tensor] | None = None
 
     # -- set-up ----------------------------------------------------------------
-    def _policy(self, base: DiffusionLM) -> tuple[nn.Module, nn.Module | None]:
-        """LoRA (reference = adapter disabled, no copy) or full fine-tuning (reference copied lazily).
-
-        ``model.gradient_checkpointing`` is switched on the base model, which peft
-        wraps in place: its blocks recompute activations in backward only, so
-        no-grad passes (θ_old, reference, in-process rollouts) cost nothing extra.
-        """
-        if self.recipe.model.gradient_checkpointing:
-            base.gradient_checkpointing_enable()
-        lora = self.recipe.lora
-        if not lora.enabled:
-            return base.train(), None
-        policy = lora_replica(lambda: base, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                              target_modules=lora.target_modules)
-        return policy.train(), None
-
     def _pool(self, factory: Callable[[], DiffusionLM]) -> Any:
         ray = self.recipe.ray
         if ray.address is None:
