@@ -45,9 +45,10 @@ from unmask.errors import UserError
 from unmask.models import load_model
 from unmask.models.base import DiffusionLM
 from unmask.models.lora import target_regex
-from unmask.recipe import Recipe, validate_recipe
+from unmask.recipe import ALGORITHMS, Recipe, validate_recipe
 from unmask.rewards.runner import RewardBatch
 from unmask.rl.estimators import Scores
+from unmask.rl.likelihoods import ESTIMATORS
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, decode_answers, encode_prompts, local_sampler
 from unmask.rl.trainer import derive_seed, micro_batch_loss
@@ -77,11 +78,13 @@ class DiffusionGRPOConfig(GRPOConfig):
     )
     cache: str = field(default="none", metadata={"help": "KV cache during rollouts: none, prefix or dual."})
     algorithm: str = field(
-        default="diffu_grpo", metadata={"help": "unmask objective: diffu_grpo, mdpo, igpo, wd1, spg, espo or bgpo."}
+        default="diffu_grpo",
+        metadata={"help": f"unmask objective (a preset of parts): {', '.join(ALGORITHMS)}.", "choices": list(ALGORITHMS)},
     )
-    estimator: str = field(
-        default="one_step",
-        metadata={"help": "diffu_grpo's likelihood estimator: one_step (d1), elbo or trajectory (exact replay)."},
+    estimator: str | None = field(
+        default=None,
+        metadata={"help": f"Likelihood estimator; None = the objective's own: {', '.join(ESTIMATORS)}.",
+                  "choices": list(ESTIMATORS)},
     )
     p_mask: float = field(default=0.15, metadata={"help": "Prompt masking rate of the one-step estimator."})
     trajectory_steps: int | None = field(
@@ -106,10 +109,10 @@ class DiffusionGRPOConfig(GRPOConfig):
             "epsilon_high": self.epsilon_high, "num_iterations": self.num_iterations,
             "scale_rewards": self.scale_rewards, "correct_threshold": self.correct_threshold,
         }
-        if self.algorithm in ("diffu_grpo", "igpo", "wd1"):
-            algorithm["p_mask"] = self.p_mask
-        if self.algorithm == "diffu_grpo":
-            algorithm.update(estimator=self.estimator, trajectory_steps=self.trajectory_steps)
+        fields = ALGORITHMS[self.algorithm].model_fields if self.algorithm in ALGORITHMS else {}
+        algorithm.update({name: getattr(self, name) for name in ("p_mask", "trajectory_steps") if name in fields})
+        if self.estimator is not None:
+            algorithm["estimator"] = self.estimator
         algorithm.update(self.algorithm_kwargs or {})
         rollout = {
             "num_generations": self.num_generations, "max_completion_length": self.max_completion_length,
