@@ -47,6 +47,14 @@ def qwen3_twin(model: SDAR, attn: str = "sdpa") -> Qwen3ForCausalLM:
     return twin
 
 
+def two_stream_logits(model, noisy: torch.Tensor, clean: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Noisy-half logits of ``[x_t ; x_0]``: the training forward of a block family."""
+    n = noisy.shape[1]
+    positions = torch.arange(n).expand_as(noisy) if valid is None else (valid.cumsum(1) - 1).clamp(min=0)
+    return model.logits(torch.cat([noisy, clean], 1), two_stream_mask(positions, valid, TINY["block_size"]),
+                        positions.repeat(1, 2), logits_at=torch.arange(n))  # fmt: skip
+
+
 def left_padded(lengths: list[int], width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, VOCAB - 2, (len(lengths), width), generator=gen)
@@ -150,14 +158,14 @@ def test_two_streams_equal_one_stream() -> None:
         both = model.logits(torch.cat([noisy, ids], 1), two_stream_mask(positions, valid, 4), positions.repeat(1, 2))
         single = model.logits(ids, valid)
         torch.testing.assert_close(both[:, 10:], single, **TOL)  # (a) the clean half is block-causal x_0
-        noisy_half = model.two_stream_logits(noisy, ids, valid)
+        noisy_half = two_stream_logits(model, noisy, ids, valid)
         torch.testing.assert_close(noisy_half, both[:, :10], **TOL)
         g = block_ids(positions, 4)
         for block in range(3):  # (b) block b of x_t after the clean blocks before it
             mixed = torch.where(g < block, ids, noisy)
             here = (g == block) & valid
             torch.testing.assert_close(noisy_half[here], model.logits(mixed, valid)[here], **TOL)
-        same = model.two_stream_logits(ids, ids, valid)  # (c) x_t = x_0
+        same = two_stream_logits(model, ids, ids, valid)  # (c) x_t = x_0
         torch.testing.assert_close(same, single, **TOL)
 
 
@@ -204,17 +212,17 @@ def test_lora_targets_attach_and_train() -> None:
     ids = torch.randint(0, VOCAB - 2, (2, 8))
     noisy = ids.clone()
     noisy[:, 1::2] = TINY["mask_token_id"]
-    before = policy.two_stream_logits(noisy, ids).detach()
+    before = two_stream_logits(policy, noisy, ids).detach()
     optimizer = torch.optim.SGD(trainable, lr=0.5)
     for _ in range(2):  # lora_B starts at zero: the first step moves B, the second the logits
-        loss = torch.nn.functional.cross_entropy(policy.two_stream_logits(noisy, ids)[:, 1::2].flatten(0, 1), ids[:, 1::2].flatten())
+        loss = torch.nn.functional.cross_entropy(two_stream_logits(policy, noisy, ids)[:, 1::2].flatten(0, 1), ids[:, 1::2].flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = policy.two_stream_logits(noisy, ids).detach()
+    after = two_stream_logits(policy, noisy, ids).detach()
     assert not torch.allclose(before, after, atol=1e-4)
     with policy.disable_adapter():
-        torch.testing.assert_close(policy.two_stream_logits(noisy, ids), before, **TOL)
+        torch.testing.assert_close(two_stream_logits(policy, noisy, ids), before, **TOL)
 
 
 def test_export_merges_adapter_and_round_trips(tmp_path: Path) -> None:

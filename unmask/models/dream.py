@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2Tokenizer
 
 from unmask.models.kv_cache import KVHook
-from unmask.models.layers import RMSNorm, attention, swiglu
-from unmask.models.native import Dims, NativeConfig, NativeLM, check_heads
+from unmask.models.layers import attention
+from unmask.models.native import NativeConfig, check_heads
+from unmask.models.qwen import QwenLM
 
 
 @dataclass
@@ -81,47 +81,12 @@ class DreamAttention(nn.Module):
         )  # fmt: skip
 
 
-class DreamMLP(nn.Module):
-    def __init__(self, config: DreamConfig) -> None:
-        super().__init__()
-        d, hidden = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(d, hidden, bias=False)
-        self.up_proj = nn.Linear(d, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
-
-
-class DreamLayer(nn.Module):
-    def __init__(self, config: DreamConfig) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = DreamAttention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = DreamMLP(config)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        key_mask: torch.Tensor | None,
-        kv: KVHook | None = None,
-        queries: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``queries``: compute only those columns' outputs (see ``run_blocks``)."""
-        x = (x if queries is None else x[:, queries]) + self.self_attn(self.input_layernorm(x), rope, key_mask, kv, queries)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class Dream(NativeLM):
+class Dream(QwenLM):
     """Dream: Qwen2 layout (``model.layers.N``, ``lm_head``), shifted logits aligned by ``logit_shift``."""
 
     family = "dream"
     config_class = DreamConfig
-    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lm_head_name = "lm_head"
-    lora_scope = r"model\.layers\.\d+\.(self_attn|mlp)"
+    attention_class = DreamAttention
     logit_shift = 1
     end_of_turn_id = IM_END_ID
     tokenizer_class = Qwen2Tokenizer
@@ -129,31 +94,3 @@ class Dream(NativeLM):
     def __init__(self, config: DreamConfig, tokenizer: Any = None) -> None:
         super().__init__(config, tokenizer)
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.rope_theta = config.rope_theta
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.model.layers = nn.ModuleList(DreamLayer(config) for _ in range(config.num_hidden_layers))
-        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    @property
-    def dims(self) -> Dims:
-        c = self.config
-        return Dims(
-            c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
-            c.num_key_value_heads, c.intermediate_size, c.vocab_size,
-        )  # fmt: skip
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(input_ids)
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.layers
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.norm(hidden)
-        if self.config.tie_word_embeddings:
-            return F.linear(hidden, self.model.embed_tokens.weight)
-        return self.lm_head(hidden)

@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Qwen2Tokenizer
 
+from unmask.diffusion.block import BlockAbsorbingMask
 from unmask.models.base import positions_from_mask
 from unmask.models.block_cache import BlockKVCache
-from unmask.models.block_mask import block_causal_mask, two_stream_mask
+from unmask.models.block_mask import block_causal_mask
 from unmask.models.kv_cache import KVHook
-from unmask.models.layers import RMSNorm, attention, swiglu
-from unmask.models.native import CheckpointError, Dims, NativeConfig, NativeLM
+from unmask.models.layers import RMSNorm, attention
+from unmask.models.native import CheckpointError, NativeConfig
+from unmask.models.qwen import QwenLM
 
 
 @dataclass
@@ -110,82 +111,19 @@ class SDARAttention(nn.Module):
         )  # fmt: skip
 
 
-class SDARMLP(nn.Module):
-    def __init__(self, config: SDARConfig) -> None:
-        super().__init__()
-        d, hidden = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(d, hidden, bias=False)
-        self.up_proj = nn.Linear(d, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
-
-
-class SDARLayer(nn.Module):
-    def __init__(self, config: SDARConfig) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = SDARAttention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SDARMLP(config)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        key_mask: torch.Tensor | None,
-        kv: KVHook | None = None,
-        queries: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``queries``: compute only those columns' outputs (see ``run_blocks``)."""
-        x = (x if queries is None else x[:, queries]) + self.self_attn(self.input_layernorm(x), rope, key_mask, kv, queries)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class SDAR(NativeLM):
+class SDAR(QwenLM):
     """SDAR / TraDo: Qwen3 layout (``model.layers.N``, ``lm_head``) under a block-causal mask."""
 
     family = "sdar"
     config_class = SDARConfig
-    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lm_head_name = "lm_head"
-    lora_scope = r"model\.layers\.\d+\.(self_attn|mlp)"
+    attention_class = SDARAttention
     end_of_turn_id = IM_END_ID
     tokenizer_class = Qwen2Tokenizer
 
     def __init__(self, config: SDARConfig, tokenizer: Any = None) -> None:
         super().__init__(config, tokenizer)
         self.head_dim = config.head_dim
-        self.rope_theta = config.rope_theta
         self.block_size = config.block_size
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.model.layers = nn.ModuleList(SDARLayer(config) for _ in range(config.num_hidden_layers))
-        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-    @property
-    def dims(self) -> Dims:
-        c = self.config
-        return Dims(
-            c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
-            c.num_key_value_heads, c.intermediate_size, c.vocab_size,
-        )  # fmt: skip
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(input_ids)
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.model.layers
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.norm(hidden)
-        if self.config.tie_word_embeddings:
-            return F.linear(hidden, self.model.embed_tokens.weight)
-        return self.lm_head(hidden)
 
     # -- block-causal forwards -------------------------------------------------
     def logits(
@@ -200,8 +138,9 @@ class SDAR(NativeLM):
         ``attention_mask`` is a ``[B, L]`` padding mask (left padding; the block grid
         is counted on compact positions) from which the block-causal mask is built,
         or an explicit bool ``[B, 1, L, L]`` mask (True = attend) used as is, e.g.
-        ``two_stream_mask``; ``positions`` default to the compact positions (an
-        explicit mask: ``0..L-1``).
+        ``two_stream_mask`` over ``[x_t ; x_0]`` with ``positions`` repeated for the
+        two streams; ``positions`` default to the compact positions (with an explicit
+        mask: ``0..L-1``).
         """
         if attention_mask is not None and attention_mask.dim() == 4:
             if positions is None:
@@ -213,29 +152,10 @@ class SDAR(NativeLM):
         mask = block_causal_mask(positions, positions, valid, self.block_size)
         return super().logits(input_ids, mask, positions, **options)
 
-    def two_stream_logits(
-        self,
-        noisy_ids: torch.Tensor,
-        clean_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``[B, n, V]`` logits of the noisy stream of ``[x_t ; x_0]`` (the training forward).
-
-        Each noisy block is scored against the clean tokens of the earlier blocks,
-        the context it has at sampling time. ``attention_mask`` ``[B, n]`` marks real
-        tokens; both streams get the same ``positions`` (default: compact positions).
-        """
-        n = noisy_ids.shape[1]
-        valid = None if attention_mask is None else attention_mask.bool()
-        if positions is None:
-            positions = compact_positions(noisy_ids, valid)
-        return self.logits(
-            torch.cat([noisy_ids, clean_ids], dim=1),
-            two_stream_mask(positions, valid, self.block_size),
-            positions.repeat(1, 2),
-            logits_at=torch.arange(n, device=noisy_ids.device),
-        )
+    @property
+    def process(self) -> BlockAbsorbingMask:
+        """Absorbing mask noise over block-causal canvases of ``block_size`` (docs/diffusion.md)."""
+        return BlockAbsorbingMask(self.mask_token_id, block_size=self.block_size)
 
     def _attention_mask(
         self,
