@@ -169,7 +169,7 @@ def test_two_streams_equal_one_stream() -> None:
         torch.testing.assert_close(same, single, **TOL)
 
 
-@pytest.mark.parametrize("prompts", [[5, 9], [8]])  # P ≢ 0 and P ≡ 0 (mod B)
+@pytest.mark.parametrize("prompts", [[5, 9], [8], [3]])  # P ≢ 0 and P ≡ 0 (mod B); P < B: no prefill
 def test_block_cache_equals_uncached_forward(prompts: list[int]) -> None:
     """Prefill ⌊P/B⌋·B columns, then per block: a step over the masked block, a step over the
     committed block, append; cached logits and keys/values equal a full block-causal forward."""
@@ -223,6 +223,10 @@ def test_lora_targets_attach_and_train() -> None:
     assert not torch.allclose(before, after, atol=1e-4)
     with policy.disable_adapter():
         torch.testing.assert_close(two_stream_logits(policy, noisy, ids), before, **TOL)
+    cache = policy.new_block_cache()  # the cache runs the adapted layers
+    cache.append_block(ids[:, :4], torch.arange(4).expand(2, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(cache.logits(ids[:, 4:], torch.arange(4, 8).expand(2, 4)), policy.logits(ids)[:, 4:], **TOL)
 
 
 def test_export_merges_adapter_and_round_trips(tmp_path: Path) -> None:

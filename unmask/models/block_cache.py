@@ -71,8 +71,12 @@ class BlockKVCache:
     def append_block(
         self, input_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None
     ) -> None:
-        """Run the finished block(s) once and keep their keys/values (no LM head)."""
-        self._run(input_ids, positions, valid, store=True)
+        """Run the finished block(s) once and keep their keys/values (no LM head).
+
+        No columns (a prompt shorter than one block has nothing to prefill): nothing to do.
+        """
+        if input_ids.shape[1]:
+            self._run(input_ids, positions, valid, store=True)
 
     def _run(
         self, input_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None, store: bool
