@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 class BlockKVCache:
     """Per-layer ``[B, H_kv, T, head_dim]`` keys/values of the ``T`` committed columns.
 
-    Storage grows by doubling, and a step's fresh keys/values are written past the
-    committed ones, so neither a step nor an append copies the cache.
+    A step's fresh keys/values are written past the committed ones in the same
+    storage, which grows by doubling: the cache is copied only when it grows.
     """
 
     def __init__(self, model: SDAR) -> None:
