@@ -34,12 +34,20 @@ from unmask.rewards.registry import RewardSpec
 from unmask.rewards.runner import COUNTS, RewardRunner
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from unmask.rl.distributed import Preemption, any_process, max_over_processes, mean_over_processes
-from unmask.rl.estimators import Scores
 from unmask.rl.logging import MetricsLogger, drop_metrics_after, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.policy import build_optimizer, build_policy
 from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 from unmask.rl.stream import PromptStream
+from unmask.rl.update import (
+    FrozenScorer,
+    UpdateRollback,
+    behaviour_policy,
+    derive_seed,
+    estimator_keys,
+    frozen_passes,
+    micro_batch_loss,
+)
 from unmask.rollouts.pool import PendingRollout
 from unmask.rollouts.trajectory import Trajectory
 
@@ -49,45 +57,6 @@ MAX_BAD_STEPS = 3
 
 class TrainingDiverged(UserError):
     """The loss (or gradient norm) stayed NaN/inf for several steps in a row."""
-
-
-class UpdateRollback:
-    """Trainable parameters and optimizer state before an update, to undo it if it diverges.
-
-    Kept on the CPU (the accelerator's memory is the scarce one); with LoRA this
-    is a few MB. Only taken when an update spans several optimizer steps, since
-    a single step is simply not taken when its loss is non-finite.
-    """
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
-        self.params = [(p, p.detach().to("cpu", copy=True)) for p in model.parameters() if p.requires_grad]
-        self.optimizer_state = _cpu_copy(optimizer.state_dict())
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for param, saved in self.params:
-                param.copy_(saved)
-        self.optimizer.load_state_dict(self.optimizer_state)  # moves the state back to the params' device
-
-
-def _cpu_copy(value: Any) -> Any:
-    """A copy of a nested optimizer state dict whose tensors live on the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _cpu_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cpu_copy(v) for v in value]
-    return value
-
-
-def derive_seed(*parts: int) -> int:
-    """A deterministic 62-bit seed from integers (run seed, step, purpose, …)."""
-    value = 0x9E3779B9
-    for part in parts:
-        value = (value * 1_000_003 + int(part) + 1) % (1 << 62)
-    return value
 
 
 def default_model_factory(recipe: Recipe) -> Callable[[], DiffusionLM]:
@@ -112,18 +81,6 @@ def lora_replica(factory: Callable[[], DiffusionLM], **lora: Any) -> nn.Module:
     from unmask.models.lora import apply_lora
 
     return apply_lora(factory(), **lora)
-
-
-def micro_batch_loss(
-    objective: Objective, model: nn.Module, batch: TrainBatch, key: Any, old: Scores | None, ref: Scores | None
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The policy's loss on one micro-batch: estimator scores under ``key``, then the objective's loss.
-
-    unmask's trainer and the TRL front end (``unmask.integrations.trl``) both call
-    this one function, so the two cannot drift apart.
-    """
-    scores = objective.estimator.token_logprobs(model, batch.traj, key)
-    return objective.loss(batch, scores, old, ref)
 
 
 class Trainer:
@@ -231,19 +188,7 @@ class Trainer:
 
         return wrapper
 
-    # -- scoring ---------------------------------------------------------------
-    def _scores(self, batch: TrainBatch, key: Any, which: str) -> Scores:
-        """Frozen scores: θ_old (``"old"``) or the reference (``"ref"``)."""
-        estimator = self.objective.estimator
-        self.forward_passes += estimator.passes_for(batch.traj)
-        with torch.no_grad():
-            if which == "old":  # θ as it is now: update() swaps in the rollout adapter around all θ_old passes
-                return estimator.token_logprobs(self.model, batch.traj, key)
-            if self.reference is not None:
-                return estimator.token_logprobs(self.reference, batch.traj, key)
-            with self.unwrapped.disable_adapter():
-                return estimator.token_logprobs(self.model, batch.traj, key)
-
+    # -- the update --------------------------------------------------------------
     def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
         """Micro-batches on the training device (the buffered batch itself stays on the CPU).
 
@@ -270,48 +215,15 @@ class Trainer:
         return [list(range(i, min(i + accumulate, count))) for i in range(0, count, accumulate)]
 
     def _keys(self, micro: list[TrainBatch]) -> list[list[Any]]:
-        """Estimator keys per inner iteration and micro-batch (shared by θ, θ_old and reference).
+        """This process's estimator keys per inner iteration and micro-batch (``update.estimator_keys``)."""
+        return estimator_keys(
+            self.objective, micro, seed=self.recipe.seed, step=self.step,
+            iterations=self.recipe.algorithm.num_iterations, process_index=self.accelerator.process_index,
+        )
 
-        Micro-batches are numbered across processes, so the ranks draw independent masks
-        rather than all repeating rank 0's.
-        """
-        iterations, first = self.recipe.algorithm.num_iterations, self.accelerator.process_index * len(micro)
-        return [
-            [self.objective.key(mb, derive_seed(self.recipe.seed, self.step, i, first + j)) for j, mb in enumerate(micro)]
-            for i in range(iterations)
-        ]
-
-    def _frozen(
-        self, micro: list[TrainBatch], keys: list[list[Any]], which: str, exact: frozenset[int] = frozenset()
-    ) -> list[list[Scores | None]]:
-        """θ_old or reference scores for every (iteration, micro-batch), computed before any update.
-
-        ``exact``: micro-batches whose scores are only used by the first optimizer step,
-        where θ itself is θ_old; they get ``None`` (θ_old = θ) instead of a pass.
-        """
-        first = [None if j in exact else self._scores(mb, keys[0][j], which) for j, mb in enumerate(micro)]
-        if not self.objective.estimator.varies_per_iteration:
-            return [first] * len(keys)
-        rest = [[self._scores(mb, k, which) for mb, k in zip(micro, ks, strict=True)] for ks in keys[1:]]
-        return [first, *rest]
-
-    @contextlib.contextmanager
-    def _rollout_policy(self) -> Iterator[None]:
-        """Score with the adapter the batch was sampled with (overlap: one update behind), then restore θ."""
-        if self._behaviour is None:
-            yield
-            return
-        params = {name: p for name, p in self.unwrapped.named_parameters() if p.requires_grad}
-        current = {name: p.detach().clone() for name, p in params.items()}
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self._behaviour[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in params.items():
-                    p.copy_(current[name])
+    def _rollout_policy(self) -> contextlib.AbstractContextManager[None]:
+        """θ swapped for the adapter this step's batch was sampled with (overlap), or left as it is."""
+        return behaviour_policy(self.unwrapped, self._behaviour)
 
     # -- one RL step -------------------------------------------------------------
     def encode(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -382,15 +294,12 @@ class Trainer:
         windows = self._windows(len(micro))
         iterations = self.recipe.algorithm.num_iterations
         updates = iterations * len(windows)
-        old = None
-        stale = self._behaviour is not None  # overlap: sampled one update behind, off-policy from the first step
-        if self.objective.needs_old and (updates > 1 or stale):
-            # from the second optimizer step on the batch is off-policy: its ratios need θ_old
-            # scored now, whatever num_iterations and accumulation produced the steps
-            exact = frozenset(windows[0]) if iterations == 1 and not stale else frozenset()
-            with self._rollout_policy():  # one swap for every θ_old pass, not one per micro-batch
-                old = self._frozen(micro, keys, "old", exact)
-        ref = self._frozen(micro, keys, "ref") if self.objective.needs_reference else None
+        scorer = FrozenScorer(self.objective, self.model, self.reference, self.accelerator.unwrap_model)
+        old, ref = frozen_passes(
+            self.objective, micro, keys, scorer, optimizer_steps=updates, first_step=windows[0],
+            stale=self._behaviour is not None, behaviour=self._rollout_policy(),
+        )
+        self.forward_passes += scorer.passes
         rollback = UpdateRollback(self.model, self.optimizer) if updates > 1 else None
         sums: dict[str, float] = {}
         count = 0
@@ -577,4 +486,4 @@ def train(
     return last
 
 
-__all__ = ["Trainer", "TrainingDiverged", "micro_batch_loss", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "train"]

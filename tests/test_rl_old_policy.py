@@ -9,7 +9,8 @@ from test_trainer import ROWS, make_model, recipe
 from unmask.errors import RecipeError
 from unmask.rl.checkpoint import trainable_state
 from unmask.rl.losses import clipped_surrogate, masked_mean
-from unmask.rl.trainer import Trainer, derive_seed
+from unmask.rl.trainer import Trainer
+from unmask.rl.update import derive_seed
 
 
 def spy(trainer: Trainer) -> list[dict]:

@@ -124,7 +124,7 @@ def test_loss_equals_unmask_trainer(tmp_path: Path) -> None:
     assert not missing.unexpected_keys and all("lora_" not in k for k in missing.missing_keys)
     trl._batch = micro
     trl._keys = [[key]]
-    trl._frozen = {"ref": [[trl.frozen_scores(micro, key, "ref")]]}
+    trl._frozen = {"ref": [[trl._scorer(micro, key, "ref")]]}
     trl.model.train()
     trl_loss = float(trl.compute_loss(trl.model, {"index": torch.arange(len(micro))}).detach())
 

@@ -11,7 +11,8 @@ implementation behind two front ends:
 - rollouts: :class:`unmask.rl.rollout.Rollouts` over :func:`unmask.rollouts.generate`;
 - advantages and batch preparation: the unmask objective's ``prepare``;
 - log-probs and loss: the objective's estimator and ``loss``, micro-batch by micro-batch
-  through :func:`unmask.rl.trainer.micro_batch_loss`, as unmask's trainer does.
+  through :mod:`unmask.rl.update`, the update engine unmask's trainer calls too (keys,
+  θ_old and reference scores, the micro-batch loss).
 
 ``GRPOTrainer.__init__`` is bypassed on purpose: it builds an autoregressive
 generation stack (``generate``/vLLM, a fused LM head patched into the model) that
@@ -51,7 +52,13 @@ from unmask.rl.estimators import Scores
 from unmask.rl.likelihoods import ESTIMATORS
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, decode_answers, encode_prompts, local_sampler
-from unmask.rl.trainer import derive_seed, micro_batch_loss
+from unmask.rl.update import (
+    FrozenScorer,
+    derive_seed,
+    estimator_keys,
+    frozen_passes,
+    micro_batch_loss,
+)
 
 
 @dataclass
@@ -191,6 +198,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             correct_threshold=recipe.algorithm.correct_threshold, record=self.objective.record_steps,
             device=self.accelerator.device,
         )
+        self._scorer = FrozenScorer(self.objective, self.model, self.ref_model, self.accelerator.unwrap_model)
         self._batch: TrainBatch | None = None
         self._frozen: dict[str, list[list[Scores | None]]] = {}
         self._keys: list[list[Any]] = []
@@ -307,8 +315,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
         """TRL's buffering, then θ_old and reference scores for every (iteration, micro-batch).
 
-        As in unmask's trainer, they are computed before the first update of a
-        generation batch with the same estimator keys the policy passes use.
+        ``unmask.rl.update`` decides, as for unmask's trainer: the keys (this rank's own),
+        which θ_old passes the off-policy steps need, and the reference passes.
         """
         fresh = self.model.training and (
             self._buffered_inputs is None or self._step % (self.args.steps_per_generation * self.num_iterations) == 0
@@ -318,40 +326,22 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             return inputs
         if fresh:
             micro = [self._micro(b) for b in self._buffered_inputs]
-            self._keys = [
-                [self.objective.key(mb, derive_seed(self.args.seed, self.state.global_step, i, j)) for j, mb in enumerate(micro)]
-                for i in range(self.num_iterations)
-            ]
-            self._frozen = {}
-            if self.objective.needs_old and self.args.steps_per_generation * self.num_iterations > 1:
-                self._frozen["old"] = self._score_all(micro, "old")  # later optimizer steps are off-policy
-            if self.objective.needs_reference:
-                self._frozen["ref"] = self._score_all(micro, "ref")
+            self._keys = estimator_keys(
+                self.objective, micro, seed=self.args.seed, step=self.state.global_step,
+                iterations=self.num_iterations, process_index=self.accelerator.process_index,
+            )
+            accumulate = self.args.gradient_accumulation_steps
+            old, ref = frozen_passes(
+                self.objective, micro, self._keys, self._scorer,
+                optimizer_steps=self.num_iterations * math.ceil(len(micro) / accumulate),
+                first_step=list(range(min(accumulate, len(micro)))),
+            )
+            self._frozen = {name: scores for name, scores in (("old", old), ("ref", ref)) if scores is not None}
         return inputs
 
     def _micro(self, inputs: dict[str, Any]) -> TrainBatch:
         assert self._batch is not None
         return self._batch.select(inputs["index"].cpu()).to(self.accelerator.device)
-
-    def _score_all(self, micro: list[TrainBatch], which: str) -> list[list[Scores | None]]:
-        def score(mb: TrainBatch, key: Any) -> Scores | None:
-            return self.frozen_scores(mb, key, which) if len(mb) else None
-
-        first = [score(mb, self._keys[0][j]) for j, mb in enumerate(micro)]
-        if not self.objective.estimator.varies_per_iteration:
-            return [first] * self.num_iterations
-        return [first, *[[score(mb, k) for mb, k in zip(micro, ks, strict=True)] for ks in self._keys[1:]]]
-
-    @torch.no_grad()
-    def frozen_scores(self, batch: TrainBatch, key: Any, which: str) -> Scores:
-        """θ_old (``"old"``) or reference (``"ref"``: adapter disabled, or the frozen copy) scores."""
-        estimator = self.objective.estimator
-        if which == "old":
-            return estimator.token_logprobs(self.model, batch.traj, key)
-        if self.ref_model is not None:
-            return estimator.token_logprobs(self.ref_model, batch.traj, key)
-        with self.accelerator.unwrap_model(self.model).disable_adapter():
-            return estimator.token_logprobs(self.model, batch.traj, key)
 
     def compute_loss(
         self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -370,7 +360,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             ref = self._frozen["ref"][i][j] if "ref" in self._frozen else None
         else:
             key = self.objective.key(mb, derive_seed(self.args.seed, self.state.global_step, 1))
-            old, ref = None, (self.frozen_scores(mb, key, "ref") if self.objective.needs_reference else None)
+            old, ref = None, (self._scorer(mb, key, "ref") if self.objective.needs_reference else None)
         loss, metrics = micro_batch_loss(self.objective, model, mb, key, old, ref)
         for name, value in metrics.items():
             if math.isfinite(value):
