@@ -128,9 +128,9 @@ class Recording:
     def __init__(self, model) -> None:
         self.model, self.seen = model, None
 
-    def logits(self, ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
         self.seen = ids.clone()
-        return self.model.logits(ids, **kwargs)
+        return self.model(ids, **kwargs)
 
 
 def test_prompt_is_never_noised_even_at_t_one() -> None:

@@ -62,6 +62,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from unmask.sft.config import load_sft_recipe
+    from unmask.sft.trainer import train_sft
+
+    train_sft(load_sft_recipe(resolve_recipe_path(args.recipe), args.overrides))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from unmask.evaluation.cli import run_eval
 
@@ -99,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe file or shipped name, e.g. tiny/countdown_mdpo")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.max_steps=5")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sft", help="masked-diffusion SFT; its output_dir/final is an RL recipe's model")
+    p.add_argument("recipe", help="SFT recipe file or shipped name, e.g. tiny/sft_countdown")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.max_steps=5")
+    p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.set_defaults(func=cmd_recipes)

@@ -67,7 +67,7 @@ ROW_BUILDERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a ``.jsonl``, ``.json`` (list or {split: list}) or ``.csv`` file."""
+    """Records of a ``.jsonl``, ``.json`` (list or {split: list}), ``.csv`` or ``.parquet`` file."""
     if not path.is_file():
         raise UserError(f"{path}: data file not found")
     try:
@@ -84,9 +84,13 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         if path.suffix == ".csv":
             with path.open(newline="") as fh:
                 return list(csv.DictReader(fh))
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{path}: cannot parse ({exc})") from None
-    raise UserError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json or .csv)")
+    raise UserError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .csv or .parquet)")
 
 
 def _from_hub(task: str, hub_id: str | None, split: str | None) -> list[dict[str, Any]]:

@@ -123,10 +123,10 @@ class AbsorbingMask:
         noisy = torch.where(noised, torch.full_like(batch.answer_ids, self.mask_token_id), batch.answer_ids)
         ids = torch.cat([batch.prompt_ids, noisy], dim=1)
         attention = torch.cat([batch.prompt_mask, batch.window_attention], dim=1)
-        if self.full_logits:
-            return model.logits(ids, attention_mask=attention, prompt_length=plen)[:, plen:]
+        if self.full_logits:  # through forward(), so DDP and peft wrappers see the call
+            return model(ids, attention_mask=attention, prompt_length=plen)[:, plen:]
         columns = torch.arange(plen, plen + length, device=ids.device)
-        return model.logits(ids, attention_mask=attention, prompt_length=plen, logits_at=columns)
+        return model(ids, attention_mask=attention, prompt_length=plen, logits_at=columns)
 
 
 @dataclass(frozen=True)
@@ -165,10 +165,14 @@ def denominator(batch: SFTBatch, normalization: Normalization) -> float:
 
 @dataclass
 class LossTerms:
-    """The step loss is ``numerator / Σ denominator``; ``elbo`` is the 1/t-weighted CE per supervised token."""
+    """The step loss is ``numerator / Σ denominator``; the sums are for metrics (the 1/t value is
+    comparable across weightings and families)."""
 
     numerator: torch.Tensor
-    elbo: float
+    #: Σ CE/t over the noised positions
+    elbo_sum: float
+    #: Σ CE over the noised positions, unweighted
+    ce_sum: float
     noised: int
 
 
@@ -199,8 +203,7 @@ def loss_terms(
     rows = weighted.sum(1)
     if settings.normalization == "sequence":
         rows = rows / batch.supervised.sum(1).clamp(min=1)
-    tokens = float(batch.supervised.sum().clamp(min=1))
-    return LossTerms(rows.sum(), float(elbo.detach().sum()) / tokens, int(noised.sum()))
+    return LossTerms(rows.sum(), float(elbo.detach().sum()), float(scored.detach().sum()), int(noised.sum()))
 
 
 def sft_loss(
