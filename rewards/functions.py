@@ -1,8 +1,9 @@
 """Built-in reward functions with TRL's signature ``fn(prompts, completions, **columns)``.
 
 Task rewards read their reference from dataset columns (math/gsm8k ``answer``;
-countdown ``nums`` + ``target``; sudoku ``puzzle`` + ``solution``); options such as
-Countdown's shaping scores come from the recipe through ``RewardSpec.kwargs``.
+countdown ``nums`` + ``target``; sudoku ``puzzle`` + ``solution``; code ``prefix``,
+``tests``, ``entry_point``, ``setup``, ``timeout_s``); options such as Countdown's shaping
+scores or code's all-or-nothing switch come from the recipe through ``RewardSpec.kwargs``.
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import formats
+from .code import format_score
 from .graders import grade
 from .mathgrade import quick_grade_math
 from .registry import register
 from .result import GradeResult, RewardConfigError
 
 #: built-in rewards whose work per item is a bounded string scan: no worker needed
-BOUNDED_REWARDS = ("format_strict", "format_soft", "boxed", "int_answer", "xmlcount")
+BOUNDED_REWARDS = ("format_strict", "format_soft", "boxed", "int_answer", "xmlcount", "code_format")
 
 _TASK_COLUMNS = {
     "math": ("answer",),
     "gsm8k": ("answer",),
     "countdown": ("nums", "target"),
     "sudoku": ("puzzle", "solution"),
+    "code": ("prefix", "tests", "entry_point", "setup", "timeout_s"),
 }
 #: built-in rewards that are one task grader each (the runner reads their verdicts)
 TASK_REWARDS = tuple(_TASK_COLUMNS)
@@ -72,8 +75,10 @@ def grade_one(task: str, completion: Any, columns: Mapping[str, Any], **options:
 
 
 def quick_one(task: str, completion: Any, columns: Mapping[str, Any], **options: Any) -> GradeResult | None:
-    """``grade_one`` where it is cheap and bounded (every task but MATH always; MATH when
-    ``quick_grade_math`` decides without sympy), else None: the item needs a worker."""
+    """``grade_one`` where it is cheap and bounded (every task but MATH and code always; MATH
+    when ``quick_grade_math`` decides without sympy), else None: the item needs a worker."""
+    if task == "code":
+        return None
     if task != "math":
         return grade_one(task, completion, columns, **options)
     (row,) = _reference_rows(task, 1, {k: [v] for k, v in columns.items()})
@@ -138,3 +143,22 @@ def xmlcount_reward(
 ) -> list[float]:
     """d1's tag-count shaping (see formats.xml_count)."""
     return [formats.xml_count(completion_text(c), per_tag, trailing_penalty) for c in completions]
+
+
+@register("code")
+def code_reward(
+    prompts: Sequence,
+    completions: Sequence,
+    binary: bool = False,
+    memory_mb: int = 1024,
+    **columns: Any,
+) -> list[float]:
+    """Share of the task's unit tests the extracted program passes in the sandbox
+    (``binary``: 1.0 only when all pass, DiffuCoder's ``binary_code``)."""
+    return _grade_all("code", completions, columns, binary=binary, memory_mb=memory_mb)
+
+
+@register("code_format")
+def code_format_reward(prompts: Sequence, completions: Sequence, **_columns: Any) -> list[float]:
+    """DiffuCoder's format term (see code.format_score): 1.0 / 0.5 / 0.0."""
+    return [format_score(completion_text(c)) for c in completions]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .code import grade_code
 from .countdown import grade_countdown
 from .gsm8k import grade_gsm8k
 from .mathgrade import grade_math
@@ -15,6 +16,7 @@ GRADERS: dict[str, Callable[..., GradeResult]] = {
     "gsm8k": grade_gsm8k,
     "countdown": grade_countdown,
     "sudoku": grade_sudoku,
+    "code": grade_code,
 }
 
 
@@ -22,7 +24,8 @@ def grade(task: str, completion: str, **reference) -> GradeResult:
     """Grade one completion for ``task`` against its reference fields.
 
     References: math ``answer``; gsm8k ``answer``; countdown ``nums``, ``target`` (plus
-    optional shaping scores); sudoku ``puzzle``, ``solution``. No deadline here: grade
+    optional shaping scores); sudoku ``puzzle``, ``solution``; code ``prefix``, ``tests``,
+    ``entry_point``, ``setup``, ``timeout_s`` (run in the sandbox). No deadline here: grade
     batches with ``grading.Grader`` (or rewards with ``RewardRunner``) when inputs may
     be hostile.
     """

@@ -19,6 +19,7 @@ from .graders import GRADERS, grade
 from .mathgrade import quick_grade_math
 from .pool import LazyWorkerPool, OwnsWorkerPool, WorkerPool
 from .result import GradeResult
+from .sandbox import STARTUP_S
 from .worker import Handler, Outcome, error_outcome
 
 #: graders that never reach sympy (bounded work per item): no deadline needed
@@ -94,10 +95,16 @@ class Grader(OwnsWorkerPool):
         outcomes = [quick_outcome(*job) for job in jobs]
         remote = [k for k, outcome in enumerate(outcomes) if outcome is None]
         if remote:
-            pooled, _ = self.pool.run([jobs[k] for k in remote], self.deadline_s)
+            pooled, _ = self.pool.run([jobs[k] for k in remote], self._deadline(task, references))
             for k, outcome in zip(remote, pooled, strict=True):
                 outcomes[k] = outcome
         return [self._result(outcome) for outcome in outcomes if outcome is not None]
+
+    def _deadline(self, task: str, references: Sequence[Mapping[str, Any]]) -> float:
+        """``deadline_s``, raised for code to cover the sandbox's own limit and start-up."""
+        if task != "code":
+            return self.deadline_s
+        return max(self.deadline_s, *(float(r["timeout_s"]) + STARTUP_S + 1.0 for r in references))
 
     def _result(self, outcome: Outcome) -> GradeResult:
         kind, payload = outcome

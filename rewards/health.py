@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+#: failure reasons that mean the grader could not read the answer (``worker.failure_reason``)
+UNGRADEABLE = ("no answer", "unparseable")
 #: characters of the offending completion shown in the warning (its end: where the answer is)
 EXAMPLE_CHARS = 240
 
@@ -51,7 +53,7 @@ class RewardHealth:
         tally = self._tallies.setdefault(name, _Tally())
         tally.items += len(reasons)
         for reason, text in zip(reasons, completions, strict=True):
-            if reason is not None:
+            if reason is not None and reason.startswith(UNGRADEABLE):
                 tally.reasons[reason] += 1
                 tally.examples.setdefault(reason, text)
         self._any_reward = self._any_reward or any(t != 0 for t in totals)

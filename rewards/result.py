@@ -16,6 +16,8 @@ class GradeResult:
     ``error`` says why the answer could not be judged (nothing extracted, unparseable,
     disallowed syntax, grading past its deadline); it is None when a verdict was reached.
     ``timed_out`` marks the deadline case, which evaluation counts on its own.
+    ``kind`` names why an answer failed where a grader tells failures apart (code:
+    timeout, memory, wrong answer, ...); the reward runner counts each kind per step.
     """
 
     correct: bool
@@ -23,6 +25,7 @@ class GradeResult:
     extracted: str | None
     error: str | None = None
     timed_out: bool = False
+    kind: str | None = None
 
 
 class RewardConfigError(UserError, ValueError):

@@ -146,7 +146,8 @@ class RewardRunner(OwnsWorkerPool):
 
         Metrics include, per built-in task reward, the share of completions in which
         its grader found no answer (``rewards/NAME/no_answer``) or could not parse the
-        one it found (``rewards/NAME/unparseable``).
+        one it found (``rewards/NAME/unparseable``), and where the grader names why answers
+        failed (code: timeout, memory, wrong answer, ...) the share of each (``rewards/NAME/failed/KIND``).
         """
         began = time.perf_counter()
         columns = dict(columns or {})
@@ -222,6 +223,8 @@ class RewardRunner(OwnsWorkerPool):
             reasons = [reason for _, reason in pairs]
             metrics[f"rewards/{name}/no_answer"] = sum(bool(r and r.startswith("no answer")) for r in reasons) / n
             metrics[f"rewards/{name}/unparseable"] = sum(bool(r and r.startswith("unparseable")) for r in reasons) / n
+            for kind, count in Counter(r[len("failed: "):] for r in reasons if r and r.startswith("failed: ")).items():
+                metrics[f"rewards/{name}/failed/{kind}"] = count / n
             self.health.record(name, reasons, texts, totals)
         metrics["seconds"] = time.perf_counter() - began
         return RewardBatch(totals, per_reward, metrics, extra)

@@ -193,7 +193,8 @@ def run_tests(job, verdict_fd, nonce):
         return call
 
     helpers = {"__name__": "solution"}
-    exec(compile(job["prefix"], "<prompt>", "exec"), helpers)  # the task's own stub: trusted
+    with contextlib.suppress(Exception):  # the task's own stub (trusted); a bare signature does not run alone
+        exec(compile(job["prefix"], "<prompt>", "exec"), helpers)
     helpers = {k: frozen(v) for k, v in helpers.items() if k not in ("__builtins__", "__name__")}
     program = {"__name__": "solution"}
     try:

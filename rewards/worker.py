@@ -64,9 +64,11 @@ def _limit_memory(extra_mb: int | None) -> None:
 
 
 def failure_reason(result: GradeResult) -> str | None:
-    """Why a grader reached no verdict on the answer's content, by kind; None if it did."""
+    """Why a grader reached no verdict on the answer's content (``no answer: …``,
+    ``unparseable: …``), else ``failed: KIND`` where the grader names why the answer failed,
+    else None."""
     if result.error is None:
-        return None
+        return f"failed: {result.kind}" if result.kind else None
     return f"{'no answer' if result.extracted is None else 'unparseable'}: {result.error}"
 
 

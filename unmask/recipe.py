@@ -66,7 +66,8 @@ class CountdownGeneratorConfig(Section):
 
 
 class DataConfig(Section):
-    task: Literal["countdown", "gsm8k", "math500", "amc", "math", "sudoku"] = "countdown"
+    task: Literal["countdown", "gsm8k", "math500", "amc", "math", "sudoku",
+                  "humaneval", "mbpp", "humaneval_plus", "mbpp_plus"] = "countdown"  # fmt: skip
     #: local .jsonl/.json/.csv file; overrides the hub id
     path: str | None = None
     hub_id: str | None = None

@@ -7,6 +7,7 @@ from typing import Any
 
 from unmask.data import countdown
 from unmask.data.benchmarks import load_benchmark
+from unmask.data.code import CODE_TASKS, load_code
 from unmask.data.prompts import TEMPLATES, render_prompt
 
 #: the file name each benchmark has in a ``--data-dir`` (the public releases' names)
@@ -16,6 +17,10 @@ DATA_FILES: dict[str, str] = {
     "amc": "amc_test.json",
     "countdown": "countdown_cd3_test.jsonl",
     "sudoku": "sudoku4x4_test.csv",
+    "humaneval": "code/HumanEval.jsonl.gz",
+    "mbpp": "code/mbpp.jsonl",
+    "humaneval_plus": "code/HumanEvalPlus.jsonl",
+    "mbpp_plus": "code/MbppPlus.jsonl",
 }
 
 
@@ -32,8 +37,8 @@ def load_rows(
 ) -> list[dict[str, Any]]:
     """Rows for ``task`` with a rendered ``prompt`` column.
 
-    Countdown without a ``path`` is generated (``generator`` settings, ``seed``);
-    everything else comes from ``path`` or the hub.
+    Countdown without a ``path`` is generated (``generator`` settings, ``seed``); code
+    tasks come from ``unmask.data.code``; everything else comes from ``path`` or the hub.
     """
     if task == "countdown":
         if path is not None:
@@ -42,6 +47,8 @@ def load_rows(
             settings = dict(generator or {})
             size = settings.pop("size", limit or 1000)
             rows = countdown.generate(limit or size, seed=seed, **settings)
+    elif task in CODE_TASKS:
+        rows = load_code(task, path=path, hub_id=hub_id, split=split)
     else:
         rows = load_benchmark(task, path=path, hub_id=hub_id, split=split)
     if limit is not None:
@@ -51,4 +58,4 @@ def load_rows(
     return rows
 
 
-__all__ = ["DATA_FILES", "TEMPLATES", "countdown", "load_benchmark", "load_rows", "render_prompt"]
+__all__ = ["CODE_TASKS", "DATA_FILES", "TEMPLATES", "countdown", "load_benchmark", "load_rows", "render_prompt"]

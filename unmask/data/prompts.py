@@ -29,6 +29,13 @@ TEMPLATES: dict[str, str] = {
 }
 TEMPLATES["math500"] = TEMPLATES["math"]
 TEMPLATES["amc"] = TEMPLATES["math"]
+#: code: LLaDA's OpenCompass prompts (zero-shot HumanEval; MBPP with tasks 2-4 as worked
+#: examples in ``{shots}``, written into the user turn since prompts here are one turn)
+TEMPLATES["humaneval"] = TEMPLATES["humaneval_plus"] = "Complete the following python code:\n{question}"
+TEMPLATES["mbpp"] = TEMPLATES["mbpp_plus"] = (
+    "{shots}You are an expert Python programmer, and here is your task: {question} "
+    "Your code should pass these tests:\n\n{test_list}\n"
+)
 
 _D1_LAYOUT = (
     "Work through the problem step by step, then reply in exactly this layout:\n"
@@ -51,8 +58,22 @@ D1_TEMPLATES: dict[str, str] = {
     ),
 }
 D1_TEMPLATES["math500"] = D1_TEMPLATES["amc"] = D1_TEMPLATES["math"]
+_EVALPLUS = "Please provide a self-contained Python script that solves the following problem in a markdown code block:\n"
+#: EvalPlus's instruction prompt (DiffuCoder evaluates with it) and JustGRPO's
+EVALPLUS_TEMPLATES = {
+    "humaneval": _EVALPLUS + "```\n{question}\n```",
+    "mbpp": _EVALPLUS + '```\n"""\n{question}\n{first_test}\n"""\n```',
+}
+JUSTGRPO_TEMPLATES = {
+    "humaneval": "You are an expert Python programmer. Your task is to complete the implementation of a "
+    "function named `{entry_point}`.\n\n```python\n{question}\n```",
+    "mbpp": "You are an expert Python programmer, and here is your task: {question} "
+    "Your code should pass these tests:\n\n{test_list}\n",
+}
+for _styled in (EVALPLUS_TEMPLATES, JUSTGRPO_TEMPLATES):
+    _styled["humaneval_plus"], _styled["mbpp_plus"] = _styled["humaneval"], _styled["mbpp"]
 #: named prompt styles a recipe's ``data.prompt_template`` may give instead of a template
-STYLES: dict[str, dict[str, str]] = {"d1": D1_TEMPLATES}
+STYLES: dict[str, dict[str, str]] = {"d1": D1_TEMPLATES, "evalplus": EVALPLUS_TEMPLATES, "justgrpo": JUSTGRPO_TEMPLATES}
 
 
 def render_prompt(task: str, row: dict[str, Any], template: str | None = None) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unmask.data import DATA_FILES, load_rows
+from unmask.data import CODE_TASKS, DATA_FILES, load_rows
 from unmask.errors import UserError
 
 BENCHMARKS = tuple(DATA_FILES)
@@ -22,10 +22,11 @@ COUNTDOWN_EVAL_SEED = 2_718_281
 COUNTDOWN_EVAL_SIZE = 1000
 #: benchmark / task → grader name in ``unmask.rewards.GRADERS``
 GRADER_TASK = {"math500": "math", "amc": "math", "math": "math", "gsm8k": "gsm8k",
-               "countdown": "countdown", "sudoku": "sudoku"}  # fmt: skip
+               "countdown": "countdown", "sudoku": "sudoku", **dict.fromkeys(CODE_TASKS, "code")}  # fmt: skip
 #: the row columns each grader takes as reference
 REFERENCE_COLUMNS = {"math": ("answer",), "gsm8k": ("answer",),
-                     "countdown": ("nums", "target"), "sudoku": ("puzzle", "solution")}  # fmt: skip
+                     "countdown": ("nums", "target"), "sudoku": ("puzzle", "solution"),
+                     "code": ("prefix", "tests", "entry_point", "setup", "timeout_s")}  # fmt: skip
 
 
 def parse_benchmarks(text: str) -> list[str]:

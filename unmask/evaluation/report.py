@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from unmask.evaluation.stats import pass_at_k
+from unmask.evaluation.stats import mean_pass_at_k
 
 SUMMARY_FILE = "summary.json"
 TABLE_FILE = "table.md"
@@ -58,9 +58,8 @@ def summarize(records: list[dict[str, Any]]) -> list[Summary]:
     for (bench, setting), problems in group_by_problem(records).items():
         flat = [r for rs in problems.values() for r in rs]
         k = min(len(rs) for rs in problems.values())
-        passes = {}
-        if k > 1:
-            passes[k] = sum(pass_at_k(len(rs), sum(r["correct"] for r in rs), k) for rs in problems.values()) / len(problems)
+        counts = [(len(rs), sum(r["correct"] for r in rs)) for rs in problems.values()]
+        passes = mean_pass_at_k(counts, [k]) if k > 1 else {}
         seconds = sum(r["seconds"] for r in flat)
         tokens = sum(r["answer_tokens"] for r in flat)
         out.append(

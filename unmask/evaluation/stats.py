@@ -26,6 +26,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
+def mean_pass_at_k(counts: list[tuple[int, int]], ks: list[int]) -> dict[int, float]:
+    """Mean unbiased pass@k over tasks given (samples, correct) per task, for each k that
+    every task has enough samples for (a k some task has fewer samples than is left out)."""
+    fewest = min((n for n, _ in counts), default=0)
+    return {k: sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in ks if 0 < k <= fewest}
+
+
 @dataclass(frozen=True)
 class BootstrapCI:
     """Mean paired difference (B − A) with a percentile confidence interval."""
