@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.kernels.ops import token_logprobs
 from unmask.rollouts.trajectory import Trajectory
 
@@ -79,7 +80,7 @@ def _canvases(traj: Trajectory, rows: torch.Tensor, steps: torch.Tensor, mask_to
     canvases = traj.tokens.new_empty(len(rows), traj.tokens.shape[1])
     for t in steps.unique().tolist():
         chosen = steps == t
-        canvases[chosen] = traj.canvas(int(t), mask_token_id)[rows[chosen]]
+        canvases[chosen] = traj.canvas(int(t), AbsorbingMask(mask_token_id))[rows[chosen]]
     return canvases
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.recipe import RolloutConfig
 from unmask.rewards.runner import RewardBatch
 from unmask.rl.objective import RewardResult
@@ -45,7 +46,7 @@ def intermediate_answers(traj: Trajectory, mask_token_id: int) -> torch.Tensor:
     """``[T, B, L]``: every step's canvas with its masked positions filled by that step's prediction."""
     plen = traj.prompt_length
     return torch.stack([
-        torch.where(traj.step_masked[t], traj.step_pred[t], traj.canvas(t, mask_token_id)[:, plen:])
+        torch.where(traj.step_masked[t], traj.step_pred[t], traj.canvas(t, AbsorbingMask(mask_token_id))[:, plen:])
         for t in range(traj.num_steps)
     ])
 

@@ -139,7 +139,7 @@ class StepForward:
         not the mask) and afterwards read from the cache: fewer columns per step than
         ``dual``, at the price of committed columns no longer seeing later commits.
         """
-        masked = (answer[:, block[0] : block[1]] == self.model.mask_token_id).any(0).nonzero().squeeze(1) + block[0]
+        masked = self.model.process.noised(answer[:, block[0] : block[1]]).any(0).nonzero().squeeze(1) + block[0]
         changed = (answer != self._filled).any(0).nonzero().squeeze(1)
         cols = torch.unique(torch.cat([masked, changed]))
         if not len(cols):
@@ -156,7 +156,7 @@ class StepForward:
             return self._logits(x, mask, at, columns, select)
         uncond = x.clone()
         real = torch.ones_like(x[:, : self.plen], dtype=torch.bool) if mask is None else mask[:, : self.plen].bool()
-        uncond[:, : self.plen] = uncond[:, : self.plen].masked_fill(real, self.model.mask_token_id)
+        uncond[:, : self.plen] = self.model.process.corrupt(uncond[:, : self.plen], real)
         both_mask = None if mask is None else torch.cat([mask, mask])
         both = self._logits(torch.cat([x, uncond]), both_mask, at, columns, None if select is None else torch.cat([select, select]))
         cond, un = both.chunk(2)

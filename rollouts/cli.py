@@ -123,7 +123,7 @@ def run_sample(args: argparse.Namespace) -> int:
         f"[dim]decoding: {chosen['gen_length']} tokens in {chosen['steps']} steps, block {chosen['block_length']}, "
         f"{chosen['remasking']}, temperature {chosen['temperature']}[/dim]"
     )
-    for line in render_denoising(traj, tokenizer, mask_token_id=model.mask_token_id, row=row):
+    for line in render_denoising(traj, tokenizer, process=model.process, row=row):
         console.print(line)
     console.print(f"[bold]answer[/bold] {escape(answers[row])}")
     footer = f"answer: {answers[row]}"
@@ -133,7 +133,7 @@ def run_sample(args: argparse.Namespace) -> int:
         footer += f"  |  extracted: {verdict.extracted}  |  {'correct' if verdict.correct else 'wrong'}"
     console.print(f"forward passes: {int(traj.nfe[row])}")
     if args.save:
-        frames = denoising_frames(traj, tokenizer, mask_token_id=model.mask_token_id, row=row)
+        frames = denoising_frames(traj, tokenizer, process=model.process, row=row)
         page = denoising_html(frames, title=f"unmask sample: {args.model}", prompt=posed.texts[row], footer=footer)
         console.print(f"wrote {save_page(args.save, page)}")
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from unmask.diffusion.process import DiffusionProcess
 from unmask.errors import UserError
 from unmask.kernels.ops import sample_step, select_commits
 from unmask.kernels.sampling import StepSample, greedy_probability
@@ -83,16 +84,17 @@ def generate(
         raise UserError("early_exit needs committed tokens to stay: it cannot be used with remasking='rcr'")
     conf_fn = resolve_confidence(remasking, confidence)
     batch, plen = prompt_ids.shape
-    device, mask_id = prompt_ids.device, model.mask_token_id
-    hint_mask, hint_tokens = _check_hints(hints, batch, gen_length, mask_id, device)
+    device, process = prompt_ids.device, model.process
+    hint_mask, hint_tokens = _check_hints(hints, batch, gen_length, process, device)
     seeds = row_seeds(seed, batch)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
 
-    answer = torch.where(hint_mask, hint_tokens, torch.full_like(hint_tokens, mask_id))
+    answer = torch.where(hint_mask, hint_tokens, process.blank(hint_tokens))
     full_mask = None
     if attention_mask is not None:
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
-    pos = torch.arange(gen_length, device=device)
+    prompt_mask = torch.ones_like(prompt_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    rounds = process.answer_blocks(prompt_mask, gen_length, block_length)  # [B, L] decoding round of each position
     commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     buffer = torch.ones(batch, gen_length, dtype=torch.float64, device=device)  # RCR's running confidence
@@ -106,19 +108,20 @@ def generate(
     # greedy low-confidence without a record reads only the token and its probability
     lean = partial_head and temperature == 0 and conf_fn is CONFIDENCES["probability"] and not record
 
-    num_blocks = gen_length // block_length
-    block_steps = max(1, steps // num_blocks)
-    total = None if threshold is not None else num_blocks * block_steps
+    num_rounds = int(rounds.max()) + 1
+    block_steps = max(1, steps // (gen_length // block_length))
+    total = None if threshold is not None else num_rounds * block_steps
     t = 0
     with step_progress(progress, total) as advance:
-        for block in range(num_blocks):
-            hi = (block + 1) * block_length
-            in_reach = pos < hi
+        for block in range(num_rounds):
+            span = (block * block_length, (block + 1) * block_length)
+            in_reach = process.in_reach(rounds, block)
+            current = rounds == block
             forward.new_block()
             if threshold is None:
-                counts = step_counts((answer[:, block * block_length : hi] == mask_id).sum(1), block_steps, schedule, schedule_k).tolist()
+                counts = step_counts((process.noised(answer) & current).sum(1), block_steps, schedule, schedule_k).tolist()
             for i in range(block_steps if threshold is None else block_length):
-                masked = answer == mask_id
+                masked = process.noised(answer)
                 scope = masked & in_reach
                 if threshold is not None and not scope.any():
                     break
@@ -129,8 +132,7 @@ def generate(
                 pred, conf, logprob = answer.clone(), torch.full_like(buffer, float("-inf")), torch.zeros_like(buffer)
                 if active.any():
                     rows = active.nonzero().squeeze(1)
-                    flat = forward(answer, rows, predict[rows], (block * block_length, hi))
-                    flat[:, mask_id] = float("-inf")  # a committed [MASK] would silently break the schedule
+                    flat = process.forbid_noise(forward(answer, rows, predict[rows], span))  # committed noise would break the schedule
                     stats = _lean_step(flat) if lean else sample_step(flat, temperature, uniforms=u_sample[predict])
                     pred = pred.masked_scatter(predict, stats.token)
                     conf = conf.masked_scatter(predict, conf_fn(stats, u_conf[predict]).double())
@@ -144,7 +146,7 @@ def generate(
                         keep = [sum(row[i + 1 :]) for row in counts]
                         key = buffer.masked_fill(~in_reach | hint_mask, float("inf"))
                         remask = topk_rows(key, keep, largest=False)
-                        answer = answer.masked_fill(remask, mask_id)
+                        answer = process.corrupt(answer, remask)
                         changed = scope & ~remask
                     recorder.add(masked, pred, buffer, logprob, cached)
                 else:
@@ -156,7 +158,7 @@ def generate(
                         changed = select_commits(scoped, threshold=threshold, eligible=scope)
                     answer = torch.where(changed, pred, answer)
                     if early_exit:
-                        filled = _eos_tail(answer, eos_ids, mask_id)
+                        filled = _eos_tail(answer, eos_ids, process)
                         answer, pred = answer.masked_fill(filled, model.eos_token_ids[0]), pred.masked_fill(filled, model.eos_token_ids[0])
                         changed = changed | filled
                     recorder.add(masked, pred, conf.masked_fill(~predict, 0.0), logprob, cached)
@@ -193,13 +195,13 @@ def _lean_step(logits: torch.Tensor) -> StepSample:
     return StepSample(token, confidence, unread, unread, unread)
 
 
-def _eos_tail(answer: torch.Tensor, eos_ids: torch.Tensor, mask_id: int) -> torch.Tensor:
+def _eos_tail(answer: torch.Tensor, eos_ids: torch.Tensor, process: DiffusionProcess) -> torch.Tensor:
     """``[B, L]``: masked positions after a committed EOS with nothing masked before it.
 
     Tokens after the first EOS are padding for rewards, so such a row is finished:
     filling its tail ends its forwards (early exit).
     """
-    masked = answer == mask_id
+    masked = process.noised(answer)
     eos = torch.isin(answer, eos_ids)
     first_eos = torch.where(eos.any(1), eos.long().argmax(1), answer.shape[1])
     first_masked = torch.where(masked.any(1), masked.long().argmax(1), answer.shape[1])
@@ -259,13 +261,15 @@ def _check_settings(
         raise UserError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
-def _check_hints(hints: torch.Tensor | None, batch: int, gen_length: int, mask_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_hints(
+    hints: torch.Tensor | None, batch: int, gen_length: int, process: DiffusionProcess, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(hint_mask, hint_tokens)``, both ``[B, L]``; validates the ``-1 = free`` layout."""
     if hints is None:
         hints = torch.full((batch, gen_length), -1, dtype=torch.long)
     if hints.shape != (batch, gen_length) or hints.dtype != torch.long:
         raise UserError(f"hints must be a [{batch}, {gen_length}] long tensor with -1 at free positions, got {tuple(hints.shape)} {hints.dtype}")
-    if (hints < -1).any() or (hints == mask_id).any():
-        raise UserError(f"hints may hold -1 (free) or real token ids, not negative ids or the mask id {mask_id}")
+    if (hints < -1).any() or process.is_noise_token(hints).any():
+        raise UserError("hints may hold -1 (free) or real token ids, not negative ids or the noise (mask) token")
     hints = hints.to(device)
     return hints >= 0, hints.clamp(min=0)

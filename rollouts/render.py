@@ -12,13 +12,14 @@ from typing import Any, Literal
 
 from rich.markup import escape
 
+from unmask.diffusion.process import DiffusionProcess
 from unmask.rollouts.trajectory import Trajectory
 
 State = Literal["masked", "new", "kept"]
 Frame = list[tuple[str, State]]
 
 
-def denoising_frames(traj: Trajectory, tokenizer: Any, *, mask_token_id: int, row: int = 0) -> list[Frame]:
+def denoising_frames(traj: Trajectory, tokenizer: Any, *, process: DiffusionProcess, row: int = 0) -> list[Frame]:
     """One frame per step: ``(token text, state)`` for every answer position of ``row`` after that step.
 
     ``new`` marks tokens committed at that step, ``masked`` positions still masked
@@ -29,11 +30,12 @@ def denoising_frames(traj: Trajectory, tokenizer: Any, *, mask_token_id: int, ro
     plen = traj.prompt_length
     frames = []
     for t in range(traj.num_steps):
-        after = traj.canvas(t + 1, mask_token_id)[row, plen:]
+        after = traj.canvas(t + 1, process)[row, plen:]
         was_masked = traj.step_masked[t, row]
         frame: Frame = []
+        noised = process.noised(after).tolist()
         for pos, token in enumerate(after.tolist()):
-            if token == mask_token_id:
+            if noised[pos]:
                 frame.append(("", "masked"))
             else:
                 frame.append((tokenizer.decode([token]), "new" if was_masked[pos] else "kept"))
@@ -41,11 +43,11 @@ def denoising_frames(traj: Trajectory, tokenizer: Any, *, mask_token_id: int, ro
     return frames
 
 
-def render_denoising(traj: Trajectory, tokenizer: Any, *, mask_token_id: int, row: int = 0, mask_text: str = "░") -> list[str]:
+def render_denoising(traj: Trajectory, tokenizer: Any, *, process: DiffusionProcess, row: int = 0, mask_text: str = "░") -> list[str]:
     """Rich-markup lines, one per step: new tokens bold green, masked positions dim."""
     style = {"new": "bold green", "masked": "dim"}
     lines = []
-    for t, frame in enumerate(denoising_frames(traj, tokenizer, mask_token_id=mask_token_id, row=row)):
+    for t, frame in enumerate(denoising_frames(traj, tokenizer, process=process, row=row)):
         pieces = []
         for text, state in frame:
             shown = mask_text if state == "masked" else escape(text)

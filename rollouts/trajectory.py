@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from unmask.diffusion.process import DiffusionProcess
+
 #: fields with one entry per batch row, and per-step records ``[T, B, ...]``
 PER_ROW = ("tokens", "attention_mask", "answer_mask", "commit_step", "hint_mask", "nfe", "flops")
 PER_STEP = ("step_masked", "step_pred", "step_confidence", "step_logprob", "step_cached")
@@ -70,11 +72,12 @@ class Trajectory:
     def answer_ids(self) -> torch.Tensor:
         return self.tokens[:, self.prompt_length :]
 
-    def canvas(self, t: int, mask_token_id: int) -> torch.Tensor:
+    def canvas(self, t: int, process: DiffusionProcess) -> torch.Tensor:
         """The canvas ``x_t`` as the model saw it before step ``t`` (``[B, P + L]``).
 
         An unmasked answer position holds the prediction of the last earlier step
         at which it was masked (it was committed then); hints hold their token.
+        ``process`` (the family's ``DiffusionLM.process``) writes the noise.
         """
         if self.step_masked is None or self.step_pred is None:
             raise ValueError("canvas() needs a trajectory generated with record=True")
@@ -87,7 +90,7 @@ class Trajectory:
             cols = torch.arange(answer.shape[1], device=answer.device)[None, :]
             answer = torch.where(last >= 0, self.step_pred[last.clamp(min=0), rows, cols], answer)
         if t < self.num_steps:
-            answer = answer.masked_fill(self.step_masked[t], mask_token_id)
+            answer = process.corrupt(answer, self.step_masked[t])
         return torch.cat([self.prompt_ids, answer], dim=1)
 
     def select(self, rows: torch.Tensor | list[int]) -> Trajectory:

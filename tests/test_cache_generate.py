@@ -105,7 +105,7 @@ def test_early_exit_finishes_rows_at_their_eos(model, prompts) -> None:
     assert fast.flops[0] < plain.flops[0]
     assert sum(seen[before:]) < sum(seen[:before])  # the batch really shrank
     # the record still rebuilds the final canvas
-    assert torch.equal(fast.canvas(fast.num_steps, model.mask_token_id), fast.tokens)
+    assert torch.equal(fast.canvas(fast.num_steps, model.process), fast.tokens)
 
 
 def test_bad_speed_settings_are_named(model, prompts) -> None:

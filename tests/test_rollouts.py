@@ -137,8 +137,8 @@ def test_record_rebuilds_the_canvas_the_model_saw(model, prompts):
             traj = generate(model, prompts, gen_length=12, steps=6, block_length=6, remasking=remasking, temperature=0.8, seed=3, record=True)
             assert len(seen) == traj.num_steps == 6
             for t, canvas in enumerate(seen):
-                assert torch.equal(traj.canvas(t, model.mask_token_id), canvas)
-            assert torch.equal(traj.canvas(traj.num_steps, model.mask_token_id), traj.tokens)
+                assert torch.equal(traj.canvas(t, model.process), canvas)
+            assert torch.equal(traj.canvas(traj.num_steps, model.process), traj.tokens)
     finally:
         hook.remove()
     assert traj.step_confidence.dtype == torch.float16 and traj.step_pred.device.type == "cpu"

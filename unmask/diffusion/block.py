@@ -17,6 +17,7 @@ import torch
 
 from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.diffusion.process import Attention
+from unmask.errors import UserError
 from unmask.models.base import positions_from_mask
 from unmask.models.block_mask import two_stream_mask
 
@@ -30,6 +31,22 @@ class BlockAbsorbingMask(AbsorbingMask):
     attention: Attention = "block_causal"
     two_stream: bool = True
     name: str = "block_absorbing_mask"
+
+    def answer_blocks(self, prompt_mask: torch.Tensor, gen_length: int, block_length: int) -> torch.Tensor:
+        """Rounds on the global grid: the block ids of compact positions, counted from the
+        block holding each row's first answer token (which may also hold the prompt's tail)."""
+        if block_length != self.block_size:
+            raise UserError(
+                f"block_length ({block_length}) must equal this block-diffusion family's block size "
+                f"({self.block_size}): its attention is block-causal over blocks of that size"
+            )
+        prompt_tokens = prompt_mask.long().sum(1, keepdim=True)
+        positions = prompt_tokens + torch.arange(gen_length, device=prompt_mask.device)
+        return positions // self.block_size - prompt_tokens // self.block_size
+
+    def in_reach(self, answer_blocks: torch.Tensor, current: int) -> torch.Tensor:
+        """The current block only: earlier blocks are final (in the KV cache), so RCR never re-masks them."""
+        return answer_blocks == current
 
     def scoring_logits(
         self,

@@ -56,6 +56,19 @@ class DiffusionProcess(ABC):
     def forbid_noise(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits [..., V]`` with the noise token made impossible, in place; returns them."""
 
+    def answer_blocks(self, prompt_mask: torch.Tensor, gen_length: int, block_length: int) -> torch.Tensor:
+        """``[B, L]`` long: the decoding round of each answer position (0 = decoded first).
+
+        One canvas: semi-autoregressive blocks of ``block_length`` answer tokens,
+        the same for every row. ``prompt_mask`` ``[B, P]`` marks real prompt tokens.
+        """
+        rounds = torch.arange(gen_length, device=prompt_mask.device) // block_length
+        return rounds.expand(prompt_mask.shape[0], gen_length)
+
+    def in_reach(self, answer_blocks: torch.Tensor, current: int) -> torch.Tensor:
+        """Positions a step of round ``current`` may decode or re-mask: every round so far."""
+        return answer_blocks <= current
+
     def blank(self, like: torch.Tensor) -> torch.Tensor:
         """A canvas shaped like ``like`` with every position noised (the sampler's start)."""
         return self.corrupt(like, torch.ones_like(like, dtype=torch.bool))
