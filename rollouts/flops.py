@@ -21,9 +21,10 @@ def forward_flops(dims: Dims, queries: int, keys: int, logits: int, outputs: int
     """
     outputs = queries if outputs is None else outputs
     width = dims.width
-    kv_width = width // dims.heads * dims.kv_heads
+    head_dim = dims.head_dim or width // dims.heads
+    q_width, kv_width = dims.heads * head_dim, dims.kv_heads * head_dim
     keys_values = 2 * width * 2 * kv_width
-    per_output = 2 * width * 2 * width + 2 * 3 * width * dims.mlp + 2 * 2 * keys * width  # q, out; MLP; q·kᵀ, p·v
+    per_output = 2 * width * 2 * q_width + 2 * 3 * width * dims.mlp + 2 * 2 * keys * q_width  # q, out; MLP; q·kᵀ, p·v
     blocks = (dims.layers - 1) * queries * (keys_values + per_output) + queries * keys_values + outputs * per_output
     return blocks + 2 * logits * width * dims.vocab
 

@@ -23,7 +23,11 @@ from unmask.models.layers import rotary, run_blocks
 
 
 class Dims(NamedTuple):
-    """Sizes of a transformer forward: width, depth, heads, MLP hidden size, vocabulary."""
+    """Sizes of a transformer forward: width, depth, heads, MLP hidden size, vocabulary.
+
+    ``head_dim`` is given where it is not ``width // heads`` (Qwen3 and SDAR: 32 × 128
+    query columns on a width of 2560).
+    """
 
     width: int
     layers: int
@@ -31,6 +35,7 @@ class Dims(NamedTuple):
     kv_heads: int
     mlp: int
     vocab: int
+    head_dim: int | None = None
 
 
 class CheckpointError(UserError, ValueError):

@@ -83,6 +83,7 @@ class QwenLM(NativeLM):
         return Dims(
             c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
             c.num_key_value_heads, c.intermediate_size, c.vocab_size,
+            getattr(c, "head_dim", None),
         )  # fmt: skip
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
