@@ -41,9 +41,13 @@ class Limits:
     """What one execution may use. ``namespaces=False`` forces the fallback without them."""
 
     timeout_s: float = 3.0
+    #: address space per process; a program may hold up to ``processes`` x this much
     memory_mb: int = 1024
-    processes: int = 16
+    #: processes and threads of the sandbox uid, the program itself included
+    processes: int = 4
     file_mb: int = 16
+    #: size of the program's directory (a tmpfs where namespaces are available)
+    disk_mb: int = 64
     open_files: int = 64
     output_bytes: int = 4096
     namespaces: bool = True
@@ -51,7 +55,7 @@ class Limits:
     site_packages: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "memory_mb", "processes", "file_mb", "open_files"):
+        for name in ("timeout_s", "memory_mb", "processes", "file_mb", "disk_mb", "open_files"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"sandbox limit {name} must be positive, got {getattr(self, name)!r}")
 
@@ -209,7 +213,8 @@ def execute(job: CodeJob, limits: Limits | None = None) -> Execution:
             "expose": expose, "path": list(packages) if limits.site_packages else [],
             "timeout_s": limits.timeout_s, "verdict_fd": verdict_w, "supervisor_fd": supervisor_w,
             "limits": {"cpu_s": math.ceil(limits.timeout_s), "memory_mb": limits.memory_mb,
-                       "processes": limits.processes, "file_mb": limits.file_mb, "open_files": limits.open_files},
+                       "processes": limits.processes, "file_mb": limits.file_mb, "disk_mb": limits.disk_mb,
+                       "open_files": limits.open_files},
             "completion": job.completion, "tests": list(job.tests), "entry_point": job.entry_point,
             "prefix": job.prefix, "setup": job.setup,
         }  # fmt: skip

@@ -5,8 +5,8 @@ in a new session, and writes one JSON job to its stdin. Standard library only: i
 not import unmask. Two processes:
 
 - the *supervisor* (this process, never runs untrusted code): reads the job, enters new
-  mount, network and PID namespaces where it can, makes every mount read-only except the
-  job's directory, forks the runner, kills it at the wall-clock deadline, and writes one
+  mount, network and PID namespaces where it can, makes every mount read-only and puts a
+  size-capped tmpfs on the job's directory, forks the runner, kills it at the wall-clock deadline, and writes one
   record (exit status, timeout, active protections) to a pipe the runner does not hold;
 - the *runner* (PID 1 of the new PID namespace, so its death takes every descendant with
   it): mounts a fresh ``/proc``, sets the resource limits, drops to an unprivileged uid,
@@ -71,13 +71,17 @@ def isolate(job):
             os.makedirs(path, exist_ok=True)
             _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
             os.close(fd)
-    _mount(job["dir"], job["dir"], None, MS_BIND | MS_REC)
+    # the program's directory: a size-capped tmpfs over the host one, gone with the namespace
+    owner = job["uid"] if job["uid"] is not None else os.geteuid()
+    _mount("tmpfs", job["dir"], "tmpfs", MS_NOSUID | MS_NODEV, f"size={job['limits']['disk_mb']}m,mode=700,uid={owner},gid={owner}")
     for point, flags in list(_mounts()):
         if point != job["dir"] and not point.startswith("/proc"):
             with contextlib.suppress(OSError):  # reported below if "/" itself stayed writable
                 _mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
     writable = os.statvfs("/").f_flag & os.ST_RDONLY == 0
-    return ["namespaces: mount, network, pid"] + ([] if writable else ["read-only filesystem"])
+    return ["namespaces: mount, network, pid", f"directory: tmpfs of {job['limits']['disk_mb']} MiB"] + (
+        [] if writable else ["read-only filesystem"]
+    )
 
 
 def limit(job):

@@ -138,8 +138,11 @@ def test_files_outside_the_directory_stay_untouched(canary: Path, attack: str) -
     assert not Path("/tmp/unmask-escaped").exists()
 
 
-def test_writing_inside_its_own_directory_works(canary: Path) -> None:
+def test_writing_inside_its_own_directory_works_up_to_its_size(canary: Path) -> None:
     assert run("open('scratch.txt', 'w').write('ok')\n" + GOOD).ok
+    fill = "for i in range(100):\n    open(f'f{i}', 'wb').write(bytes(1 << 20))\n"
+    result = run(fill + GOOD, disk_mb=4, file_mb=2)
+    assert result.passed == 0 and "No space left" in result.error
 
 
 @pytest.mark.parametrize(
