@@ -11,13 +11,14 @@ from unmask.pretrain import TINY_TEMPLATE, problem_key
 from unmask.recipe import load_recipe
 from unmask.report import compare, markdown_table, plot_curves
 from unmask.run import SAMPLED, eval_rows, eval_settings, training_rows
+from unmask.sft.config import is_sft_recipe, load_sft_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_tiny_recipes_validate_and_prompt_like_pretraining(path: Path) -> None:
-    recipe = load_recipe(path)
+    recipe = load_sft_recipe(path) if is_sft_recipe(path) else load_recipe(path)
     assert recipe.description
     assert recipe.data.prompt_template == TINY_TEMPLATE
     assert recipe.model.name_or_path == "builtin:tiny-countdown"

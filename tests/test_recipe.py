@@ -9,14 +9,16 @@ import pytest
 from unmask.cli import main, recipes_dir
 from unmask.errors import RecipeError
 from unmask.recipe import Recipe, load_recipe, save_recipe
+from unmask.sft.config import SFTRecipe, is_sft_recipe, load_sft_recipe
 
 SHIPPED = sorted(p for p in recipes_dir().rglob("*.yaml") if "accelerate" not in p.parts)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(recipes_dir())))
 def test_shipped_recipe_validates(path: Path) -> None:
-    recipe = load_recipe(path)
-    assert isinstance(recipe, Recipe)
+    sft = is_sft_recipe(path)
+    recipe = load_sft_recipe(path) if sft else load_recipe(path)
+    assert isinstance(recipe, SFTRecipe if sft else Recipe)
     assert recipe.description, "every shipped recipe says what it is for"
 
 

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from unmask.models import Dream, DreamConfig, tiny
+from unmask.models.sdar import tiny_sdar
 from unmask.pretrain import EncodedRows, masked_diffusion_loss
 from unmask.sft.loss import (
-    AbsorbingMask,
     LossSettings,
+    ProcessCorruption,
     RowRandom,
     SFTBatch,
     cart_weights,
     denominator,
+    family_corruption,
     loss_terms,
     sft_loss,
 )
@@ -114,11 +116,11 @@ def test_tiny_default_is_pretrain_loss_bit_for_bit() -> None:
     old = masked_diffusion_loss(model, EncodedRows(batch.prompt_ids, batch.prompt_mask, batch.answer_ids),
                                 torch.Generator().manual_seed(4))
     new = sft_loss(model, batch, RowRandom(2, torch.Generator().manual_seed(4)), LossSettings(),
-                   AbsorbingMask(model.mask_token_id, full_logits=True))
+                   family_corruption(model, full_logits=True))
     assert torch.equal(old, new)
     # the answer-column head gives the same value to float precision
     fast = sft_loss(model, batch, RowRandom(2, torch.Generator().manual_seed(4)), LossSettings(),
-                    AbsorbingMask(model.mask_token_id))
+                    family_corruption(model))
     assert float(fast.detach()) == pytest.approx(float(new.detach()), abs=1e-6)
 
 
@@ -137,7 +139,7 @@ def test_prompt_is_never_noised_even_at_t_one() -> None:
     model = tiny(SMALL, seed=0)
     batch = rows_batch(model, [[5, 6, 7], [8, 9]], [[10, 11, 12, 1], [13, 14, 1, 1]])
     recorder = Recording(model)
-    terms = loss_terms(recorder, batch, RowRandom.keyed(batch.seeds), LossSettings(), AbsorbingMask(model.mask_token_id),
+    terms = loss_terms(recorder, batch, RowRandom.keyed(batch.seeds), LossSettings(), family_corruption(model),
                        t=torch.ones(2, 1))
     plen = batch.prompt_ids.shape[1]
     assert torch.equal(recorder.seen[:, :plen], batch.prompt_ids)
@@ -151,8 +153,8 @@ def test_loss_does_not_change_with_left_padding() -> None:
         settings = LossSettings(weighting=weighting)
         plain = rows_batch(model, [[5, 6, 7]], [[10, 11, 12, 1]])
         padded = rows_batch(model, [[5, 6, 7]], [[10, 11, 12, 1]], pads=5)
-        a = sft_loss(model, plain, RowRandom.keyed([9]), settings, AbsorbingMask(model.mask_token_id))
-        b = sft_loss(model, padded, RowRandom.keyed([9]), settings, AbsorbingMask(model.mask_token_id))
+        a = sft_loss(model, plain, RowRandom.keyed([9]), settings, family_corruption(model))
+        b = sft_loss(model, padded, RowRandom.keyed([9]), settings, family_corruption(model))
         assert float(a) == pytest.approx(float(b), abs=1e-6)
 
 
@@ -165,14 +167,14 @@ def small_dream() -> Dream:
 
 
 @dataclass(frozen=True)
-class HandShifted(AbsorbingMask):
+class HandShifted(ProcessCorruption):
     """Raw Dream outputs (no adapter shift), moved one column right by hand ``shifts`` times."""
 
     shifts: int = 1
 
     def answer_logits(self, model, batch: SFTBatch, noised: torch.Tensor) -> torch.Tensor:
         plen, length = batch.prompt_ids.shape[1], batch.answer_ids.shape[1]
-        noisy = batch.answer_ids.masked_fill(noised, self.mask_token_id)
+        noisy = self.process.corrupt(batch.answer_ids, noised)
         ids = torch.cat([batch.prompt_ids, noisy], 1)
         model.logit_shift = 0  # an instance attribute: the raw outputs, output i predicting token i + 1
         try:
@@ -187,9 +189,9 @@ def test_dream_loss_reads_adapter_logits_without_shifting_again() -> None:
     batch = rows_batch(model, [[5, 6, 7]], [[10, 11, 12, 13, 14, 15, 16, 38]])
     for weighting in ("cart", "elbo"):
         settings = LossSettings(weighting=weighting, normalization="token")
-        adapter = sft_loss(model, batch, RowRandom.keyed([5]), settings, AbsorbingMask(model.mask_token_id))
-        by_hand = sft_loss(model, batch, RowRandom.keyed([5]), settings, HandShifted(model.mask_token_id))
-        twice = sft_loss(model, batch, RowRandom.keyed([5]), settings, HandShifted(model.mask_token_id, shifts=2))
+        adapter = sft_loss(model, batch, RowRandom.keyed([5]), settings, family_corruption(model))
+        by_hand = sft_loss(model, batch, RowRandom.keyed([5]), settings, HandShifted(model.process))
+        twice = sft_loss(model, batch, RowRandom.keyed([5]), settings, HandShifted(model.process, shifts=2))
         assert float(adapter) > 0 and float(adapter) == pytest.approx(float(by_hand), abs=1e-6)
         assert abs(float(twice) - float(adapter)) > 1e-3
 
@@ -201,7 +203,7 @@ def test_accumulation_layout_leaves_the_gradient_unchanged(normalization: str) -
                       [[10, 11, 1, 1], [13, 1, 1, 1], [12, 12, 12, 1], [11, 1, 1, 1]])
     full.supervised[1, 3] = False  # unequal supervised lengths, so token and sequence differ
     settings = LossSettings(normalization=normalization)
-    corruption = AbsorbingMask(model.mask_token_id)
+    corruption = family_corruption(model)
 
     def gradient(parts: list[list[int]]) -> torch.Tensor:
         model.zero_grad()
@@ -219,3 +221,23 @@ def test_accumulation_layout_leaves_the_gradient_unchanged(normalization: str) -
     two = gradient([[0, 1], [2, 3]])
     assert torch.allclose(one, two, atol=1e-6)
     assert one.abs().sum() > 0
+
+
+def test_block_family_scores_each_noisy_block_against_clean_earlier_blocks() -> None:
+    # SDAR's process reads [x_t ; x_0]: a noisy answer token of block b sees noisy block b and the clean
+    # blocks before it. By hand: one block-causal stream of the clean tokens before block b followed by
+    # noisy block b gives the same logits. Blocks of 4 count from the row's first token (prompt included).
+    model = tiny_sdar()
+    batch = rows_batch(model, [[5, 6, 7]], [[10, 11, 12, 13, 14, 15, 16, 62]])
+    noised = torch.tensor([[True, False, True, False, True, True, False, True]])
+    got = family_corruption(model).answer_logits(model, batch, noised)
+    clean = torch.cat([batch.prompt_ids, batch.answer_ids], 1)
+    noisy = torch.cat([batch.prompt_ids, model.process.corrupt(batch.answer_ids, noised)], 1)
+    for j in range(batch.answer_ids.shape[1]):
+        column = 3 + j
+        start = column // 4 * 4
+        canvas = torch.cat([clean[:, :start], noisy[:, start : start + 4]], 1)
+        assert torch.allclose(got[:, j], model.logits(canvas)[:, column], atol=1e-5)
+    loss = sft_loss(model, batch, RowRandom.keyed([5]), LossSettings(normalization="token"), family_corruption(model))
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss) > 0

@@ -43,7 +43,7 @@ from unmask.evaluation.benchmarks import COUNTDOWN_EVAL_SIZE, benchmark_rows
 from unmask.models.base import DiffusionLM
 from unmask.models.generation import GenerationDefaults, write_generation_defaults
 from unmask.rl.rollout import encode_prompts
-from unmask.sft.loss import AbsorbingMask, LossSettings, RowRandom, SFTBatch, sft_loss
+from unmask.sft.loss import LossSettings, RowRandom, SFTBatch, family_corruption, sft_loss
 
 #: training problems are drawn from seeds offset from the user seed (the eval seed is far away)
 TRAIN_SEED_OFFSET = 1_000
@@ -160,7 +160,7 @@ def masked_diffusion_loss(
     answer = batch.answer_ids
     sft_batch = SFTBatch(batch.prompt_ids, batch.prompt_mask, answer, torch.ones_like(answer, dtype=torch.bool))
     settings = LossSettings(epsilon=min_mask_ratio)
-    corruption = AbsorbingMask(model.mask_token_id, full_logits=True)
+    corruption = family_corruption(model, full_logits=True)
     return sft_loss(model, sft_batch, RowRandom(len(answer), generator), settings, corruption)
 
 

@@ -85,9 +85,10 @@ class DiffusionProcess(ABC):
         """Logits ``[B, P + L, V]`` of the noisy canvas, as training scores it.
 
         One stream: the noisy canvas alone (``clean`` is unused). Two-stream processes
-        override this to score every block against clean earlier blocks.
+        override this to score every block against clean earlier blocks. Called through
+        the model's ``forward``, so DDP and peft wrappers see the call.
         """
-        return model.logits(noisy, attention_mask, prompt_length=prompt_length, **options)
+        return model(noisy, attention_mask=attention_mask, prompt_length=prompt_length, **options)
 
     def two_stream_logits(self, model: DiffusionLM, noisy: torch.Tensor, clean: torch.Tensor,
                           attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -34,6 +34,7 @@ FAMILY_DEFAULTS: dict[str, tuple[str, str]] = {
     "tiny": ("elbo", "sequence"),
     "llada": ("elbo", "sequence"),
     "dream": ("cart", "token"),
+    "sdar": ("elbo", "token"),
 }
 
 
@@ -133,6 +134,14 @@ class SFTRecipe(Section):
     sft: SFTSection = Field(default_factory=SFTSection)
 
     to_yaml = Recipe.to_yaml
+
+
+#: shipped SFT recipes are named ``sft_*.yaml`` (the RL recipes beside them validate against ``Recipe``)
+SFT_PREFIX = "sft_"
+
+
+def is_sft_recipe(path: str | Path) -> bool:
+    return Path(path).stem.startswith(SFT_PREFIX)
 
 
 def load_sft_recipe(path: str | Path, overrides: list[str] | None = None) -> SFTRecipe:

@@ -155,8 +155,8 @@ def tokenize(pair: Pair, index: int, model: DiffusionLM, recipe: SFTRecipe) -> t
         answer = full[len(prompt):]
     else:
         answer = ids_of(tok, pair.completion) + [end_token(model, chat)]
-    if model.mask_token_id in prompt or model.mask_token_id in answer:
-        raise UserError(f"data row {index}: contains the mask token id {model.mask_token_id}; remove it from the text")
+    if bool(model.process.is_noise_token(torch.tensor(prompt + answer, dtype=torch.long)).any()):
+        raise UserError(f"data row {index}: contains the noise (mask) token of {model.family}; remove it from the text")
     return (prompt, answer) if only_completion else ([], prompt + answer)
 
 

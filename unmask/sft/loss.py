@@ -19,9 +19,9 @@ The random draws come from a ``RowRandom``: one generator per row, seeded from t
 row's position in the data stream (so left padding, micro-batching, the process
 count and resume leave them unchanged), or one generator for a whole batch (the
 stream ``unmask pretrain`` has always used). What a corrupted row looks like and
-how the model reads it is a ``Corruption``: the default ``AbsorbingMask`` puts the
-family's mask token in place; a family with another diffusion process (e.g. a
-block-diffusion two-stream input) supplies its own.
+how the model reads it is a ``Corruption``: by default the family's own diffusion
+process (``ProcessCorruption``), so a block-diffusion family trains on its
+two-stream input without a change here.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unmask.diffusion.process import DiffusionProcess
+from unmask.models.base import DiffusionLM
 
 Weighting = Literal["elbo", "cart", "none"]
 Normalization = Literal["token", "sequence", "batch"]
@@ -100,18 +103,20 @@ class Corruption(Protocol):
 
 
 @dataclass(frozen=True)
-class AbsorbingMask:
-    """Absorbing ``[MASK]`` noise over one full-attention canvas (LLaDA, Dream, tiny).
+class ProcessCorruption:
+    """A family's diffusion process (``DiffusionLM.process``, docs/diffusion.md) as the training corruption.
 
-    Each supervised answer position is masked independently with probability ``t``;
-    the model reads ``[prompt ; noised answer]`` and the LM head runs only at the
-    answer columns (a long prompt's vocabulary-sized logits are never built).
-    ``full_logits=True`` runs the head over every column and slices the answer: the
-    same values, but not the same gradient bits, and the shipped tiny model was
-    trained on that path (``make tiny-model`` rebuilds it byte for byte).
+    Each supervised answer position is noised independently with probability ``t``;
+    the process writes the noise and runs the training forward: the noisy canvas
+    alone (LLaDA, Dream, tiny), or ``[x_t ; x_0]`` under the two-stream block mask
+    (SDAR), where each noisy block is scored against clean earlier blocks. The LM
+    head runs only at the answer columns (a long prompt's vocabulary-sized logits are
+    never built). ``full_logits=True`` runs the head over every column and slices the
+    answer: the same values, but not the same gradient bits, and the shipped tiny model
+    was trained on that path (``make tiny-model`` rebuilds it byte for byte).
     """
 
-    mask_token_id: int
+    process: DiffusionProcess
     full_logits: bool = False
 
     def corrupt(self, batch: SFTBatch, t: torch.Tensor, rand: RowRandom) -> torch.Tensor:
@@ -120,13 +125,18 @@ class AbsorbingMask:
 
     def answer_logits(self, model: nn.Module, batch: SFTBatch, noised: torch.Tensor) -> torch.Tensor:
         plen, length = batch.prompt_ids.shape[1], batch.answer_ids.shape[1]
-        noisy = torch.where(noised, torch.full_like(batch.answer_ids, self.mask_token_id), batch.answer_ids)
-        ids = torch.cat([batch.prompt_ids, noisy], dim=1)
+        noisy = torch.cat([batch.prompt_ids, self.process.corrupt(batch.answer_ids, noised)], dim=1)
+        clean = torch.cat([batch.prompt_ids, batch.answer_ids], dim=1)
         attention = torch.cat([batch.prompt_mask, batch.window_attention], dim=1)
-        if self.full_logits:  # through forward(), so DDP and peft wrappers see the call
-            return model(ids, attention_mask=attention, prompt_length=plen)[:, plen:]
-        columns = torch.arange(plen, plen + length, device=ids.device)
-        return model(ids, attention_mask=attention, prompt_length=plen, logits_at=columns)
+        if self.full_logits:
+            return self.process.scoring_logits(model, noisy, clean, attention, plen)[:, plen:]
+        columns = torch.arange(plen, plen + length, device=noisy.device)
+        return self.process.scoring_logits(model, noisy, clean, attention, plen, logits_at=columns)
+
+
+def family_corruption(model: DiffusionLM, full_logits: bool = False) -> ProcessCorruption:
+    """The corruption of ``model``'s own diffusion process."""
+    return ProcessCorruption(model.process, full_logits)
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,12 @@ from unmask.rl.trainer import derive_seed
 from unmask.sft.config import SFTRecipe, answer_length, fed_recipe, loss_choice
 from unmask.sft.data import Example, collate, encode, records, to_pair
 from unmask.sft.loss import (
-    AbsorbingMask,
     Corruption,
     LossSettings,
     RowRandom,
     SFTBatch,
     denominator,
+    family_corruption,
     loss_terms,
 )
 
@@ -81,7 +81,7 @@ class SFTTrainer:
         weighting, normalization = loss_choice(recipe, base.family)
         s = recipe.sft
         self.settings = LossSettings(weighting, normalization, s.epsilon, s.geo_p)  # type: ignore[arg-type]
-        self.corruption: Corruption = AbsorbingMask(base.mask_token_id)
+        self.corruption: Corruption = family_corruption(base)
         pairs = [to_pair(r, i, recipe) for i, r in enumerate(rows if rows is not None else records(recipe))]
         encoded = encode(pairs, base, recipe, self.length)
         self.train_rows, self.val_rows = self._split(encoded.examples)
