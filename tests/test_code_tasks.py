@@ -14,10 +14,14 @@ from unmask.evaluation.benchmarks import reference
 from unmask.evaluation.generations import read_generations
 from unmask.evaluation.stats import mean_pass_at_k, pass_at_k
 from unmask.models import tiny
+from unmask.recipe import load_recipe
 from unmask.rewards.code import extract_code, format_score, grade_code
 from unmask.rewards.grading import Grader
 from unmask.rewards.registry import RewardSpec
 from unmask.rewards.runner import RewardRunner
+from unmask.run import reward_runner
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/mbpp_*.yaml"))
 
 HE0_BODY = (
     "    for i, a in enumerate(numbers):\n        for j, b in enumerate(numbers):\n"
@@ -33,11 +37,16 @@ def humaneval() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def mbpp() -> list[dict]:
+def mbpp_file() -> Path:
     path = Path(__file__).resolve().parents[2] / "shared" / "data" / "code" / "mbpp.jsonl"
     if not path.is_file():
         pytest.skip(f"MBPP not found at {path}")
-    return load_rows("mbpp", path=path, split="test")
+    return path
+
+
+@pytest.fixture(scope="module")
+def mbpp(mbpp_file: Path) -> list[dict]:
+    return load_rows("mbpp", path=mbpp_file, split="test")
 
 
 def _grade(row: dict, completion: str) -> object:
@@ -182,3 +191,20 @@ def test_eval_bench_humaneval_and_regrade_of_its_samples(humaneval: list[dict], 
     assert main(["eval", "--regrade", str(tmp_path / "mine.jsonl"), "--out", str(tmp_path / "re")]) == 0
     verdicts = [json.loads(line) for line in (tmp_path / "re" / "regrade.jsonl").read_text().splitlines()]
     assert [v["correct"] for v in verdicts] == [False, False, True]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_gpu_code_recipes_score_training_rows(path: Path, mbpp_file: Path) -> None:
+    """The LLaDA / Dream coupled-GRPO recipes: MBPP's train split, a prompt asking for the fenced
+    block that code_format scores, and DiffuCoder's weights (a right fenced answer 2.5, at the
+    recipe's correctness threshold; a wrong one below it)."""
+    recipe = load_recipe(path)
+    assert recipe.model.family in ("llada", "dream") and recipe.algorithm.name == "coupled_grpo"
+    rows = load_rows(recipe.data.task, path=mbpp_file, split=recipe.data.split, limit=2,
+                     template=recipe.data.prompt_template)  # fmt: skip
+    assert rows[0]["task_id"] == 601 and "markdown code block" in rows[0]["prompt"]
+    answers = [f"```python\n{rows[0]['code']}\n```", f"```python\n{rows[1]['code'].replace('return', 'return None #')}\n```"]
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
+    with reward_runner(recipe) as runner:
+        totals = runner.score([r["prompt"] for r in rows], answers, columns).totals
+    assert totals[0] == pytest.approx(2.5) and totals[0] >= recipe.algorithm.correct_threshold > totals[1]
