@@ -8,7 +8,8 @@ later steps of the block recompute only the block and everything right of it
 (``prefix``) or only the block (``dual``), attending to cached keys/values of the
 other columns — an approximation whose accuracy cost the benchmark reports.
 ``delayed`` is ``dual`` that also reuses a committed column's keys/values once it
-has been run with its token.
+has been run with its token. ``block`` is the exact cache of block-causal families
+(``rollouts.block_forward``).
 With ``partial_head`` the LM head runs only where the sampler reads logits.
 Every call is accounted per batch row: FLOPs, columns run through the blocks,
 and whether the step used cached states.
@@ -23,11 +24,14 @@ from unmask.models.base import DiffusionLM
 from unmask.models.kv_cache import KVCache
 from unmask.rollouts.flops import forward_flops
 
-CACHE_MODES = ("none", "prompt", "prefix", "dual", "delayed")
+CACHE_MODES = ("none", "prompt", "prefix", "dual", "delayed", "block")
 
 
 class StepForward:
     """Logits of a denoising step for a subset of batch rows, with cost accounting."""
+
+    #: the canvas runs whole, so the sampler may read (and record) logits at any position
+    predicts_all = True
 
     def __init__(
         self,
@@ -47,6 +51,11 @@ class StepForward:
         self.native = hasattr(model, "new_cache")
         if cache != "none" and not self.native:
             raise UserError(f"cache={cache!r} needs a native unmask model family (tiny, llada, dream)")
+        if cache != "none" and model.process.attention == "block_causal":
+            raise UserError(
+                f"cache={cache!r} approximates full attention; a block-diffusion family decodes exactly with "
+                "cache='block' (its finished blocks' keys/values never change) or cache='none'"
+            )
         if cache == "prompt" and getattr(model.config, "prompt_attends_answer", True):
             raise UserError(
                 "cache='prompt' is exact only for a model whose prompt does not attend to the answer "
@@ -70,7 +79,7 @@ class StepForward:
         self._cache_rows: torch.Tensor | None = None
         self._filled = prompt_ids.new_empty(0)  # answers of the cached rows when the cache was filled
 
-    def new_block(self) -> None:
+    def new_block(self, round_index: int = 0) -> None:
         """Drop the cache: the block's first step runs the full canvas again (the prompt's stays valid)."""
         if self.mode != "prompt":
             self._cache = self._cache_rows = None

@@ -21,6 +21,7 @@ from unmask.errors import UserError
 from unmask.kernels.ops import sample_step, select_commits
 from unmask.kernels.sampling import StepSample, greedy_probability
 from unmask.models.base import DiffusionLM
+from unmask.rollouts.block_forward import BlockStepForward
 from unmask.rollouts.cache import StepForward
 from unmask.rollouts.commit import topk_rows
 from unmask.rollouts.confidence import CONFIDENCES, ConfidenceFn, resolve_confidence
@@ -99,7 +100,10 @@ def generate(
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     buffer = torch.ones(batch, gen_length, dtype=torch.float64, device=device)  # RCR's running confidence
     recorder = StepRecorder(record)
-    forward = StepForward(model, prompt_ids, full_mask, gen_length, cache=cache, cfg_scale=cfg_scale, partial_head=partial_head, refresh=cache_refresh)
+    forward = (
+        BlockStepForward(model, prompt_ids, full_mask, gen_length, cfg_scale=cfg_scale) if cache == "block"
+        else StepForward(model, prompt_ids, full_mask, gen_length, cache=cache, cfg_scale=cfg_scale, partial_head=partial_head, refresh=cache_refresh)
+    )
     eos_ids = torch.tensor(model.eos_token_ids, device=device)
     rcr = remasking == "rcr"
     passes = 2 if cfg_scale > 0 else 1
@@ -117,7 +121,7 @@ def generate(
             span = (block * block_length, (block + 1) * block_length)
             in_reach = process.in_reach(rounds, block)
             current = rounds == block
-            forward.new_block()
+            forward.new_block(block)
             if threshold is None:
                 counts = step_counts((process.noised(answer) & current).sum(1), block_steps, schedule, schedule_k).tolist()
             for i in range(block_steps if threshold is None else block_length):
@@ -127,7 +131,7 @@ def generate(
                     break
                 nfe += passes * scope.any(1)
                 u_sample, u_conf = _uniforms(generators, gen_length, device) if draws else (buffer, buffer)
-                predict = masked if record else scope
+                predict = masked if record and forward.predicts_all else scope
                 active = predict.any(1)
                 pred, conf, logprob = answer.clone(), torch.full_like(buffer, float("-inf")), torch.zeros_like(buffer)
                 if active.any():

@@ -1,0 +1,113 @@
+"""The exact KV-cached step forward of block-causal families (``cache="block"``; docs/diffusion.md).
+
+Under block-causal attention a committed block's keys/values never change, so they
+are appended to the family's ``BlockKVCache`` once (the prompt's whole blocks at the
+first round, then each block when its round ends) and every step runs only the
+current block: its queries attend to the cache and to the block's own fresh
+keys/values. The logits equal a full block-causal forward of the canvas, so the
+tokens equal those of ``cache="none"``.
+
+Blocks lie on the global grid of compact positions (the row's first real token is
+position 0), so with left padding of different lengths each row's current block
+sits at its own canvas columns; each call gathers them into a ``[n, block_size]``
+batch (``valid`` False past the canvas end).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unmask.errors import UserError
+from unmask.models.base import DiffusionLM, positions_from_mask
+from unmask.rollouts.flops import forward_flops
+
+
+class BlockStepForward:
+    """Logits of a denoising step for a subset of rows, from the exact cache of finished blocks."""
+
+    #: only the current block's logits exist: the sampler reads (and records) no other position
+    predicts_all = False
+    #: the model is a native family, so every call is accounted in FLOPs
+    native = True
+
+    def __init__(self, model: DiffusionLM, prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 gen_length: int, *, cfg_scale: float = 0.0) -> None:
+        if model.process.attention != "block_causal" or not hasattr(model, "new_block_cache"):
+            raise UserError(f"cache='block' needs a block-diffusion family (SDAR); this {model.family} model "
+                            "attends over the whole canvas: use cache='none', 'prefix' or 'dual'")
+        if cfg_scale > 0:
+            raise UserError("cache='block' does not run classifier-free guidance: use cache='none' with cfg_scale")
+        self.model, self.size = model, model.process.block_size
+        batch, self.plen = prompt_ids.shape
+        self.prompt_ids, self.length = prompt_ids, self.plen + gen_length
+        valid = (torch.ones(batch, self.length, dtype=torch.bool, device=prompt_ids.device)
+                 if attention_mask is None else attention_mask.bool())
+        self.pad = (~valid[:, : self.plen]).sum(1)  # [B] left padding per row
+        self.first_block = (self.plen - self.pad) // self.size  # [B] block holding the first answer token
+        self.positions = positions_from_mask(valid)
+        self.flops = torch.zeros(batch, dtype=torch.long)
+        self.columns_run = torch.zeros(batch, dtype=torch.long)
+        self.cached = False
+        self.round = 0
+        self._cache = None
+        self._rows: torch.Tensor | None = None
+        self._blocks_cached = 0  # answer rounds appended after the prompt's whole blocks
+
+    def new_block(self, round_index: int = 0) -> None:
+        """Enter decoding round ``round_index``; finished rounds are appended at the next call."""
+        self.round = round_index
+
+    def __call__(self, answer: torch.Tensor, rows: torch.Tensor, predict: torch.Tensor,
+                 block: tuple[int, int]) -> torch.Tensor:
+        """``[N, V]`` logits of ``rows`` at the ``predict`` positions (all inside their current blocks)."""
+        canvas = torch.cat([self.prompt_ids, answer], dim=1)
+        if self._rows is None or not torch.isin(rows, self._rows).all():
+            self._fill(canvas, rows)
+        elif not torch.equal(rows, self._rows):
+            self._cache, self._rows = self._cache.select(torch.searchsorted(self._rows, rows)), rows
+        while self._blocks_cached < self.round:
+            ids, positions, valid = self._block(canvas, rows, self._blocks_cached)
+            self._append(rows, ids, positions, valid)
+            self._blocks_cached += 1
+        ids, positions, valid = self._block(canvas, rows, self.round)
+        logits = self._cache.logits(ids, positions, valid)  # [n, size, V]
+        local = torch.arange(predict.shape[1], device=predict.device) + self.plen - self._start(rows, self.round)[:, None]
+        self._account(rows, int(valid.shape[1]), predict.sum(1))
+        self.cached = self._cache.length > 0
+        row_index = torch.arange(len(rows), device=predict.device)[:, None].expand_as(predict)
+        return logits[row_index[predict], local[predict]]
+
+    def _start(self, rows: torch.Tensor, round_index: int) -> torch.Tensor:
+        """Canvas column where each row's block of answer round ``round_index`` starts."""
+        return self.pad[rows] + (self.first_block[rows] + round_index) * self.size
+
+    def _block(self, canvas: torch.Tensor, rows: torch.Tensor, round_index: int) -> tuple[torch.Tensor, ...]:
+        """Token ids, positions and validity ``[n, size]`` of each row's block of a round."""
+        columns = self._start(rows, round_index)[:, None] + torch.arange(self.size, device=canvas.device)
+        valid = columns < self.length
+        columns = columns.clamp(max=self.length - 1)
+        ids = canvas[rows[:, None], columns]
+        return ids, self.positions[rows[:, None], columns], valid
+
+    def _fill(self, canvas: torch.Tensor, rows: torch.Tensor) -> None:
+        """A new cache for ``rows``: the prompt's whole blocks, then every finished answer round."""
+        self._cache, self._rows = self.model.new_block_cache(), rows
+        width = int(self.first_block[rows].max()) * self.size
+        if width:
+            offsets = torch.arange(width, device=canvas.device)
+            columns = (self.pad[rows][:, None] + offsets).clamp(max=self.plen - 1)
+            valid = offsets < (self.first_block[rows] * self.size)[:, None]
+            self._append(rows, canvas[rows[:, None], columns], self.positions[rows[:, None], columns], valid)
+        self._blocks_cached = 0
+
+    def _append(self, rows: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> None:
+        keys = self._cache.length + ids.shape[1]
+        self._cache.append_block(ids, positions, valid)
+        self.flops[rows.cpu()] += forward_flops(self.model.dims, ids.shape[1], keys, 0)
+        self.columns_run[rows.cpu()] += ids.shape[1]
+
+    def _account(self, rows: torch.Tensor, width: int, heads: torch.Tensor) -> None:
+        """Charge each row the block's forward over cache ⊕ block, and its LM-head columns."""
+        step = forward_flops(self.model.dims, width, self._cache.length + width, 0)
+        self.flops[rows.cpu()] += step + heads.cpu() * forward_flops(self.model.dims, 0, 0, 1)
+        self.columns_run[rows.cpu()] += width
