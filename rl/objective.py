@@ -94,7 +94,7 @@ class RolloutContext(Protocol):
 #: the modules whose decorators register the parts (imported before any part is looked up)
 PART_MODULES = (
     "advantages", "losses", "likelihoods", "policy_losses", "aggregation", "batches",
-    "mdpo", "igpo", "wd1", "spg", "espo", "bgpo",
+    "mdpo", "igpo", "wd1", "spg", "espo", "bgpo", "coupled_grpo", "cj_grpo", "gdsd",
 )
 
 

@@ -311,6 +311,80 @@ class BGPOConfig(_NoKL, _ObjectiveBase):
     length_normalized: bool = False
 
 
+@algorithm
+class CoupledGRPOConfig(_ObjectiveBase):
+    """coupled-GRPO (DiffuCoder): the three-pass score ``½ℓ^F + w^c ℓ`` inside a clipped ratio."""
+
+    name: Literal["coupled_grpo"] = "coupled_grpo"
+    beta: NonNegFloat = 0.01
+    epsilon: NonNegFloat = 0.5
+    advantage: str = "leave_one_out"
+    estimator: str = "coupled"
+
+
+@algorithm
+class CJGRPOConfig(_ObjectiveBase):
+    """CJ-GRPO as DARE trains it: trajectory replay, every denoising step weighted alike, dual clip."""
+
+    name: Literal["cj_grpo"] = "cj_grpo"
+    beta: NonNegFloat = 0.0
+    epsilon: NonNegFloat = 0.2
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    estimator: str = "trajectory"
+    #: trajectory estimator: commit steps scored per row (None: all, as published)
+    trajectory_steps: PositiveInt | None = None
+    policy_loss: str = "dual_clip"
+    #: negative-advantage terms never fall below ``dual_clip · A`` (DARE: 3)
+    dual_clip: Annotated[float, Field(gt=1.0)] = 3.0
+    loss_mask: str = "scored"
+    token_weight: str = "per_step"
+
+
+@algorithm
+class GDSDConfig(_ObjectiveBase):
+    """GDSD: the clamped sequence log-ratio of the unweighted denoiser likelihood regressed onto ``ψA``."""
+
+    name: Literal["gdsd"] = "gdsd"
+    beta: NonNegFloat = 1e-3
+    #: the clamp band ``[ln(1−ε), ln(1+ε)]`` of ``D_θ − D_old`` (nats over the whole answer)
+    epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 4e-4
+    #: the regression target's scale: ``Δ/L`` is pulled towards ``ψA``
+    psi: Annotated[float, Field(gt=0.0)] = 10.0
+    #: separate exact-count draws per answer (``m``), one item each
+    mc_samples: PositiveInt = 2
+    batch: str = "samples"
+    advantage: str = "leave_one_out"
+    estimator: str = "exact_count_pair"
+    policy_loss: str = "regression"
+    kl: str = "k2_sequence"
+    loss_mask: str = "scored"
+    aggregation: str = "sequence_mean"
+
+
+@algorithm
+class JustGRPOConfig(_NoKL, _ObjectiveBase):
+    """JustGRPO: plain GRPO on left-to-right rollouts, scored exactly by replaying the AR prefixes."""
+
+    name: Literal["justgrpo"] = "justgrpo"
+    beta: NonNegFloat = 0.0
+    epsilon: NonNegFloat = 0.2
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    estimator: str = "trajectory"
+    #: positions replayed per answer (None: all L, as published; k: an unbiased subsample, label such runs)
+    trajectory_steps: PositiveInt | None = None
+    #: every position counts, the tokens sampled after the first EOS included
+    loss_mask: str = "scored"
+    aggregation: str = "valid_answers"
+
+    def check_rollout(self, rollout: RolloutConfig) -> None:
+        if rollout.block_length != 1 or rollout.steps != rollout.max_completion_length:
+            raise ValueError(
+                f"algorithm justgrpo samples left to right: set rollout.block_length: 1 and rollout.steps: "
+                f"{rollout.max_completion_length} (got {rollout.block_length} and {rollout.steps}); "
+                "evaluation decodes in parallel with eval.block_length"
+            )
+
+
 AlgorithmConfig = Annotated[Union[tuple(ALGORITHMS.values())], Field(discriminator="name")]  # noqa: UP007
 
 
@@ -357,6 +431,9 @@ class OptimConfig(Section):
 class EvalConfig(Section):
     #: evaluate every N RL steps (0 = only before and after training)
     every: NonNegInt = 0
+    #: block length of the greedy evaluation decodings (None: the rollout's); JustGRPO trains at
+    #: block 1 (left to right) and is evaluated at normal parallel decoding
+    block_length: PositiveInt | None = None
     limit: PositiveInt | None = 256
     path: str | None = None
     split: str = "test"

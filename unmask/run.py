@@ -67,6 +67,9 @@ def eval_settings(recipe: Recipe) -> dict[str, EvalSettings]:
     """Greedy decoding at each ``eval.steps_per_token`` tokens per step, plus the rollout sampler."""
     rollout = recipe.rollout
     length, cache = rollout.max_completion_length, recipe.eval.cache
+    block = recipe.eval.block_length or rollout.block_length
+    if length % block:
+        raise UserError(f"eval.block_length: {block} does not divide rollout.max_completion_length {length}")
     grid = {}
     for per_step in recipe.eval.steps_per_token:
         if length % per_step:
@@ -75,7 +78,7 @@ def eval_settings(recipe: Recipe) -> dict[str, EvalSettings]:
                 f"rollout.max_completion_length {length}"
             )
         grid[f"greedy {per_step} tok/step"] = EvalSettings(
-            length, length // per_step, rollout.block_length, recipe.eval.temperature, "low_confidence", cache
+            length, length // per_step, block, recipe.eval.temperature, "low_confidence", cache
         )
     grid[SAMPLED] = EvalSettings(length, rollout.steps, rollout.block_length, rollout.temperature, rollout.remasking, cache)
     return grid
