@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from unmask.errors import RecipeError
-from unmask.recipe import ALGORITHMS, BGPOConfig, DiffuGRPOConfig, Recipe, validate_recipe
+from unmask.recipe import ALGORITHMS, CJGRPOConfig, Recipe, validate_recipe
 from unmask.rl.aggregation import AGGREGATIONS
 from unmask.rl.estimators import Scores
 from unmask.rl.likelihoods import ESTIMATORS
-from unmask.rl.objective import TrainBatch, build_objective
-from unmask.rl.policy_losses import LossInputs
+from unmask.rl.objective import build_objective
+from unmask.rl.policy_losses import POLICY_LOSSES, LossInputs
 from unmask.rollouts.trajectory import Trajectory
 
 
@@ -72,15 +72,11 @@ def test_dr_grpo_and_valid_answer_normalisers_by_hand():
 def test_dual_clip_floors_negative_advantage_terms_at_c_times_a():
     """A = −1, ε 0.2, c 3: ρ = 5 gives min(−5, −1.2) = −5, floored at −3 (no gradient there); ρ = 2 gives
     −2, above the floor, and keeps PPO's gradient ``−A·ρ = 2`` on ``log ρ``."""
-    config = validate_recipe({"algorithm": {"name": "diffu_grpo"}}, "r").algorithm
-    config = config.model_copy(update={"epsilon": 0.2})
-    object.__setattr__(config, "dual_clip", 3.0)  # a field only the CJ-GRPO preset has; set here to test the part
-    from unmask.rl.policy_losses import dual_clip
-
+    config = CJGRPOConfig(epsilon=0.2, dual_clip=3.0)
     lp = torch.log(torch.tensor([[5.0, 2.0]])).requires_grad_()
     scores = Scores(lp, torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2))
     old = Scores(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2))
-    terms = dual_clip(LossInputs(trajectory(1, 2), torch.tensor([-1.0]), scores, old, scores.mask, config))
+    terms = POLICY_LOSSES["dual_clip"](LossInputs(trajectory(1, 2), torch.tensor([-1.0]), scores, old, scores.mask, config))
     assert terms.values.tolist()[0] == pytest.approx([3.0, 2.0])  # the loss is −gain
     terms.values.sum().backward()
     assert lp.grad.tolist()[0] == pytest.approx([0.0, 2.0])
@@ -103,11 +99,15 @@ def test_the_algorithm_list_is_written_once():
     with pytest.raises(SystemExit):
         parser.parse_args_into_dataclasses(["--output_dir", "x", "--algorithm", "ppo"])
     for name in ALGORITHMS:  # every preset's TRL recipe validates (its own estimator unless one is named)
-        recipe = DiffusionGRPOConfig("x", algorithm=name, use_cpu=True, bf16=False, beta=0.0).recipe()
+        left_to_right = {"block_length": 1, "steps": 64} if name == "justgrpo" else {}  # its rollout rule
+        recipe = DiffusionGRPOConfig(
+            "x", algorithm=name, use_cpu=True, bf16=False, beta=0.0, max_completion_length=64, **left_to_right
+        ).recipe()
         assert recipe.algorithm.estimator == ALGORITHMS[name].model_fields["estimator"].default
 
 
-def test_presets_name_their_parts_in_the_resolved_recipe():
-    assert BGPOConfig().policy_loss == "bound" and DiffuGRPOConfig().aggregation == "token_mean"
-    batch = TrainBatch(trajectory(), torch.tensor([1.0, -1.0]))
-    assert len(batch) == 2
+def test_a_resolved_recipe_names_every_part_and_round_trips():
+    recipe = validate_recipe({"algorithm": {"name": "bgpo"}}, "r")
+    dumped = recipe.model_dump(mode="json")["algorithm"]
+    assert (dumped["policy_loss"], dumped["batch"], dumped["estimator"]) == ("bound", "samples", "elbo_sample")
+    assert validate_recipe({"algorithm": dumped}, "r").algorithm == recipe.algorithm

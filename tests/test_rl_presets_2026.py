@@ -237,3 +237,17 @@ def test_justgrpo_refuses_a_parallel_rollout_in_one_line():
     assert "\n" not in str(error.value)
     raw["rollout"]["block_length"] = 1
     assert validate_recipe(raw, "r.yaml").algorithm.aggregation == "valid_answers"
+
+
+@pytest.mark.parametrize("name", ["coupled_grpo", "cj_grpo", "gdsd", "justgrpo"])
+def test_new_presets_train_off_policy_steps_in_unmask_trainer(tmp_path, name):
+    """Two inner iterations over one rollout batch: the second step is off-policy, every step finite and taken."""
+    from test_trainer import ROWS, make_model, recipe
+
+    from unmask.rl.trainer import Trainer
+
+    rollout = {"block_length": 1, "steps": 8} if name == "justgrpo" else {}
+    trainer = Trainer(recipe(tmp_path, name, rollout=rollout, optim={"max_steps": 1}), model_factory=make_model, rows=ROWS)
+    metrics = trainer.train_step()
+    assert metrics["skipped"] == 0.0 and metrics["optimizer_steps"] >= 2.0
+    assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
