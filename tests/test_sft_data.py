@@ -86,6 +86,8 @@ def test_formats_and_column_map() -> None:
     assert to_pair({"text": "t"}, 0, sft_recipe()) == Pair(None, "t")
     with pytest.raises(UserError, match="data.completion_template"):
         to_pair({"prompt": "p"}, 0, sft_recipe())
+    with pytest.raises(UserError, match="data row 5: no 'prompt' column, and it lacks the column 'answer'"):
+        to_pair({"query": "q"}, 5, sft_recipe(data={"task": "gsm8k"}))
 
 
 def test_d1_layout_on_gsm8k_and_s1k_rows() -> None:

@@ -106,7 +106,13 @@ def to_pair(record: dict[str, Any], index: int, recipe: SFTRecipe) -> Pair:
     if "text" in row and "prompt" not in row:
         return Pair(None, str(row["text"]))
     if "prompt" not in row and d.task in ROW_BUILDERS and d.format == "auto":
-        row = {**row, **ROW_BUILDERS[d.task](row)}
+        try:
+            row = {**row, **ROW_BUILDERS[d.task](row)}
+        except KeyError as exc:
+            raise UserError(
+                f"data row {index}: no 'prompt' column, and it lacks the column {exc} that task '{d.task}' reads; "
+                "map columns with data.columns"
+            ) from None
     prompt = row["prompt"] if "prompt" in row else render_prompt(d.task, row, d.prompt_template)
     if "completion" in row:
         return Pair(prompt, str(row["completion"]))
