@@ -15,13 +15,14 @@ from test_trainer import ROWS as RL_ROWS
 from test_trainer import comparable, make_model
 from test_trainer import recipe as rl_recipe
 
-from unmask.cli import main
+from unmask.cli import main, recipes_dir
+from unmask.errors import RecipeError
 from unmask.models import load_model
 from unmask.recipe import validate_recipe
 from unmask.rl.checkpoint import trainable_state
 from unmask.rl.logging import read_metrics
 from unmask.rl.trainer import Trainer
-from unmask.sft.config import SFTRecipe
+from unmask.sft.config import SFTRecipe, load_sft_recipe, rl_after_sft
 from unmask.sft.trainer import SFTTrainer
 from unmask.sft.validation import validation_loss
 
@@ -143,3 +144,12 @@ def test_cli_reports_a_recipe_mistake_in_one_line(tmp_path: Path, capsys) -> Non
     assert main(["sft", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "packing: true is not supported" in err
+
+
+def test_then_train_runs_the_fed_rl_recipe_on_the_sft_output(tmp_path: Path) -> None:
+    recipe = load_sft_recipe(recipes_dir() / "tiny/sft_countdown.yaml", [f"output_dir={tmp_path}"])
+    rl = rl_after_sft(recipe)
+    assert rl.model.name_or_path == str(tmp_path / "final") and rl.output_dir == str(tmp_path / "rl")
+    assert rl.algorithm.name == "mdpo" and rl.rollout.max_completion_length == 16  # tiny/countdown_mdpo
+    with pytest.raises(RecipeError, match="sft.feeds: name the RL recipe"):
+        rl_after_sft(sft_recipe(tmp_path))

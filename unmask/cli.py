@@ -63,10 +63,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from unmask.sft.config import load_sft_recipe
+    from unmask.sft.config import load_sft_recipe, rl_after_sft
     from unmask.sft.trainer import train_sft
 
-    train_sft(load_sft_recipe(resolve_recipe_path(args.recipe), args.overrides))
+    recipe = load_sft_recipe(resolve_recipe_path(args.recipe), args.overrides)
+    if args.then_train:
+        rl_after_sft(recipe)  # a bad fed recipe stops the run before SFT, not after it
+    train_sft(recipe)
+    if args.then_train:
+        from unmask.run import run_recipe
+
+        run_recipe(rl_after_sft(recipe))
     return 0
 
 
@@ -111,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sft", help="masked-diffusion SFT; its output_dir/final is an RL recipe's model")
     p.add_argument("recipe", help="SFT recipe file or shipped name, e.g. tiny/sft_countdown")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. optim.max_steps=5")
+    p.add_argument("--then-train", action="store_true",
+                   help="then run sft.feeds (the RL recipe) on output_dir/final, writing output_dir/rl")
     p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")

@@ -158,6 +158,17 @@ def fed_recipe(recipe: SFTRecipe) -> Recipe | None:
     return load_recipe(resolve_recipe_path(recipe.sft.feeds))
 
 
+def rl_after_sft(recipe: SFTRecipe) -> Recipe:
+    """The fed RL recipe with the SFT output as its model: ``output_dir/final`` in, ``output_dir/rl`` out."""
+    if recipe.sft.feeds is None:
+        raise RecipeError("sft.feeds: name the RL recipe to run on the SFT model (e.g. tiny/countdown_mdpo)")
+    from unmask.cli import resolve_recipe_path
+
+    out = Path(recipe.output_dir)
+    return load_recipe(resolve_recipe_path(recipe.sft.feeds),
+                       [f"model.name_or_path={out / 'final'}", f"output_dir={out / 'rl'}"])
+
+
 def loss_choice(recipe: SFTRecipe, family: str) -> tuple[str, str]:
     """``(weighting, normalization)`` with ``auto`` resolved for ``family``."""
     weighting, normalization = FAMILY_DEFAULTS.get(family, FAMILY_DEFAULTS["llada"])
