@@ -62,9 +62,13 @@ def constant(values: torch.Tensor, x: LossInputs) -> torch.Tensor:
 
 @AGGREGATIONS.register("valid_answers", levels=("token",))
 def valid_answers(values: torch.Tensor, x: LossInputs) -> torch.Tensor:
-    """JustGRPO: ``Σ / (L·n_v)``, ``n_v`` the micro-batch's items with ``A ≠ 0`` (0 when there are none)."""
-    valid = int((x.advantages != 0).sum())
-    return (values * x.mask.to(values.dtype)).sum() / (x.length * max(valid, 1))
+    """JustGRPO: ``Σ / (L·n_v)``, ``n_v`` the micro-batch's answers with ``A ≠ 0`` (0 when there are none).
+
+    An item counts as the share of its answer's ``L`` positions it scores, so an answer split
+    into chunk items counts once, and a whole scored answer exactly once.
+    """
+    valid = (x.mask.sum(1) * (x.advantages != 0)).sum() / x.length
+    return (values * x.mask.to(values.dtype)).sum() / (x.length * valid.clamp(min=1 / x.length))
 
 
 @AGGREGATIONS.register("answer_tokens", levels=("sequence",))

@@ -20,8 +20,10 @@ from unmask.rl.registry import Registry
 class Batches:
     """One item per answer, advantages from the objective's advantage part."""
 
-    #: items are (answer, step) pairs whose advantages are per step (MDPO)
+    #: advantages are per step (MDPO)
     per_step = False
+    #: what ``TrainBatch.steps`` holds per item, which a ``keyed_by`` estimator reads as its key
+    item_key: str | None = None
 
     def training_rows(
         self, objective: Objective, rows: list[dict[str, Any]], ctx: RolloutContext, encode: Encoder

@@ -1,7 +1,8 @@
 """The likelihood estimators a recipe can name: ``ESTIMATORS[name](config, mask_token_id, temperature)``.
 
 Traits the parts' validation reads: ``record`` (needs the sampler's per-step record),
-``keyed_by_steps`` (its key is the item's trained step, so it needs per-step items),
+``keyed_by`` (its key is what the batch builder's items carry in ``TrainBatch.steps``: a
+trained step, or a chunk of replayed steps),
 ``elbo`` (``Σ weight·ℓ`` is a sequence ELBO), ``upper`` (carries SPG's EUBO term),
 ``pair`` (each answer token scored exactly once over two complementary passes),
 ``needs`` (config fields it reads). Estimators themselves live in ``estimators`` and
@@ -42,7 +43,7 @@ def _trajectory(config: Any, mask_token_id: int, temperature: float) -> Estimato
     return TrajectoryEstimator(mask_token_id, temperature=temperature or 1.0, steps_per_row=config.trajectory_steps)
 
 
-@ESTIMATORS.register("step", record=True, keyed_by_steps=True)
+@ESTIMATORS.register("step", record=True, keyed_by="step")
 def _step(config: Any, mask_token_id: int, temperature: float) -> Estimator:
     return StepEstimator(mask_token_id, temperature=temperature or 1.0)
 

@@ -42,6 +42,7 @@ class Steps(Batches):
     """Items are (answer, step) pairs: each answer's ``sample_train_steps`` steps of largest ``|A_t|``."""
 
     per_step = True
+    item_key = "step"
 
     def training_rows(
         self, objective: Objective, rows: list[dict[str, Any]], ctx: RolloutContext, encode: Encoder

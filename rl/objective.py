@@ -94,7 +94,7 @@ class RolloutContext(Protocol):
 #: the modules whose decorators register the parts (imported before any part is looked up)
 PART_MODULES = (
     "advantages", "losses", "likelihoods", "policy_losses", "aggregation", "batches",
-    "mdpo", "igpo", "wd1", "spg", "espo", "bgpo", "coupled_grpo", "cj_grpo", "gdsd",
+    "mdpo", "igpo", "wd1", "spg", "espo", "bgpo", "coupled_grpo", "cj_grpo", "gdsd", "justgrpo",
 )
 
 
@@ -140,8 +140,9 @@ def check_parts(config: Any) -> None:
          f"{chosen['policy_loss']} needs an estimator with the {trait('policy_loss', 'estimator')} trait"),
         (bool(trait("advantage", "per_step")) != parts["batch"][chosen["batch"]].per_step, "advantage",
          f"{chosen['advantage']} and the {chosen['batch']} batch builder disagree on per-step items"),
-        (trait("estimator", "keyed_by_steps") and not parts["batch"][chosen["batch"]].per_step, "estimator",
-         f"{chosen['estimator']} scores one trained step per item; it needs the steps batch builder"),
+        (trait("estimator", "keyed_by") != parts["batch"][chosen["batch"]].item_key, "estimator",
+         f"{chosen['estimator']} is keyed by {trait('estimator', 'keyed_by') or 'a seed'} and the "
+         f"{chosen['batch']} batch builder's items carry {parts['batch'][chosen['batch']].item_key or 'no steps'}"),
         (trait("token_weight", "per_step") and not parts["batch"][chosen["batch"]].per_step, "token_weight",
          f"{chosen['token_weight']} weighs a trained step; it needs the steps batch builder"),
     ]
@@ -174,7 +175,7 @@ class Objective:
         self.estimator: Estimator = parts["estimator"][config.estimator](config, mask_token_id, temperature)
         #: rollouts must keep the per-step record (docs/sampling.md §7)
         self.record_steps = bool(parts["estimator"].trait(config.estimator, "record"))
-        self._keyed_by_steps = bool(parts["estimator"].trait(config.estimator, "keyed_by_steps"))
+        self._keyed_by_steps = parts["estimator"].trait(config.estimator, "keyed_by") is not None
 
     @property
     def needs_reference(self) -> bool:

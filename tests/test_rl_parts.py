@@ -37,7 +37,8 @@ def trajectory(rows: int = 2, length: int = 4) -> Trajectory:
         ({"name": "wd1", "aggregation": "token_mean"}, "token_mean reduces token terms and likelihood gives sequence"),
         ({"name": "diffu_grpo", "kl": "k2_sequence"}, "k2_sequence penalises a sequence value and clip has none"),
         ({"name": "bgpo", "estimator": "step"}, "bound needs an estimator with the elbo trait"),
-        ({"name": "diffu_grpo", "estimator": "step"}, "step scores one trained step per item"),
+        ({"name": "diffu_grpo", "estimator": "step"}, "step is keyed by step and the rows batch builder's items carry no"),
+        ({"name": "justgrpo", "batch": "rows"}, "trajectory_chunk is keyed by chunk and the rows batch builder"),
         ({"name": "mdpo", "advantage": "group"}, "group and the steps batch builder disagree on per-step items"),
     ],
 )
@@ -64,7 +65,10 @@ def test_dr_grpo_and_valid_answer_normalisers_by_hand():
     assert float(AGGREGATIONS["token_mean"](values, x)) == pytest.approx(15 / 5)
     assert float(AGGREGATIONS["sequence_mean"](values, x)) == pytest.approx((6 / 3 + 9 / 2) / 2)
     assert float(AGGREGATIONS["constant"](values, x)) == pytest.approx(15 / (2 * 4))  # Σ / (B·L)
-    assert float(AGGREGATIONS["valid_answers"](values, x)) == pytest.approx(15 / (4 * 1))  # Σ / (L·n_v), n_v = 1
+    # Σ / (L·n_v), each answer counted by the share of its L positions it scores: n_v = 3/4
+    assert float(AGGREGATIONS["valid_answers"](values, x)) == pytest.approx(15 / (4 * 3 / 4))
+    whole = LossInputs(trajectory(), torch.tensor([1.0, 0.0]), None, None, torch.ones(2, 4, dtype=torch.bool), None)
+    assert float(AGGREGATIONS["valid_answers"](values, whole)) == pytest.approx(float(values.sum()) / (4 * 1))
     none_valid = LossInputs(trajectory(), torch.zeros(2), None, None, mask, None)
     assert float(AGGREGATIONS["valid_answers"](torch.zeros(2, 4), none_valid)) == 0.0  # guarded, no NaN
 

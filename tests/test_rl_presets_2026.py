@@ -20,7 +20,7 @@ from unmask.recipe import (
 )
 from unmask.rl.coupled_grpo import coupled_score
 from unmask.rl.estimators import ElboEstimator, OneStepEstimator, Scores, TrajectoryEstimator
-from unmask.rl.objective import TrainBatch, build_objective
+from unmask.rl.objective import Rollout, TrainBatch, build_objective
 from unmask.rollouts.generate import generate
 from unmask.rollouts.trajectory import Trajectory
 
@@ -167,8 +167,6 @@ def test_gdsd_gradient_inside_the_band_by_hand():
 
 def test_gdsd_items_are_separate_draws_summed_per_answer():
     objective = build(GDSDConfig(mc_samples=2), 4)
-    from unmask.rl.objective import Rollout
-
     traj = flat_trajectory(4, 4)
     rollout = Rollout(traj, [{}] * 4, torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.zeros(4, dtype=torch.bool), 4)
     batch = objective.prepare(rollout, None)
@@ -201,14 +199,15 @@ def test_justgrpo_all_equal_rewards_give_a_zero_loss_not_nan():
 
 def test_justgrpo_likelihood_is_the_exact_left_to_right_replay(model):
     """A block-1 rollout commits position t at step t, so TrajectoryEstimator scores o_t on x^AR_t =
-    prompt ⊕ o_<t ⊕ [MASK]^{L−t}: the exact AR likelihood, and the sampler's own recorded log-probs."""
+    prompt ⊕ o_<t ⊕ [MASK]^{L−t}: the exact AR likelihood, and the sampler's own recorded log-probs.
+    The preset's chunk items (4 + 2 positions here) replay the same canvases and sum to it (the second
+    chunk's positions look like hints to chunk 0's replay: this caught hints dropping step 0's replay)."""
     length, mask = 6, model.mask_token_id
     traj = generate(model, torch.randint(5, 60, (3, 5)), gen_length=length, steps=length, block_length=1,
                     temperature=1.0, seed=2, record=True)
     assert traj.commit_step.tolist() == [list(range(length))] * 3
-    objective = build(JustGRPOConfig(), length, mask)
     with torch.no_grad():
-        scores = objective.estimator.token_logprobs(model, traj, 0)
+        full = TrajectoryEstimator(mask).token_logprobs(model, traj, 0)
         expected = torch.zeros(3, length)
         for t in range(length):
             canvas = traj.tokens.clone()
@@ -216,10 +215,20 @@ def test_justgrpo_likelihood_is_the_exact_left_to_right_replay(model):
             logits = model.logits(canvas, attention_mask=traj.attention_mask)[:, traj.prompt_length + t].float()
             logits[:, mask] = float("-inf")  # unmask's sampler never emits [MASK]; both sides renormalise without it
             expected[:, t] = torch.log_softmax(logits, -1).gather(1, traj.answer_ids[:, t : t + 1])[:, 0]
-    torch.testing.assert_close(scores.logprobs, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full.logprobs, expected, atol=1e-5, rtol=1e-5)
     rows, cols = torch.arange(3)[:, None], torch.arange(length)[None]
-    torch.testing.assert_close(scores.logprobs, traj.step_logprob[cols, rows, cols], atol=1e-5, rtol=1e-5)
-    assert isinstance(objective.estimator, TrajectoryEstimator) and objective.record_steps
+    torch.testing.assert_close(full.logprobs, traj.step_logprob[cols, rows, cols], atol=1e-5, rtol=1e-5)
+
+    objective = build(JustGRPOConfig(replay_chunk=4), length, mask)
+    rollout = Rollout(traj, [{}] * 3, torch.tensor([1.0, 0.0, 0.0]), torch.zeros(3, dtype=torch.bool), 3)
+    batch = objective.prepare(rollout, None)
+    assert batch.steps.tolist() == [0, 1] * 3 and objective.record_steps
+    with torch.no_grad():
+        chunks = objective.estimator.token_logprobs(model, batch.traj, objective.key(batch, 0))
+    assert chunks.mask.sum(1).tolist() == [4, 2] * 3  # each position in exactly one chunk
+    assert objective.estimator.passes_for(traj) == 4
+    summed = torch.zeros(3, length).index_add_(0, torch.arange(3).repeat_interleave(2), chunks.logprobs)
+    torch.testing.assert_close(summed, full.logprobs, atol=1e-5, rtol=1e-5)
 
 
 def test_justgrpo_at_one_position_is_the_one_step_input(model):

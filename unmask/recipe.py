@@ -67,7 +67,7 @@ class CountdownGeneratorConfig(Section):
 
 class DataConfig(Section):
     task: Literal["countdown", "gsm8k", "math500", "amc", "math", "sudoku",
-                  "humaneval", "mbpp", "humaneval_plus", "mbpp_plus"] = "countdown"  # fmt: skip
+                  "humaneval", "mbpp", "humaneval_plus", "mbpp_plus", "tinycode"] = "countdown"  # fmt: skip
     #: local .jsonl/.json/.csv file; overrides the hub id
     path: str | None = None
     hub_id: str | None = None
@@ -369,8 +369,13 @@ class JustGRPOConfig(_NoKL, _ObjectiveBase):
     beta: NonNegFloat = 0.0
     epsilon: NonNegFloat = 0.2
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    estimator: str = "trajectory"
-    #: positions replayed per answer (None: all L, as published; k: an unbiased subsample, label such runs)
+    #: each answer's replay is cut into items of this many positions (memory: one item's canvases
+    #: and graph at a time); the items' sum is the exact likelihood
+    replay_chunk: PositiveInt = 32
+    batch: str = "chunks"
+    estimator: str = "trajectory_chunk"
+    #: with ``estimator: trajectory`` (whole answers as items, ``batch: rows``): positions replayed
+    #: per answer (None: all L, as published; k: an unbiased subsample, label such runs)
     trajectory_steps: PositiveInt | None = None
     #: every position counts, the tokens sampled after the first EOS included
     loss_mask: str = "scored"
