@@ -187,9 +187,11 @@ class TrajectoryEstimator(Estimator):
         if traj.step_masked is None or traj.step_pred is None:
             raise ValueError("the trajectory estimator needs trajectories sampled with record=True")
         commit = traj.commit_step  # [B, L]
-        committed = torch.zeros(traj.batch_size, self.steps(traj), dtype=torch.bool, device=commit.device)
         scored = commit >= 0
-        committed.scatter_(1, commit.clamp(min=0), scored)  # [B, T]: the row commits something at t
+        # [B, T]: the row commits something at t; counted, since a scatter of ``scored`` would let a
+        # hint's False (clamped to step 0) overwrite a real commit at step 0
+        committed = torch.zeros(traj.batch_size, self.steps(traj), dtype=torch.long, device=commit.device)
+        committed = committed.scatter_add_(1, commit.clamp(min=0), scored.long()) > 0
         if self.steps_per_row is not None:
             draw = torch.rand(committed.shape, generator=_generator(int(key))).to(commit.device)
             rank = draw.masked_fill(~committed, 2.0).argsort(1).argsort(1)
