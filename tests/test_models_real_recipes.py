@@ -26,9 +26,11 @@ from unmask.recipe import Recipe, load_recipe
 from unmask.rl.rollout import decode_answers
 from unmask.rl.trainer import lora_replica
 from unmask.run import reward_runner
+from unmask.sft.config import is_sft_recipe
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
-RECIPES = sorted(RECIPE_DIR.glob("llada/*.yaml")) + sorted(RECIPE_DIR.glob("dream/*.yaml"))
+#: the RL recipes (the sft_*.yaml beside them are SFT recipes, tests/test_sft_recipes.py)
+RECIPES = sorted(p for p in [*RECIPE_DIR.glob("llada/*.yaml"), *RECIPE_DIR.glob("dream/*.yaml")] if not is_sft_recipe(p))
 GENERATIONS = "real_generations/{task}_instruct_128_64_{shard}_generations.json"
 #: the recipe tasks' development-set files (MATH recipes are read on MATH500)
 DEV_TASK = {"gsm8k": "gsm8k", "math": "math500", "countdown": "countdown", "sudoku": "sudoku"}

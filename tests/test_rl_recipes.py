@@ -8,9 +8,10 @@ import pytest
 
 from unmask.recipe import load_recipe
 from unmask.rl.objective import build_objective
+from unmask.sft.config import is_sft_recipe
 
 ROOT = Path(__file__).resolve().parents[1] / "recipes"
-GPU_RECIPES = sorted([*ROOT.glob("llada/*.yaml"), *ROOT.glob("dream/*.yaml")])
+GPU_RECIPES = sorted(p for p in [*ROOT.glob("llada/*.yaml"), *ROOT.glob("dream/*.yaml")] if not is_sft_recipe(p))
 
 
 def test_every_family_and_algorithm_has_a_recipe():
@@ -18,6 +19,8 @@ def test_every_family_and_algorithm_has_a_recipe():
     assert {("llada", f"{task}_diffu_grpo") for task in ("gsm8k", "math", "countdown")} <= names
     assert {("llada", "math_mdpo"), ("llada", "math_igpo"), ("dream", "math_mdpo"), ("dream", "math_igpo")} <= names
     assert {("llada", f"{task}_{algo}") for task in TASKS for algo in ("spg", "espo", "bgpo")} <= names
+    assert {("llada", "gsm8k_justgrpo"), ("llada", "math_justgrpo"), ("llada", "countdown_cj_grpo"),
+            ("llada", "gsm8k_gdsd"), ("llada", "math_gdsd"), ("llada", "mbpp_coupled_grpo")} <= names
 
 
 TASKS = ("gsm8k", "math", "countdown", "sudoku")
@@ -50,6 +53,32 @@ def test_gpu_recipe_is_valid_and_buildable(path):
         assert algo.reasoning_column != "answer"
     elif algo.name in ("spg", "espo", "bgpo"):
         assert_2026_settings(recipe, path.stem.split("_")[0])
+    elif algo.name in ("justgrpo", "cj_grpo", "gdsd"):
+        assert_2026b_settings(recipe, path.stem.split("_")[0])
+
+
+def assert_2026b_settings(recipe, task: str) -> None:
+    """The official settings of objectives-2026b.md (e) for JustGRPO and GDSD, and DARE's for CJ-GRPO."""
+    algo, o, r = recipe.algorithm, recipe.optim, recipe.rollout
+    assert recipe.data.task == task
+    if algo.name == "justgrpo":
+        assert not recipe.lora.enabled and recipe.seed == 1234
+        assert (o.learning_rate, o.adam_beta2, o.weight_decay, o.max_grad_norm, o.max_steps) == (5e-6, 0.999, 0.0, 1.0, 125)
+        assert (r.num_generations, r.prompts_per_step, r.max_completion_length, r.steps, r.block_length) == (16, 64, 256, 256, 1)
+        assert (r.temperature, algo.num_iterations, algo.epsilon, algo.beta, algo.scale_rewards) == (1.0, 1, 0.2, 0.0, "group")
+        assert (recipe.eval.block_length, recipe.eval.steps_per_token) == (32, [1])  # parallel evaluation
+    elif algo.name == "cj_grpo":
+        assert not recipe.lora.enabled and (o.learning_rate, o.weight_decay) == (5e-7, 0.01)
+        assert (r.num_generations, r.prompts_per_step, r.max_completion_length, r.steps, r.temperature) == (8, 16, 256, 128, 0.6)
+        assert (algo.epsilon, algo.dual_clip, algo.beta, algo.num_iterations) == (0.2, 3.0, 0.0, 1)
+    else:
+        assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout) == (128, 64, 0.05)
+        assert (o.learning_rate, o.adam_beta2, o.weight_decay, o.max_grad_norm) == (
+            {"gsm8k": 3e-6, "math": 1e-5}[task], 0.99, 0.01, 0.2)
+        assert (algo.epsilon, algo.psi, algo.mc_samples, algo.num_iterations) == (4e-4, 10.0, 2, 8)
+        assert algo.beta == {"gsm8k": 1e-3, "math": 1e-4}[task]
+        assert (r.num_generations, r.prompts_per_step) == (16, {"gsm8k": 20, "math": 16}[task])
+        assert (r.max_completion_length, r.steps, r.block_length, r.temperature) == (256, 256, 32, 1.0)
 
 
 def assert_2026_settings(recipe, task: str) -> None:

@@ -28,6 +28,7 @@ from unmask.data.benchmarks import ROW_BUILDERS, _from_hub, read_records
 from unmask.data.prompts import render_prompt
 from unmask.errors import RecipeError, UserError
 from unmask.models.base import DiffusionLM
+from unmask.recipe import Recipe
 from unmask.sft.config import SFTRecipe
 from unmask.sft.loss import SFTBatch
 
@@ -68,8 +69,9 @@ class Encoded:
                 f"{self.overflow} answers over their window)")
 
 
-def records(recipe: SFTRecipe) -> list[dict[str, Any]]:
-    """The raw records: a file, a hub dataset, or the task's rows (held-out problems removed)."""
+def records(recipe: SFTRecipe, fed: Recipe | None = None) -> list[dict[str, Any]]:
+    """The raw records: a file, a hub dataset, or the task's rows without the held-out problems of
+    this recipe's evaluation and of the fed RL recipe's (SFT must not train on what RL is judged on)."""
     d = recipe.data
     if d.path is not None:
         rows = read_records(Path(d.path))
@@ -78,7 +80,7 @@ def records(recipe: SFTRecipe) -> list[dict[str, Any]]:
     else:
         from unmask.run import eval_rows, training_rows
 
-        return training_rows(recipe, eval_rows(recipe))
+        return training_rows(recipe, eval_rows(recipe) + (eval_rows(fed) if fed is not None else []))
     return rows[: d.limit] if d.limit is not None else rows
 
 

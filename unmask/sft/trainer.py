@@ -82,7 +82,7 @@ class SFTTrainer:
         s = recipe.sft
         self.settings = LossSettings(weighting, normalization, s.epsilon, s.geo_p)  # type: ignore[arg-type]
         self.corruption: Corruption = family_corruption(base)
-        pairs = [to_pair(r, i, recipe) for i, r in enumerate(rows if rows is not None else records(recipe))]
+        pairs = [to_pair(r, i, recipe) for i, r in enumerate(rows if rows is not None else records(recipe, self.fed))]
         encoded = encode(pairs, base, recipe, self.length)
         self.train_rows, self.val_rows = self._split(encoded.examples)
         self.accelerator = Accelerator(cpu=recipe.model.device == "cpu")
@@ -175,7 +175,7 @@ class SFTTrainer:
         try:
             if self.val_rows:
                 metrics.update(validation_loss(self, model, self.val_rows))
-            if e.accuracy and e.limit:
+            if e.accuracy:
                 metrics.update(heldout_accuracy(self, model))
         finally:
             model.train(was_training)

@@ -57,14 +57,17 @@ def validation_loss(trainer: SFTTrainer, model: nn.Module, examples: list[Exampl
 
 
 def heldout_accuracy(trainer: SFTTrainer, model: nn.Module) -> dict[str, float]:
-    """Greedy accuracy on the held-out problems of ``eval`` (``data.task``, ``eval.path``, ``eval.limit``),
-    the mean answer length, the share that never ends inside the window, and the share the grader could parse."""
+    """Greedy accuracy on the first ``eval.limit`` held-out problems of the fed RL recipe (its task,
+    prompt and evaluation set; this recipe's without one), the mean answer length, the share that never
+    ends inside the window, and the share the grader could parse."""
     from unmask.evaluation.runner import evaluate
     from unmask.run import eval_rows
 
     recipe, settings = trainer.recipe, trainer.eval_settings()
-    result = evaluate(model, eval_rows(recipe), recipe.data.task, settings, batch_size=recipe.eval.batch_size,
-                      seed=recipe.seed, chat_template=recipe.data.chat_template)
+    source = trainer.fed or recipe
+    rows = eval_rows(source)[: recipe.eval.limit]
+    result = evaluate(model, rows, source.data.task, settings, batch_size=recipe.eval.batch_size,
+                      seed=recipe.seed, chat_template=source.data.chat_template)
     records = result.records
     return {
         "accuracy": result.accuracy(),
