@@ -121,7 +121,7 @@ def test_cj_grpo_weighs_every_step_alike():
     lp = torch.tensor([[-1.0, -2.0, -3.0, -4.0]])
     scores = hand_scores(lp)
     loss, _ = build(CJGRPOConfig(), 4).loss(batch, scores, None, None)  # ρ ≡ 1: each term is −A
-    assert float(loss) == pytest.approx(-1.0)
+    assert float(loss.detach()) == pytest.approx(-1.0)
     loss.backward()
     torch.testing.assert_close(scores.logprobs.grad, torch.tensor([[-1 / 6, -1 / 6, -1 / 6, -1 / 2]]))
 
