@@ -1,6 +1,7 @@
 """Learning benchmark: MDPO, diffu-GRPO (one-step, trajectory replay), IGPO, wd1, SPG, ESPO and BGPO on tiny Countdown.
 
-Every variant runs its shipped recipe (``recipes/tiny/countdown_*.yaml``) from the
+Every variant runs its shipped recipe (``recipes/tiny/countdown_*.yaml``; ``--task tinycode``:
+the tiny code task's, graded by unit tests in the sandbox) from the
 same model and step budget, for each seed, and is evaluated greedily at one and at
 two tokens per step on the same held-out problems every ``--every`` steps. Each run
 writes ``OUT/ALGORITHM-seedS.json`` (curve, per-problem answers, KL, weight change),
@@ -105,7 +106,7 @@ def run(algorithm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     cap does not change the learning rate); held-out greedy accuracy at step 0, every ``--every``
     steps, at ``--eval-at`` and at the end."""
     recipe = load_recipe(
-        RECIPES / f"countdown_{algorithm}.yaml",
+        RECIPES / f"{args.task}_{algorithm}.yaml",
         [
             f"seed={seed}", f"optim.max_steps={args.steps}", f"eval.limit={args.limit}", "eval.every=0",
             f"output_dir={args.out}/{algorithm}-seed{seed}", "logging.progress=false",
@@ -269,6 +270,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--seeds", default="0", help="comma list, e.g. 0,1,2")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--task", default="countdown", help="recipes/tiny/TASK_ALGORITHM.yaml, e.g. tinycode (diffu_grpo)")
     parser.add_argument("--out", default="runs/bench-learning")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides for every run")
     parser.add_argument("--report", action="store_true", help="only tabulate the results already in --out")

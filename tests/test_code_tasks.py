@@ -10,7 +10,7 @@ import pytest
 
 from unmask.cli import main
 from unmask.data import load_rows
-from unmask.evaluation.benchmarks import reference
+from unmask.evaluation.benchmarks import benchmark_rows, reference
 from unmask.evaluation.generations import read_generations
 from unmask.evaluation.stats import mean_pass_at_k, pass_at_k
 from unmask.models import tiny
@@ -20,8 +20,10 @@ from unmask.rewards.grading import Grader
 from unmask.rewards.registry import RewardSpec
 from unmask.rewards.runner import RewardRunner
 from unmask.run import reward_runner
+from unmask.sft.config import load_sft_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/mbpp_*.yaml"))
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(RECIPE_DIR.glob("*/mbpp_*.yaml"))
 
 HE0_BODY = (
     "    for i, a in enumerate(numbers):\n        for j, b in enumerate(numbers):\n"
@@ -208,3 +210,24 @@ def test_gpu_code_recipes_score_training_rows(path: Path, mbpp_file: Path) -> No
     with reward_runner(recipe) as runner:
         totals = runner.score([r["prompt"] for r in rows], answers, columns).totals
     assert totals[0] == pytest.approx(2.5) and totals[0] >= recipe.algorithm.correct_threshold > totals[1]
+
+
+def test_tinycode_holds_out_functions_and_grades_careless_answers_wrong() -> None:
+    """The tiny code task: held-out functions never appear in training; the demonstrated
+    answer passes its five unit tests in the sandbox, a careless one (second operation left
+    out, three in ten demonstrations of two-operation functions) passes none."""
+    train = load_rows("tinycode", split="train", limit=2000, seed=0)
+    heldout = benchmark_rows("tinycode", limit=200)
+    assert not {r["description"] for r in train} & {r["description"] for r in heldout}
+    assert heldout[0]["prompt"] == f"Write f(x) = {heldout[0]['description']} in Python."
+    two_ops = [r for r in train if "times" in r["description"] and ("plus" in r["description"] or "minus" in r["description"])]
+    careless = [r for r in two_ops if not any(op in r["solution"] for op in "+-")]
+    assert 0.25 < len(careless) / len(two_ops) < 0.35
+    right = next(r for r in two_ops if r not in careless)
+    with Grader(num_workers=2) as grader:
+        verdicts = grader.grade_many("code", [right["solution"], careless[0]["solution"]],
+                                     [reference("tinycode", r) for r in (right, careless[0])])  # fmt: skip
+    assert [(v.correct, v.score) for v in verdicts] == [(True, 1.0), (False, 0.0)]
+    sft, rl = load_sft_recipe(RECIPE_DIR / "tiny" / "sft_tinycode.yaml"), load_recipe(RECIPE_DIR / "tiny" / "tinycode_diffu_grpo.yaml")
+    assert sft.sft.feeds == "tiny/tinycode_diffu_grpo" and rl.model.name_or_path == f"{sft.output_dir}/final"
+    assert [f.name for f in rl.rewards.functions] == ["code"] and rl.rewards.timeout > heldout[0]["timeout_s"] + 1

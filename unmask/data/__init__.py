@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unmask.data import countdown
+from unmask.data import countdown, tinycode
 from unmask.data.benchmarks import load_benchmark
 from unmask.data.code import CODE_TASKS, load_code
 from unmask.data.prompts import TEMPLATES, render_prompt
@@ -21,6 +21,7 @@ DATA_FILES: dict[str, str] = {
     "mbpp": "code/mbpp.jsonl",
     "humaneval_plus": "code/HumanEvalPlus.jsonl",
     "mbpp_plus": "code/MbppPlus.jsonl",
+    "tinycode": "tinycode_test.jsonl",
 }
 
 
@@ -37,8 +38,9 @@ def load_rows(
 ) -> list[dict[str, Any]]:
     """Rows for ``task`` with a rendered ``prompt`` column.
 
-    Countdown without a ``path`` is generated (``generator`` settings, ``seed``); code
-    tasks come from ``unmask.data.code``; everything else comes from ``path`` or the hub.
+    Countdown without a ``path`` is generated (``generator`` settings, ``seed``), and so is
+    tinycode (its split's functions); code tasks come from ``unmask.data.code``; everything
+    else comes from ``path`` or the hub.
     """
     if task == "countdown":
         if path is not None:
@@ -47,6 +49,8 @@ def load_rows(
             settings = dict(generator or {})
             size = settings.pop("size", limit or 1000)
             rows = countdown.generate(limit or size, seed=seed, **settings)
+    elif task == "tinycode" and path is None:
+        rows = tinycode.generate(limit or 1000, split=split or "test", seed=seed)
     elif task in CODE_TASKS:
         rows = load_code(task, path=path, hub_id=hub_id, split=split)
     else:
@@ -58,4 +62,4 @@ def load_rows(
     return rows
 
 
-__all__ = ["CODE_TASKS", "DATA_FILES", "TEMPLATES", "countdown", "load_benchmark", "load_rows", "render_prompt"]
+__all__ = ["CODE_TASKS", "DATA_FILES", "TEMPLATES", "countdown", "load_benchmark", "tinycode", "load_rows", "render_prompt"]

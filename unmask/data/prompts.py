@@ -32,6 +32,8 @@ TEMPLATES["amc"] = TEMPLATES["math"]
 #: code: LLaDA's OpenCompass prompts (zero-shot HumanEval; MBPP with tasks 2-4 as worked
 #: examples in ``{shots}``, written into the user turn since prompts here are one turn)
 TEMPLATES["humaneval"] = TEMPLATES["humaneval_plus"] = "Complete the following python code:\n{question}"
+#: the tiny model's code task (unmask.data.tinycode): short, as the tiny prompts are
+TEMPLATES["tinycode"] = "Write f(x) = {description} in Python."
 TEMPLATES["mbpp"] = TEMPLATES["mbpp_plus"] = (
     "{shots}You are an expert Python programmer, and here is your task: {question} "
     "Your code should pass these tests:\n\n{test_list}\n"

@@ -22,7 +22,7 @@ COUNTDOWN_EVAL_SEED = 2_718_281
 COUNTDOWN_EVAL_SIZE = 1000
 #: benchmark / task → grader name in ``unmask.rewards.GRADERS``
 GRADER_TASK = {"math500": "math", "amc": "math", "math": "math", "gsm8k": "gsm8k",
-               "countdown": "countdown", "sudoku": "sudoku", **dict.fromkeys(CODE_TASKS, "code")}  # fmt: skip
+               "countdown": "countdown", "sudoku": "sudoku", **dict.fromkeys((*CODE_TASKS, "tinycode"), "code")}  # fmt: skip
 #: the row columns each grader takes as reference
 REFERENCE_COLUMNS = {"math": ("answer",), "gsm8k": ("answer",),
                      "countdown": ("nums", "target"), "sudoku": ("puzzle", "solution"),
