@@ -9,6 +9,7 @@ LOCK_VENV ?= .venv-lock
 # both cores: pytest-xdist workers (`PYTEST_WORKERS=0` runs in one process)
 PYTEST_WORKERS ?= 2
 RECIPE ?= tiny/countdown_diffu_grpo_trajectory
+SFT_RECIPE ?= tiny/sft_countdown
 ARGS ?=
 MODEL ?= builtin:tiny-countdown
 BENCH ?= countdown
@@ -20,7 +21,7 @@ NPROC ?= 1
 ACCELERATE_CONFIG ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock train eval test test-slow bench lint tiny-model clean
+.PHONY: help install lock train sft sft-rl eval test test-slow bench lint tiny-model clean
 
 help:  ## list the targets (this text)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,13 +48,18 @@ lock:  ## re-resolve to the newest versions pyproject.toml allows, run the tests
 	rm -rf $(LOCK_VENV)
 	@echo "$(LOCK) rewritten from a green run; run 'make install' (or 'make clean install') to use it"
 
+# the unmask command in one process, or under `accelerate launch` with NPROC processes
+UNMASK = $(if $(filter 1,$(NPROC)),$(VENV)/bin/unmask,$(PY) -m accelerate.commands.launch \
+	$(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG),--multi_gpu) --num_processes $(NPROC) -m unmask.cli)
+
 train: $(VENV)/.installed  ## run RECIPE (default: the tiny Countdown run, ~7 min on a CPU); ARGS="key=value ..." overrides; NPROC=2 for 2 processes
-ifeq ($(NPROC),1)
-	$(VENV)/bin/unmask train $(RECIPE) $(ARGS)
-else
-	$(PY) -m accelerate.commands.launch $(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG),--multi_gpu) \
-		--num_processes $(NPROC) -m unmask.cli train $(RECIPE) $(ARGS)
-endif
+	$(UNMASK) train $(RECIPE) $(ARGS)
+
+sft: $(VENV)/.installed  ## masked-diffusion SFT with SFT_RECIPE (default tiny/sft_countdown, CPU); ARGS overrides; NPROC as for train
+	$(UNMASK) sft $(SFT_RECIPE) $(ARGS)
+
+sft-rl: $(VENV)/.installed  ## SFT_RECIPE, then the RL recipe it feeds (sft.feeds) on its output_dir/final
+	$(UNMASK) sft $(SFT_RECIPE) --then-train $(ARGS)
 
 eval: $(VENV)/.installed  ## evaluate MODEL on BENCH (EVAL_ARGS for more options)
 	$(VENV)/bin/unmask eval --model $(MODEL) --bench $(BENCH) $(EVAL_ARGS)

@@ -104,7 +104,7 @@ class Corruption(Protocol):
 
 @dataclass(frozen=True)
 class ProcessCorruption:
-    """A family's diffusion process (``DiffusionLM.process``, docs/diffusion.md) as the training corruption.
+    """A family's diffusion process (``DiffusionLM.process``) as the training corruption.
 
     Each supervised answer position is noised independently with probability ``t``;
     the process writes the noise and runs the training forward: the noisy canvas
