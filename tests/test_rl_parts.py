@@ -87,6 +87,18 @@ def test_dual_clip_floors_negative_advantage_terms_at_c_times_a():
     assert terms.clipped.tolist() == [[True, False]]
 
 
+def test_surrogate_is_the_unclipped_importance_weighted_advantage():
+    """ρ = 5, A = −1 and ρ = 2, A = −1: −ρA = 5 and 2, no clip anywhere, gradient −ρA on log ρ."""
+    config = CJGRPOConfig()
+    lp = torch.log(torch.tensor([[5.0, 2.0]])).requires_grad_()
+    scores = Scores(lp, torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2))
+    old = Scores(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2))
+    terms = POLICY_LOSSES["surrogate"](LossInputs(trajectory(1, 2), torch.tensor([-1.0]), scores, old, scores.mask, config))
+    assert terms.values.tolist()[0] == pytest.approx([5.0, 2.0]) and not terms.clipped.any()
+    terms.values.sum().backward()
+    assert lp.grad.tolist()[0] == pytest.approx([5.0, 2.0])
+
+
 def test_the_algorithm_list_is_written_once():
     union = typing.get_args(Recipe.model_fields["algorithm"].annotation)
     assert {cls.model_fields["name"].default for cls in union} == set(ALGORITHMS)

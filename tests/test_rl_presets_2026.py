@@ -260,3 +260,22 @@ def test_new_presets_train_off_policy_steps_in_unmask_trainer(tmp_path, name):
     metrics = trainer.train_step()
     assert metrics["skipped"] == 0.0 and metrics["optimizer_steps"] >= 2.0
     assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+
+
+def test_cj_grpo_on_a_block_1_rollout_has_justgrpos_gradient(model):
+    """Block 1, T = L: CJ-GRPO replays JustGRPO's canvases; with every A ≠ 0 both normalisers are B·L,
+    so on-policy (μ 1, β 0) the two gradients agree."""
+    length, mask = 4, model.mask_token_id
+    traj = generate(model, torch.randint(5, 60, (4, 5)), gen_length=length, steps=length, block_length=1,
+                    temperature=1.0, seed=6, record=True)
+    rollout = Rollout(traj, [{}] * 4, torch.tensor([1.0, 0.0, 0.5, 0.2]), torch.zeros(4, dtype=torch.bool), 4)
+    grads = []
+    for config in (CJGRPOConfig(), JustGRPOConfig(replay_chunk=length)):
+        objective = build(config, length, mask)
+        batch = objective.prepare(rollout, None)
+        assert (batch.advantages != 0).all()
+        key = objective.key(batch, 0) if config.name == "justgrpo" else 0
+        loss, _ = objective.loss(batch, objective.estimator.token_logprobs(model, batch.traj, key), None, None)
+        grads.append(parameter_grads(model, loss))
+    for cj, just in zip(*grads, strict=True):
+        torch.testing.assert_close(cj, just, atol=1e-7, rtol=1e-5)

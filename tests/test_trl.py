@@ -154,11 +154,16 @@ def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
         ("spg", {"beta": 0.0, "algorithm_kwargs": {"mask_block_length": 8}}),
         ("espo", {}),
         ("bgpo", {"beta": 0.0, "algorithm_kwargs": {"mc_samples": 2}}),
+        ("coupled_grpo", {}),
+        ("cj_grpo", {"beta": 0.0}),
+        ("gdsd", {"algorithm_kwargs": {"mc_samples": 1}}),
+        ("justgrpo", {"beta": 0.0, "block_length": 1}),
     ],
 )
 def test_other_objectives_run_through_trl(tmp_path: Path, algorithm: str, extra: dict[str, Any]) -> None:
     """Objectives with their own batch preparation (MDPO's per-step items and intermediate rewards,
-    IGPO's hinted regeneration, wd1's weights) and the 2026 ones (SPG, ESPO, BGPO) train through TRL too."""
+    IGPO's hinted regeneration, wd1's weights) and the 2026 ones (SPG, ESPO, BGPO, coupled-GRPO, CJ-GRPO,
+    GDSD, JustGRPO on block-1 rollouts) train through TRL too."""
     args = config(tmp_path, algorithm=algorithm, max_steps=1, save_strategy="no", **extra)
     trainer = DiffusionGRPOTrainer(
         MODEL, reward_funcs=countdown_reward, args=args, train_dataset=Dataset.from_list(countdown_rows(8)),
