@@ -20,6 +20,7 @@ import torch
 
 from unmask.rl.estimators import Estimator, Key, Scores
 from unmask.rl.losses import KL_FORMS, masked_mean
+from unmask.rl.policy_losses import LossInputs
 from unmask.rollouts.trajectory import Trajectory
 
 
@@ -202,8 +203,6 @@ class Objective:
         self, batch: TrainBatch, scores: Scores, old: Scores | None, ref: Scores | None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Policy terms, then the KL: inside token-level terms, else as its own mean after aggregation."""
-        from unmask.rl.policy_losses import LossInputs
-
         mask = self.loss_mask(batch, scores)
         x = LossInputs(batch.traj, batch.advantages, scores, old, mask, self.config)
         terms = self.policy(x)
