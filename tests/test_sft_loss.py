@@ -11,6 +11,8 @@ import torch
 from unmask.models import Dream, DreamConfig, tiny
 from unmask.models.sdar import tiny_sdar
 from unmask.pretrain import EncodedRows, masked_diffusion_loss
+from unmask.rl.estimators import ElboEstimator, sequence_elbo
+from unmask.rollouts.trajectory import Trajectory
 from unmask.sft.loss import (
     LossSettings,
     ProcessCorruption,
@@ -241,3 +243,42 @@ def test_block_family_scores_each_noisy_block_against_clean_earlier_blocks() -> 
     loss = sft_loss(model, batch, RowRandom.keyed([5]), LossSettings(normalization="token"), family_corruption(model))
     loss.backward()
     assert torch.isfinite(loss) and float(loss) > 0
+
+
+class FixedDraw(ElboEstimator):
+    """The RL ELBO estimator with given ratios and mask instead of its own draw."""
+
+    def __init__(self, mask_token_id: int, t: torch.Tensor, noised: torch.Tensor) -> None:
+        super().__init__(mask_token_id)
+        self.t, self.noised = t, noised
+
+    def draw(self, traj: Trajectory, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.t, self.noised
+
+
+@dataclass(frozen=True)
+class GivenNoise(ProcessCorruption):
+    """The family's forward on a given noise pattern."""
+
+    noised: torch.Tensor | None = None
+
+    def corrupt(self, batch: SFTBatch, t: torch.Tensor, rand: RowRandom) -> torch.Tensor:
+        return self.noised
+
+
+def test_loss_is_minus_the_rl_elbo_estimate_on_the_same_mask() -> None:
+    model = tiny(SMALL, seed=0)
+    batch = rows_batch(model, [[5, 6, 7], [8, 9]], [[10, 11, 12, 1], [13, 14, 1, 1]])
+    t, noised = torch.tensor([[0.5], [0.25]]), torch.tensor([[True, False, True, True], [False, True, False, True]])
+    terms = loss_terms(model, batch, RowRandom(2, torch.Generator()), LossSettings(normalization="batch"),
+                       GivenNoise(model.process, noised=noised), t=t)
+    traj = Trajectory(
+        tokens=torch.cat([batch.prompt_ids, batch.answer_ids], 1),
+        attention_mask=torch.cat([batch.prompt_mask, batch.supervised], 1), prompt_length=batch.prompt_ids.shape[1],
+        answer_mask=batch.supervised, commit_step=torch.zeros(2, 4, dtype=torch.long),
+        hint_mask=torch.zeros(2, 4, dtype=torch.bool), nfe=torch.ones(2),
+    )
+    elbo = sequence_elbo(FixedDraw(model.mask_token_id, t[:, 0], noised).token_logprobs(model, traj, 0))
+    # batch normalisation: Σ_i Σ_{M_i} CE/t_i over B rows; the estimator: Σ_{M_i} log p / t_i per row
+    assert float(terms.numerator) / 2 == pytest.approx(-float(elbo.mean()), abs=1e-5)
+    assert float(elbo.abs().min()) > 0
