@@ -33,7 +33,13 @@ from unmask.rewards.batch import RewardState
 from unmask.rewards.registry import RewardSpec
 from unmask.rewards.runner import COUNTS, RewardRunner
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint, trainable_state
-from unmask.rl.distributed import Preemption, any_process, max_over_processes, mean_over_processes
+from unmask.rl.distributed import (
+    Preemption,
+    any_process,
+    end_processes,
+    max_over_processes,
+    mean_over_processes,
+)
 from unmask.rl.logging import MetricsLogger, drop_metrics_after, progress_bar
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.policy import build_optimizer, build_policy
@@ -173,6 +179,17 @@ class Trainer:
     @property
     def unwrapped(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    def close(self) -> nn.Module:
+        """End this process's part of the run; returns the trained (unwrapped) policy.
+
+        Call it on every process once training is over: the DDP wrapper and the
+        optimizer are dropped before the process group is destroyed (``end_processes``).
+        """
+        policy = self.unwrapped
+        self.model = self.optimizer = None
+        end_processes(self.accelerator)
+        return policy
 
     def _timed(self, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)

@@ -110,7 +110,7 @@ def main(spec_path: str) -> None:
     if trainer.accelerator.is_main_process:
         (out / "ranks.json").write_text(json.dumps(records))
         save_file(trainable_state(trainer.unwrapped), str(out / "final.safetensors"))
-    trainer.accelerator.end_training()
+    trainer.close()
 
 
 if __name__ == "__main__":

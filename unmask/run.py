@@ -216,9 +216,9 @@ def run_recipe(recipe: Recipe) -> list[Comparison]:
         trainer = Trainer(recipe, eval_fn=periodic, model_factory=factory, rows=training_rows(recipe, rows))
         for _ in trainer.steps():
             pass
+        model = trainer.close()
         if trainer.preempted or not main:
             return []
-        model = trainer.unwrapped
         timings["train"] = time.perf_counter() - started
         after = evaluate_phase(model, rows, recipe, settings, runner)
         timings["eval after"] = after.seconds
