@@ -139,6 +139,10 @@ def test_recipe_mistakes_are_one_line() -> None:
         with pytest.raises(RecipeError, match=message) as err:
             sft_recipe(sft=sft)
         assert "\n" not in str(err.value)
+    for optim, message in [({"max_steps": 5, "num_train_epochs": 2}, "not both"),
+                           ({"optimizer_steps_per_rollout": 1}, "an RL setting")]:
+        with pytest.raises(RecipeError, match=message):
+            sft_recipe(optim=optim)
 
 
 def test_local_jsonl_and_parquet_files(tmp_path: Path) -> None:

@@ -62,6 +62,8 @@ class SFTOptimConfig(OptimConfig):
     def _one_length(self) -> SFTOptimConfig:
         if self.max_steps is not None and self.num_train_epochs is not None:
             raise ValueError("set either max_steps or num_train_epochs, not both")
+        if self.optimizer_steps_per_rollout is not None:
+            raise ValueError("optimizer_steps_per_rollout is an RL setting; SFT steps every gradient_accumulation_steps")
         return self
 
 
