@@ -31,7 +31,7 @@ from unmask.models.export import merge_and_save
 from unmask.models.generation import GenerationDefaults, write_generation_defaults
 from unmask.recipe import Recipe, save_recipe
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint
-from unmask.rl.distributed import Preemption, any_process, mean_over_processes
+from unmask.rl.distributed import Preemption, any_process, end_processes, mean_over_processes
 from unmask.rl.logging import MetricsLogger, drop_metrics_after, progress_bar
 from unmask.rl.policy import build_optimizer, build_policy
 from unmask.rl.stream import PromptStream
@@ -214,6 +214,14 @@ class SFTTrainer:
             settings.gen_length, settings.steps, settings.block_length, 0.0, settings.remasking, self.recipe.data.task))
         return final
 
+    def close(self) -> torch.nn.Module:
+        """End this process's part of the run (every process): the DDP wrapper and optimizer are
+        released before the process group goes (rl/distributed.py ``end_processes``); returns the policy."""
+        policy = self.unwrapped
+        self.model = self.optimizer = None
+        end_processes(self.accelerator)
+        return policy
+
     # -- the loop ----------------------------------------------------------------------
     def steps(self) -> Iterator[dict[str, float]]:
         """Train to the step count, yielding each step's metrics; SIGTERM saves a checkpoint and stops."""
@@ -263,6 +271,8 @@ class SFTTrainer:
 def train_sft(recipe: SFTRecipe, **kwargs: Any) -> dict[str, float]:
     """Run ``recipe``; returns the last step's metrics."""
     last: dict[str, float] = {}
-    for metrics in SFTTrainer(recipe, **kwargs).steps():
+    run = SFTTrainer(recipe, **kwargs)
+    for metrics in run.steps():
         last = metrics
+    run.close()
     return last
