@@ -45,6 +45,7 @@ def generate(
     remasking: str = "low_confidence",
     cfg_scale: float = 0.0,
     threshold: float | None = None,
+    dynamic_threshold: float | None = None,
     schedule: str = "linear",
     schedule_k: float = 2,
     confidence: str | ConfidenceFn | None = None,
@@ -63,6 +64,9 @@ def generate(
     ``steps`` is the total over all ``gen_length // block_length`` blocks (at least
     one per block). ``threshold`` switches to Fast-dLLM parallel decoding: each
     block runs until it is complete, ``steps`` and ``schedule`` are then unused.
+    ``dynamic_threshold`` is SDAR's dynamic low-confidence rule: a step commits every
+    position whose confidence exceeds it, and at least the schedule's count (the
+    block may then finish in fewer steps).
     ``hints`` is ``[B, gen_length]`` long, ``-1`` where the answer is free and the
     fixed token elsewhere. ``nfe`` counts model forward passes (two per step with
     CFG) during which a row still had positions to decode. The mask token is never
@@ -81,6 +85,7 @@ def generate(
     """
     prompt_ids, attention_mask = _check_prompt(prompt_ids, attention_mask)
     _check_settings(gen_length, steps, block_length, temperature, cfg_scale, threshold, remasking, schedule)
+    _check_dynamic(dynamic_threshold, threshold, remasking)
     if early_exit and remasking == "rcr":
         raise UserError("early_exit needs committed tokens to stay: it cannot be used with remasking='rcr'")
     conf_fn = resolve_confidence(remasking, confidence)
@@ -157,7 +162,12 @@ def generate(
                     scoped = conf.masked_fill(~scope, float("-inf"))
                     if threshold is None:
                         padded = torch.cat([scoped.new_full((batch, plen), float("-inf")), scoped], dim=1)
-                        changed = topk_rows(padded, [row[i] for row in counts])[:, plen:]
+                        k = [row[i] for row in counts]
+                        if dynamic_threshold is not None:  # earlier steps may have committed beyond the schedule
+                            k = [min(n, left) for n, left in zip(k, scope.sum(1).tolist(), strict=True)]
+                        changed = topk_rows(padded, k)[:, plen:]
+                        if dynamic_threshold is not None:
+                            changed |= scoped > dynamic_threshold
                     else:
                         changed = select_commits(scoped, threshold=threshold, eligible=scope)
                     answer = torch.where(changed, pred, answer)
@@ -174,7 +184,7 @@ def generate(
     settings: dict[str, Any] = {
         "gen_length": gen_length, "steps": steps, "block_length": block_length,
         "temperature": temperature, "remasking": remasking, "cfg_scale": cfg_scale,
-        "threshold": threshold, "schedule": schedule, "schedule_k": schedule_k,
+        "threshold": threshold, "dynamic_threshold": dynamic_threshold, "schedule": schedule, "schedule_k": schedule_k,
         "confidence": confidence, "seed": seeds, "cache": cache, "cache_refresh": cache_refresh,
         "partial_head": partial_head, "early_exit": early_exit,
     }
@@ -263,6 +273,15 @@ def _check_settings(
         raise UserError("threshold decoding and remasking='rcr' exclude each other: drop one of them")
     if schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+
+
+def _check_dynamic(dynamic_threshold: float | None, threshold: float | None, remasking: str) -> None:
+    if dynamic_threshold is None:
+        return
+    if not 0 < dynamic_threshold <= 1:
+        raise UserError(f"dynamic_threshold must be in (0, 1], got {dynamic_threshold}")
+    if threshold is not None or remasking == "rcr":
+        raise UserError("dynamic_threshold tops up the step's schedule: it excludes threshold and remasking='rcr'")
 
 
 def _check_hints(

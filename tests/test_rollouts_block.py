@@ -20,6 +20,7 @@ STRATEGIES = [
     {"temperature": 0.7, "threshold": 0.3},
     {"temperature": 1.0, "schedule": "cosine"},
     {"temperature": 1.0, "early_exit": True},
+    {"temperature": 1.0, "dynamic_threshold": 0.2},
 ]
 
 
@@ -98,3 +99,17 @@ def test_cached_block_logits_equal_the_full_forward_at_every_step(model):
     full, cached = generate(model, ids, **common), generate(model, ids, cache="block", **common)
     chosen = full.step_masked & (cached.step_pred != model.mask_token_id)
     torch.testing.assert_close(cached.step_logprob[chosen], full.step_logprob[chosen], rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_threshold_tops_up_the_schedule(model):
+    """SDAR's dynamic rule: every position above the threshold, and at least the schedule's count."""
+    ids, mask = prompts([8, 8], 8)
+    common = {"attention_mask": mask, "gen_length": 12, "steps": 12, "block_length": 4, "seed": 1, "temperature": 0.0}
+    plain = generate(model, ids, **common)
+    never = generate(model, ids, dynamic_threshold=1.0, **common)  # no probability exceeds 1: the schedule alone
+    assert torch.equal(never.tokens, plain.tokens) and torch.equal(never.nfe, plain.nfe)
+    eager = generate(model, ids, dynamic_threshold=1e-9, record=True, **common)  # everything clears it
+    assert eager.nfe.tolist() == [3, 3]  # one step per block
+    assert (eager.tokens[:, 8:] != model.mask_token_id).all()
+    with pytest.raises(UserError, match="dynamic_threshold"):
+        generate(model, ids, dynamic_threshold=0.5, remasking="rcr", **common)
