@@ -64,7 +64,7 @@ def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path: Path) -> None:
-    run = trainer(sft_recipe(tmp_path))
+    run = trainer(sft_recipe(tmp_path, logging={"report_to": ["jsonl", "tensorboard"]}))
     for metrics in run.steps():
         if run.step == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # caught: the next step ends with a checkpoint
@@ -72,6 +72,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path: Path) -> None:
     assert run.preempted and run.step == 2
     assert (tmp_path / "run/checkpoint-2/adapter_model.safetensors").is_file()
     assert not (tmp_path / "run/final").exists()
+    assert any((tmp_path / "run/tensorboard").iterdir()) and len(read_metrics(tmp_path / "run/metrics.jsonl")) == 2
 
 
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
@@ -144,6 +145,8 @@ def test_cli_reports_a_recipe_mistake_in_one_line(tmp_path: Path, capsys) -> Non
     assert main(["sft", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "packing: true is not supported" in err
+    assert main(["train", "tiny/sft_countdown"]) == 2
+    assert "is an SFT recipe; run it with `unmask sft tiny/sft_countdown`" in capsys.readouterr().err
 
 
 def test_then_train_runs_the_fed_rl_recipe_on_the_sft_output(tmp_path: Path) -> None:

@@ -57,8 +57,12 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from unmask.recipe import load_recipe
     from unmask.run import run_recipe
+    from unmask.sft.config import is_sft_recipe
 
-    run_recipe(load_recipe(resolve_recipe_path(args.recipe), args.overrides))
+    path = resolve_recipe_path(args.recipe)
+    if is_sft_recipe(path):
+        raise UserError(f"{path} is an SFT recipe; run it with `unmask sft {args.recipe}`")
+    run_recipe(load_recipe(path, args.overrides))
     return 0
 
 
