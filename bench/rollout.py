@@ -3,13 +3,15 @@
     python bench/rollout.py [--model builtin:tiny-countdown] [--limit 1000] [--tiny-blocks 16,4]
                             [--llada-shape 256,4,4,768] [--threads 1] [--repeats 1]
 
-One run, two models. (a) The shipped tiny model on the default run's held-out
+One run, three models. (a) The shipped tiny model on the default run's held-out
 Countdown set at its default greedy evaluation (``recipes/tiny/countdown_mdpo.yaml``:
 16 tokens, 16 steps, one 16-token block), plus smaller blocks where a KV cache has
 more to reuse; the task accuracy of each setting is graded. (b) A random model with
 LLaDA's architecture and full 126k vocabulary, scaled down to this machine, on random
 prompts: its numbers measure cost; its answers carry no meaning (a random model is
-never confident, so threshold decoding and early exit change nothing there).
+never confident, so threshold decoding and early exit change nothing there). (c) A
+random SDAR-shaped block-diffusion model: the exact block cache against the uncached
+block sampler (``--skip tiny --skip llada`` runs it alone).
 
 Every setting is the reference sampler (docs/sampling.md §1: no cache, LM head on every
 column) plus the named accelerations; ratios are against the reference of the same
@@ -31,6 +33,7 @@ from unmask.evaluation import EvalSettings, evaluate
 from unmask.models import LLaDA
 from unmask.models.base import DiffusionLM
 from unmask.models.llada import LLaDAConfig
+from unmask.models.sdar import SDAR, SDARConfig
 from unmask.rollouts.generate import generate
 from unmask.rollouts.trajectory import Trajectory
 
@@ -222,6 +225,44 @@ def llada_part(args: argparse.Namespace) -> None:
     print(markdown(title, settings["gen_length"], results), end="\n\n", flush=True)
 
 
+#: block-diffusion settings, against the uncached block sampler with the LM head on every column
+BLOCK_VARIANTS: dict[str, dict[str, Any]] = {
+    "reference": {"partial_head": False},
+    "exact (fast)": {},
+    "block cache": {"cache": "block"},
+    "block cache + dynamic 0.9": {"cache": "block", "dynamic_threshold": 0.9},
+    "block cache + threshold 0.9": {"cache": "block", "threshold": 0.9},
+}
+
+
+def sdar_part(args: argparse.Namespace) -> None:
+    """(c) A random SDAR-shaped block model (Qwen3 layout, block 4) on random prompts: the block cache's cost."""
+    width, layers, heads, kv_heads, head_dim, mlp, vocab = args.sdar_shape
+    config = SDARConfig(
+        hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=head_dim, intermediate_size=mlp, vocab_size=vocab, block_size=4, mask_token_id=vocab - 1,
+        bos_token_id=vocab - 2, eos_token_id=vocab - 2,
+    )  # fmt: skip
+    model = SDAR(config).eval()
+    model.init_weights(0)
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, vocab - 2, (args.llada_batch, args.llada_prompt), generator=gen)
+    settings = {"gen_length": 64, "steps": 64, "block_length": 4, "temperature": 1.0}
+    generate(model, prompts, gen_length=8, steps=2, block_length=4)  # warm-up
+    results = {}
+    for name, options in BLOCK_VARIANTS.items():
+        runs = [Timed(options) for _ in range(args.repeats)]
+        for run in runs:
+            run(model, prompts, seed=0, **settings)
+        results[name] = Measured.of(runs)
+    title = (
+        f"random SDAR-shaped block model: width {width}, {layers} layers, {heads}/{kv_heads} heads of {head_dim}, "
+        f"MLP {mlp}, vocab {vocab} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters); "
+        f"{args.llada_batch} random prompts of {args.llada_prompt} tokens, len64-steps64-block4, temperature 1"
+    )
+    print(markdown(title, settings["gen_length"], results), end="\n\n", flush=True)
+
+
 def int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",")]
 
@@ -237,16 +278,18 @@ def main() -> None:
     parser.add_argument("--llada-shape", type=int_list, default=[256, 4, 4, 768], help="d_model,layers,heads,mlp[,vocab]")
     parser.add_argument("--llada-batch", type=int, default=2)
     parser.add_argument("--llada-prompt", type=int, default=32)
-    parser.add_argument("--skip", choices=["tiny", "llada"], default=None)
+    parser.add_argument("--sdar-shape", type=int_list, default=[256, 4, 4, 2, 64, 768, 32000],
+                        help="width,layers,heads,kv_heads,head_dim,mlp,vocab of the random block model")
+    parser.add_argument("--skip", choices=["tiny", "llada", "sdar"], action="append", default=[],
+                        help="leave out a part (repeatable)")
     parser.add_argument("--only", type=lambda text: text.split(";"), default=None,
                         help="';'-separated setting names to run beside the reference (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (oversubscription is slow)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.skip != "tiny":
-        tiny_part(args)
-    if args.skip != "llada":
-        llada_part(args)
+    for name, part in (("tiny", tiny_part), ("llada", llada_part), ("sdar", sdar_part)):
+        if name not in args.skip:
+            part(args)
 
 
 if __name__ == "__main__":
