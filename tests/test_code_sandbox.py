@@ -67,7 +67,9 @@ def test_a_correct_program_passes_every_test_and_a_wrong_one_fails_some(canary: 
     assert good.ok and good.passed == good.total == 2
     wrong = run("def f(x):\n    return 2 if x == 1 else 0\n")
     assert (wrong.passed, wrong.reason) == (1, "wrong answer") and wrong.pass_rate == 0.5
-    assert "namespaces: mount, network, pid" in good.protections
+    if os.geteuid() == 0:  # as root (CI here) every protection is on; docs/code.md says what holds otherwise
+        assert {"namespaces: mount, network, pid", "read-only filesystem"} <= set(good.protections)
+        assert any(p.startswith("uid ") and "RLIMIT_NPROC enforced" in p for p in good.protections)
 
 
 @pytest.mark.parametrize(
