@@ -59,7 +59,7 @@ sft: $(VENV)/.installed  ## masked-diffusion SFT with SFT_RECIPE (default tiny/s
 	$(UNMASK) sft $(SFT_RECIPE) $(ARGS)
 
 sft-rl: $(VENV)/.installed  ## SFT_RECIPE, then the RL recipe it feeds (sft.feeds) on its output_dir/final
-	$(UNMASK) sft $(SFT_RECIPE) --then-train $(ARGS)
+	$(UNMASK) sft $(SFT_RECIPE) $(ARGS) --then-train
 
 eval: $(VENV)/.installed  ## evaluate MODEL on BENCH (EVAL_ARGS for more options)
 	$(VENV)/bin/unmask eval --model $(MODEL) --bench $(BENCH) $(EVAL_ARGS)

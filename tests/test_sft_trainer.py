@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from test_trainer import ROWS as RL_ROWS
 from test_trainer import comparable, make_model
@@ -18,6 +19,7 @@ from test_trainer import recipe as rl_recipe
 from unmask.cli import main, recipes_dir
 from unmask.errors import RecipeError
 from unmask.models import load_model
+from unmask.pretrain import TINY_TEMPLATE
 from unmask.recipe import validate_recipe
 from unmask.rl.checkpoint import trainable_state
 from unmask.rl.logging import read_metrics
@@ -156,3 +158,25 @@ def test_then_train_runs_the_fed_rl_recipe_on_the_sft_output(tmp_path: Path) -> 
     assert rl.algorithm.name == "mdpo" and rl.rollout.max_completion_length == 16  # tiny/countdown_mdpo
     with pytest.raises(RecipeError, match="sft.feeds: name the RL recipe"):
         rl_after_sft(sft_recipe(tmp_path))
+
+
+@pytest.mark.slow
+def test_then_train_runs_both_stages_in_one_command(tmp_path: Path) -> None:
+    rl = tmp_path / "rl.yaml"
+    rl.write_text(yaml.safe_dump({
+        "description": "a one-step RL run", "model": {"name_or_path": "builtin:tiny-countdown"},
+        "data": {"chat_template": False, "prompt_template": TINY_TEMPLATE},
+        "rollout": {"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 16, "steps": 16,
+                    "block_length": 16},
+        "algorithm": {"name": "diffu_grpo"}, "rewards": {"num_workers": 0},
+        "optim": {"max_steps": 1, "per_device_train_batch_size": 4},
+        "eval": {"limit": 4, "steps_per_token": [1]}, "logging": {"progress": False, "plot": False},
+    }))
+    command = [sys.executable, "-m", "unmask.cli", "sft", "tiny/sft_countdown", f"output_dir={tmp_path}", f"sft.feeds={rl}",
+               "optim.max_steps=1", "data.limit=50", "eval.limit=4", "eval.val_size=4", "logging.progress=false",
+               "--then-train"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = yaml.safe_load((tmp_path / "rl/recipe.yaml").read_text())
+    assert saved["model"]["name_or_path"] == str(tmp_path / "final")
+    assert [r["step"] for r in read_metrics(tmp_path / "rl/metrics.jsonl") if "loss" in r] == [1]

@@ -73,7 +73,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     recipe = load_sft_recipe(resolve_recipe_path(args.recipe), args.overrides)
     if args.then_train:
         rl_after_sft(recipe)  # a bad fed recipe stops the run before SFT, not after it
-    train_sft(recipe)
+    train_sft(recipe, end=not args.then_train)  # the RL stage then ends the processes
     if args.then_train:
         from unmask.run import run_recipe
 

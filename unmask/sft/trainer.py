@@ -268,11 +268,16 @@ class SFTTrainer:
             logger.close()
 
 
-def train_sft(recipe: SFTRecipe, **kwargs: Any) -> dict[str, float]:
-    """Run ``recipe``; returns the last step's metrics."""
+def train_sft(recipe: SFTRecipe, *, end: bool = True, **kwargs: Any) -> dict[str, float]:
+    """Run ``recipe``; returns the last step's metrics.
+
+    ``end=False`` keeps the process group for a stage that follows in the same processes
+    (``unmask sft --then-train``), which ends it; the trainer is simply dropped on return.
+    """
     last: dict[str, float] = {}
     run = SFTTrainer(recipe, **kwargs)
     for metrics in run.steps():
         last = metrics
-    run.close()
+    if end:
+        run.close()
     return last
