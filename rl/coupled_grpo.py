@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unmask.diffusion.process import DiffusionProcess
 from unmask.rl.estimators import ElboEstimator, Estimator, Key, OneStepEstimator, Scores
 from unmask.rl.likelihoods import ESTIMATORS
 from unmask.rollouts.trajectory import Trajectory
@@ -29,11 +30,11 @@ class CoupledScoreEstimator(Estimator):
 
     passes = 3
 
-    def __init__(self, mask_token_id: int, temperature: float = 1.0) -> None:
-        super().__init__(mask_token_id, temperature)
-        self.full = OneStepEstimator(mask_token_id, p_mask=0.0, temperature=temperature)
+    def __init__(self, process: DiffusionProcess, temperature: float = 1.0) -> None:
+        super().__init__(process, temperature)
+        self.full = OneStepEstimator(process, p_mask=0.0, temperature=temperature)
         # t ~ U[0.2, 0.8], DiffuCoder's range: ElboEstimator draws t in [min_ratio, 1 − min_ratio]
-        self.pair = ElboEstimator(mask_token_id, coupled=True, temperature=temperature, min_ratio=0.2)
+        self.pair = ElboEstimator(process, coupled=True, temperature=temperature, min_ratio=0.2)
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         full = self.full.token_logprobs(model, traj, key)
@@ -43,5 +44,5 @@ class CoupledScoreEstimator(Estimator):
 
 
 @ESTIMATORS.register("coupled")
-def _coupled(config: object, mask_token_id: int, temperature: float) -> Estimator:
-    return CoupledScoreEstimator(mask_token_id)
+def _coupled(config: object, process: DiffusionProcess, temperature: float) -> Estimator:
+    return CoupledScoreEstimator(process)

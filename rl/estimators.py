@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unmask.diffusion.absorbing import AbsorbingMask
+from unmask.diffusion.process import DiffusionProcess
 from unmask.kernels.ops import token_logprobs
 from unmask.rollouts.trajectory import Trajectory
 
@@ -56,31 +56,41 @@ def _answer_scores(
     targets: torch.Tensor,
     prompt_length: int,
     temperature: float,
-    exclude: int | None = None,
+    process: DiffusionProcess,
+    *,
+    clean: torch.Tensor | None = None,
+    exclude_noise: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of ``targets`` ``[B, L]`` at the answer positions, and (detached) entropies.
 
-    ``exclude`` drops one token from the distribution: the sampler never emits
-    ``[MASK]``, so scoring its own choices exactly renormalises without it.
+    ``input_ids`` is a corrupted canvas. With ``clean`` (the uncorrupted canvas) it is
+    scored as the process trains: two-stream ``[x_t ; x_0]`` on block-causal families,
+    so every noisy block sees clean earlier blocks; without, as one canvas (a replayed
+    sampler canvas already holds the context its step saw). ``exclude_noise`` drops
+    the noise token from the distribution: the sampler never emits it, so scoring its
+    own choices exactly renormalises without it.
 
     The LM head runs only at the answer columns (``logits_at``) and the reduction
     goes through :func:`unmask.kernels.token_logprobs`, so neither the prompt's
     logits nor a float32 ``[B, L, V]`` copy of the answer's ever exists.
     """
     answer = torch.arange(prompt_length, input_ids.shape[1], device=input_ids.device)
-    logits = model(input_ids, attention_mask=attention_mask, logits_at=answer, prompt_length=prompt_length)
-    if exclude is not None:
-        logits = logits.index_fill(-1, torch.tensor([exclude], device=logits.device), float("-inf"))
+    if clean is None:
+        logits = model(input_ids, attention_mask=attention_mask, logits_at=answer, prompt_length=prompt_length)
+    else:
+        logits = process.scoring_logits(model, input_ids, clean, attention_mask, prompt_length, logits_at=answer)
+    if exclude_noise:
+        logits = process.forbid_noise(logits)
     logprobs, entropy = token_logprobs(logits, targets.long(), temperature)
     return logprobs, entropy.detach()
 
 
-def _canvases(traj: Trajectory, rows: torch.Tensor, steps: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+def _canvases(traj: Trajectory, rows: torch.Tensor, steps: torch.Tensor, process: DiffusionProcess) -> torch.Tensor:
     """The canvas ``x_t`` the sampler saw, for each ``(rows[i], steps[i])`` pair: ``[len(rows), P + L]``."""
     canvases = traj.tokens.new_empty(len(rows), traj.tokens.shape[1])
     for t in steps.unique().tolist():
         chosen = steps == t
-        canvases[chosen] = traj.canvas(int(t), AbsorbingMask(mask_token_id))[rows[chosen]]
+        canvases[chosen] = traj.canvas(int(t), process)[rows[chosen]]
     return canvases
 
 
@@ -92,8 +102,8 @@ class Estimator:
     #: model forward passes per ``token_logprobs`` call
     passes: int = 1
 
-    def __init__(self, mask_token_id: int, temperature: float = 1.0) -> None:
-        self.mask_token_id = mask_token_id
+    def __init__(self, process: DiffusionProcess, temperature: float = 1.0) -> None:
+        self.process = process
         self.temperature = temperature
 
     def key_for(self, traj: Trajectory, seed: int) -> Key:
@@ -111,21 +121,21 @@ class Estimator:
 class OneStepEstimator(Estimator):
     """d1's estimator: prompt masked at rate ``p_mask``, answer fully masked, one pass."""
 
-    def __init__(self, mask_token_id: int, p_mask: float = 0.15, temperature: float = 1.0) -> None:
-        super().__init__(mask_token_id, temperature)
+    def __init__(self, process: DiffusionProcess, p_mask: float = 0.15, temperature: float = 1.0) -> None:
+        super().__init__(process, temperature)
         self.p_mask = p_mask
 
     def masked_input(self, traj: Trajectory, key: Key) -> torch.Tensor:
         prompt = traj.prompt_ids
         drop = torch.rand(prompt.shape, generator=_generator(int(key))) < self.p_mask
         drop = drop.to(prompt.device) & traj.attention_mask[:, : traj.prompt_length].bool()
-        answer = torch.full_like(traj.answer_ids, self.mask_token_id)
-        return torch.cat([prompt.masked_fill(drop, self.mask_token_id), answer], dim=1)
+        return torch.cat([self.process.corrupt(prompt, drop), self.process.blank(traj.answer_ids)], dim=1)
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         ids = self.masked_input(traj, key)
         logprobs, entropy = _answer_scores(
-            model, ids, traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature
+            model, ids, traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature, self.process,
+            clean=traj.tokens,
         )
         mask = torch.ones_like(traj.answer_mask, dtype=torch.bool)
         return Scores(logprobs, entropy, mask, torch.ones_like(logprobs))
@@ -148,11 +158,12 @@ class StepEstimator(Estimator):
             raise ValueError("the per-step estimator needs trajectories sampled with record=True")
         steps = torch.as_tensor(key, dtype=torch.long, device=traj.tokens.device)
         rows = torch.arange(traj.batch_size, device=steps.device)
-        canvas = _canvases(traj, rows, steps, self.mask_token_id)
+        canvas = _canvases(traj, rows, steps, self.process)
         mask = traj.step_masked[steps, rows]
         targets = traj.step_pred[steps, rows]
         logprobs, entropy = _answer_scores(
-            model, canvas, traj.attention_mask, targets, traj.prompt_length, self.temperature, self.mask_token_id
+            model, canvas, traj.attention_mask, targets, traj.prompt_length, self.temperature, self.process,
+            exclude_noise=True,
         )
         return Scores(logprobs * mask, entropy, mask, torch.ones_like(logprobs))
 
@@ -169,8 +180,8 @@ class TrajectoryEstimator(Estimator):
     sampling temperature. Hint positions (``commit_step = −1``) are not scored.
     """
 
-    def __init__(self, mask_token_id: int, temperature: float = 1.0, steps_per_row: int | None = None) -> None:
-        super().__init__(mask_token_id, temperature)
+    def __init__(self, process: DiffusionProcess, temperature: float = 1.0, steps_per_row: int | None = None) -> None:
+        super().__init__(process, temperature)
         self.steps_per_row = steps_per_row
         self.varies_per_iteration = steps_per_row is not None
 
@@ -201,8 +212,8 @@ class TrajectoryEstimator(Estimator):
             raise ValueError("the trajectory estimator got no token the policy chose: every answer token is a hint")
         rows, times = committed.nonzero(as_tuple=True)  # one replayed canvas per (row, commit step)
         logprobs, entropy = _answer_scores(
-            model, _canvases(traj, rows, times, self.mask_token_id), traj.attention_mask[rows],
-            traj.answer_ids[rows], traj.prompt_length, self.temperature, self.mask_token_id,
+            model, _canvases(traj, rows, times, self.process), traj.attention_mask[rows],
+            traj.answer_ids[rows], traj.prompt_length, self.temperature, self.process, exclude_noise=True,
         )
         index = torch.zeros_like(committed, dtype=torch.long)
         index[rows, times] = torch.arange(len(rows), device=rows.device)
@@ -224,10 +235,10 @@ class ElboEstimator(Estimator):
     """
 
     def __init__(
-        self, mask_token_id: int, coupled: bool = False, temperature: float = 1.0, min_ratio: float = 1e-3,
+        self, process: DiffusionProcess, coupled: bool = False, temperature: float = 1.0, min_ratio: float = 1e-3,
         answer_only: bool = False,
     ) -> None:
-        super().__init__(mask_token_id, temperature)
+        super().__init__(process, temperature)
         self.coupled = coupled
         self.passes = 2 if coupled else 1
         self.min_ratio = min_ratio
@@ -245,11 +256,13 @@ class ElboEstimator(Estimator):
         return ratio.to(traj.tokens.device), mask
 
     def _pass(self, model: nn.Module, traj: Trajectory, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.cat([traj.prompt_ids, traj.answer_ids.masked_fill(mask, self.mask_token_id)], 1)
+        ids = torch.cat([traj.prompt_ids, self.process.corrupt(traj.answer_ids, mask)], 1)
         attention = traj.attention_mask
         if self.answer_only:
             attention = torch.cat([attention[:, : traj.prompt_length], traj.answer_mask.to(attention.dtype)], 1)
-        return _answer_scores(model, ids, attention, traj.answer_ids, traj.prompt_length, self.temperature)
+        return _answer_scores(
+            model, ids, attention, traj.answer_ids, traj.prompt_length, self.temperature, self.process, clean=traj.tokens
+        )
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         ratio, mask = self.draw(traj, key)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unmask.diffusion.process import DiffusionProcess
 from unmask.rl.batches import BATCHES, Batches
 from unmask.rl.estimators import Key, Scores, TrajectoryEstimator
 from unmask.rl.likelihoods import ESTIMATORS
@@ -28,8 +29,8 @@ class ChunkReplayEstimator(TrajectoryEstimator):
 
     varies_per_iteration = False
 
-    def __init__(self, mask_token_id: int, temperature: float = 1.0, chunk: int = 32) -> None:
-        super().__init__(mask_token_id, temperature)
+    def __init__(self, process: DiffusionProcess, temperature: float = 1.0, chunk: int = 32) -> None:
+        super().__init__(process, temperature)
         self.chunk = chunk
 
     def key_for(self, traj: Trajectory, seed: int) -> Key:
@@ -46,8 +47,8 @@ class ChunkReplayEstimator(TrajectoryEstimator):
 
 
 @ESTIMATORS.register("trajectory_chunk", record=True, keyed_by="chunk", needs=("replay_chunk",))
-def _trajectory_chunk(config: Any, mask_token_id: int, temperature: float) -> ChunkReplayEstimator:
-    return ChunkReplayEstimator(mask_token_id, temperature=temperature or 1.0, chunk=config.replay_chunk)
+def _trajectory_chunk(config: Any, process: DiffusionProcess, temperature: float) -> ChunkReplayEstimator:
+    return ChunkReplayEstimator(process, temperature=temperature or 1.0, chunk=config.replay_chunk)
 
 
 class Chunks(Batches):

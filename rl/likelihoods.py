@@ -1,4 +1,4 @@
-"""The likelihood estimators a recipe can name: ``ESTIMATORS[name](config, mask_token_id, temperature)``.
+"""The likelihood estimators a recipe can name: ``ESTIMATORS[name](config, process, temperature)``.
 
 Traits the parts' validation reads: ``record`` (needs the sampler's per-step record),
 ``keyed_by`` (its key is what the batch builder's items carry in ``TrainBatch.steps``: a
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from unmask.diffusion.process import DiffusionProcess
 from unmask.rl.estimators import (
     ElboEstimator,
     Estimator,
@@ -23,51 +24,58 @@ from unmask.rl.estimators import (
 )
 from unmask.rl.mc_estimators import BlockEstimator, ExactCountEstimator
 from unmask.rl.registry import Registry
+from unmask.rl.tracerl import BlockReplayEstimator
 
-ESTIMATORS: Registry[Callable[[Any, int, float], Estimator]] = Registry("likelihood estimator")
+ESTIMATORS: Registry[Callable[[Any, DiffusionProcess, float], Estimator]] = Registry("likelihood estimator")
 
 
 @ESTIMATORS.register("one_step", needs=("p_mask",))
-def _one_step(config: Any, mask_token_id: int, temperature: float) -> Estimator:
-    return OneStepEstimator(mask_token_id, p_mask=config.p_mask)
+def _one_step(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
+    return OneStepEstimator(process, p_mask=config.p_mask)
+
+
+@ESTIMATORS.register("block_replay", record=True)
+def _block_replay(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
+    """TraceRL's replay of block-diffusion rollouts: step k of every block in one two-stream pass."""
+    return BlockReplayEstimator(process, temperature=temperature or 1.0)
 
 
 @ESTIMATORS.register("elbo", elbo=True, pair=True)
-def _elbo(config: Any, mask_token_id: int, temperature: float) -> Estimator:
-    return ElboEstimator(mask_token_id, coupled=True)
+def _elbo(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
+    return ElboEstimator(process, coupled=True)
 
 
 @ESTIMATORS.register("trajectory", record=True, needs=("trajectory_steps",))
-def _trajectory(config: Any, mask_token_id: int, temperature: float) -> Estimator:
+def _trajectory(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
     # greedy rollouts have no sampling distribution; score them at temperature 1
-    return TrajectoryEstimator(mask_token_id, temperature=temperature or 1.0, steps_per_row=config.trajectory_steps)
+    return TrajectoryEstimator(process, temperature=temperature or 1.0, steps_per_row=config.trajectory_steps)
 
 
 @ESTIMATORS.register("step", record=True, keyed_by="step")
-def _step(config: Any, mask_token_id: int, temperature: float) -> Estimator:
-    return StepEstimator(mask_token_id, temperature=temperature or 1.0)
+def _step(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
+    return StepEstimator(process, temperature=temperature or 1.0)
 
 
 @ESTIMATORS.register("elbo_sample", elbo=True)
-def _elbo_sample(config: Any, mask_token_id: int, temperature: float) -> Estimator:
+def _elbo_sample(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
     """BGPO's single-sample item: one masked pass over the answer up to its first EOS."""
-    return ElboEstimator(mask_token_id, answer_only=True)
+    return ElboEstimator(process, answer_only=True)
 
 
 @ESTIMATORS.register("block", elbo=True, upper=True, needs=("mc_samples", "mask_block_length", "p_mask", "eubo_beta"))
-def _block(config: Any, mask_token_id: int, temperature: float) -> Estimator:
+def _block(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
     c = config
     return BlockEstimator(
-        mask_token_id, samples=c.mc_samples, block_length=c.mask_block_length, p_mask=c.p_mask, beta=c.eubo_beta
+        process, samples=c.mc_samples, block_length=c.mask_block_length, p_mask=c.p_mask, beta=c.eubo_beta
     )
 
 
 @ESTIMATORS.register("exact_count", elbo=True, needs=("mc_samples",))
-def _exact_count(config: Any, mask_token_id: int, temperature: float) -> Estimator:
-    return ExactCountEstimator(mask_token_id, samples=config.mc_samples)
+def _exact_count(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
+    return ExactCountEstimator(process, samples=config.mc_samples)
 
 
 @ESTIMATORS.register("exact_count_pair", elbo=True, pair=True)
-def _exact_count_pair(config: Any, mask_token_id: int, temperature: float) -> Estimator:
+def _exact_count_pair(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
     """One exact-count draw and its complement: an item of GDSD's ``m`` separate draws."""
-    return ExactCountEstimator(mask_token_id, samples=1)
+    return ExactCountEstimator(process, samples=1)

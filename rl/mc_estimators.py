@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from unmask.diffusion.process import DiffusionProcess
 from unmask.rl.estimators import Estimator, Key, Scores, _answer_scores, _generator
 from unmask.rollouts.trajectory import Trajectory
 
@@ -73,10 +74,10 @@ class BlockEstimator(Estimator):
     """
 
     def __init__(
-        self, mask_token_id: int, samples: int = 2, block_length: int = 32, p_mask: float = 0.15,
+        self, process: DiffusionProcess, samples: int = 2, block_length: int = 32, p_mask: float = 0.15,
         beta: float = 1.5, temperature: float = 1.0,
     ) -> None:
-        super().__init__(mask_token_id, temperature)
+        super().__init__(process, temperature)
         self.samples, self.block_length, self.p_mask, self.beta = samples, block_length, p_mask, beta
         self.passes = samples
 
@@ -110,9 +111,10 @@ class BlockEstimator(Estimator):
         lp, ent = zip(*(
             _answer_scores(
                 model,
-                torch.cat([traj.prompt_ids.masked_fill(drop[j], self.mask_token_id),
-                           traj.answer_ids.masked_fill(masked[j], self.mask_token_id)], 1),
-                traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature,
+                torch.cat([self.process.corrupt(traj.prompt_ids, drop[j]),
+                           self.process.corrupt(traj.answer_ids, masked[j])], 1),
+                traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature, self.process,
+                clean=traj.tokens,
             )
             for j in range(self.samples)
         ), strict=True)  # fmt: skip
@@ -130,8 +132,8 @@ class ExactCountEstimator(Estimator):
     Every answer position counts, the EOS fill included; the prompt stays clean.
     """
 
-    def __init__(self, mask_token_id: int, samples: int = 2, temperature: float = 1.0) -> None:
-        super().__init__(mask_token_id, temperature)
+    def __init__(self, process: DiffusionProcess, samples: int = 2, temperature: float = 1.0) -> None:
+        super().__init__(process, temperature)
         self.samples = samples
         self.passes = 2 * samples
 
@@ -154,9 +156,10 @@ class ExactCountEstimator(Estimator):
         samples = []
         for x, mask in zip(counts, masks, strict=True):
             for chosen, size in ((mask, x), (~mask, length - x)):
-                ids = torch.cat([traj.prompt_ids, traj.answer_ids.masked_fill(chosen, self.mask_token_id)], 1)
+                ids = torch.cat([traj.prompt_ids, self.process.corrupt(traj.answer_ids, chosen)], 1)
                 lp, ent = _answer_scores(
-                    model, ids, traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature
+                    model, ids, traj.attention_mask, traj.answer_ids, traj.prompt_length, self.temperature,
+                    self.process, clean=traj.tokens,
                 )
                 weight = (length + 1) / (2 * self.samples * size.clamp(min=1).float())
                 samples.append(Sample(lp, ent, chosen, weight[:, None]))

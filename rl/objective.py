@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
+from unmask.diffusion.process import DiffusionProcess
 from unmask.rl.estimators import Estimator, Key, Scores
 from unmask.rl.losses import KL_FORMS, masked_mean
 from unmask.rl.policy_losses import LossInputs
@@ -155,7 +156,7 @@ def check_parts(config: Any) -> None:
 class Objective:
     """The parts a recipe's algorithm section names, put together."""
 
-    def __init__(self, config: Any, *, mask_token_id: int, temperature: float, gen_length: int) -> None:
+    def __init__(self, config: Any, *, process: DiffusionProcess, temperature: float, gen_length: int) -> None:
         check_parts(config)
         parts = registries()
         self.config = config
@@ -173,7 +174,7 @@ class Objective:
         self.mask = parts["loss_mask"][config.loss_mask]
         self.token_weight = parts["token_weight"][config.token_weight]
         self.aggregate = parts["aggregation"][config.aggregation]
-        self.estimator: Estimator = parts["estimator"][config.estimator](config, mask_token_id, temperature)
+        self.estimator: Estimator = parts["estimator"][config.estimator](config, process, temperature)
         #: rollouts must keep the per-step record (docs/sampling.md §7)
         self.record_steps = bool(parts["estimator"].trait(config.estimator, "record"))
         self._keyed_by_steps = parts["estimator"].trait(config.estimator, "keyed_by") is not None

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from unmask.diffusion.absorbing import AbsorbingMask
+from unmask.diffusion.process import DiffusionProcess
 from unmask.recipe import RolloutConfig
 from unmask.rewards.runner import RewardBatch
 from unmask.rl.objective import RewardResult
@@ -42,11 +42,11 @@ def decode_answers(tokenizer: Any, answers: torch.Tensor, eos_ids: Sequence[int]
     return texts
 
 
-def intermediate_answers(traj: Trajectory, mask_token_id: int) -> torch.Tensor:
+def intermediate_answers(traj: Trajectory, process: DiffusionProcess) -> torch.Tensor:
     """``[T, B, L]``: every step's canvas with its masked positions filled by that step's prediction."""
     plen = traj.prompt_length
     return torch.stack([
-        torch.where(traj.step_masked[t], traj.step_pred[t], traj.canvas(t, AbsorbingMask(mask_token_id))[:, plen:])
+        torch.where(traj.step_masked[t], traj.step_pred[t], traj.canvas(t, process)[:, plen:])
         for t in range(traj.num_steps)
     ])
 
@@ -61,7 +61,7 @@ class Rollouts:
         score_fn: Callable[..., RewardBatch],
         tokenizer: Any,
         *,
-        mask_token_id: int,
+        process: DiffusionProcess,
         eos_ids: Sequence[int],
         correct_threshold: float,
         record: bool,
@@ -71,7 +71,7 @@ class Rollouts:
         self.settings = settings
         self.score_fn = score_fn
         self._tokenizer = tokenizer
-        self.mask_token_id = mask_token_id
+        self.process = process
         self.eos_ids = tuple(eos_ids)
         self.correct_threshold = correct_threshold
         self.record = record
@@ -140,7 +140,7 @@ class Rollouts:
         trainer does), not cut at its first EOS: a stray early EOS in a still-changing
         canvas must not zero a step whose text is right.
         """
-        answers = intermediate_answers(traj, self.mask_token_id)  # [T, B, L]
+        answers = intermediate_answers(traj, self.process)  # [T, B, L]
         steps, batch = answers.shape[:2]
         ids = answers.reshape(steps * batch, -1).tolist()
         rewards, _ = self._grade(self.tokenizer.batch_decode(ids, skip_special_tokens=True), ids, list(rows) * steps)

@@ -24,7 +24,7 @@ from torch import nn
 from unmask.diffusion.process import DiffusionProcess
 from unmask.errors import UserError
 from unmask.kernels.ops import token_logprobs
-from unmask.rl.estimators import Key, Scores
+from unmask.rl.estimators import Estimator, Key, Scores
 from unmask.rollouts.trajectory import Trajectory
 
 
@@ -48,7 +48,7 @@ def step_ranks(commit_step: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(commit_step).scatter_(1, order, count - at_start)
 
 
-class BlockReplayEstimator:
+class BlockReplayEstimator(Estimator):
     """Exact per-step replay of a block-diffusion rollout, one two-stream pass per step rank.
 
     ``token_logprobs`` returns, for every token the policy committed, its log-prob
@@ -65,11 +65,7 @@ class BlockReplayEstimator:
                 f"block replay (TraceRL) scores block-diffusion rollouts through the two-stream input; the "
                 f"{process.name} process ({process.attention} attention) has none: use the 'trajectory' estimator"
             )
-        self.process = process
-        self.temperature = temperature
-
-    def key_for(self, traj: Trajectory, seed: int) -> Key:
-        return seed
+        super().__init__(process, temperature)
 
     def blocks(self, traj: Trajectory) -> torch.Tensor:
         """``[B, L]`` decoding round (block) of each answer position, as the sampler had them."""
@@ -97,7 +93,7 @@ class BlockReplayEstimator:
             logits = self.process.scoring_logits(
                 model, noisy, traj.tokens[rows], traj.attention_mask[rows], traj.prompt_length, logits_at=at
             )
-            logits = self.process.forbid_noise(logits.clone())
+            logits = self.process.forbid_noise(logits)
             lp, ent = token_logprobs(logits, traj.answer_ids[rows], self.temperature)
             chosen = targets[rows]
             logprobs[rows] = torch.where(chosen, lp, logprobs[rows])

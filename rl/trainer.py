@@ -116,7 +116,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         r = recipe.rollout
         self.objective: Objective = build_objective(
-            recipe.algorithm, mask_token_id=base.mask_token_id, temperature=r.temperature,
+            recipe.algorithm, process=base.process, temperature=r.temperature,
             gen_length=r.max_completion_length,
         )
         if self.objective.needs_reference and self.reference is None:
@@ -131,7 +131,7 @@ class Trainer:
         sampler = self.pool.generate if self.pool is not None else local_sampler(self.unwrapped)
         self.rollouts = Rollouts(
             self._timed("rollout", sampler), r, self._timed("reward", self.runner.score), base.tokenizer,
-            mask_token_id=base.mask_token_id, eos_ids=base.eos_token_ids,
+            process=base.process, eos_ids=base.eos_token_ids,
             correct_threshold=recipe.algorithm.correct_threshold, record=self.objective.record_steps,
             device="cpu" if self.pool is not None else self.accelerator.device,
         )

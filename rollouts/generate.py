@@ -141,7 +141,7 @@ def generate(
                 pred, conf, logprob = answer.clone(), torch.full_like(buffer, float("-inf")), torch.zeros_like(buffer)
                 if active.any():
                     rows = active.nonzero().squeeze(1)
-                    flat = process.forbid_noise(forward(answer, rows, predict[rows], span))  # committed noise would break the schedule
+                    flat = process.forbid_noise_(forward(answer, rows, predict[rows], span))  # committed noise would break the schedule
                     stats = _lean_step(flat) if lean else sample_step(flat, temperature, uniforms=u_sample[predict])
                     pred = pred.masked_scatter(predict, stats.token)
                     conf = conf.masked_scatter(predict, conf_fn(stats, u_conf[predict]).double())

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.recipe import (
     BGPOConfig,
     DiffuGRPOConfig,
@@ -91,7 +92,7 @@ def batch(name: str) -> TrainBatch:
 
 def case(name: str, config: Any, with_old: bool) -> dict[str, Any]:
     """Loss, metrics and ``∂loss/∂logprobs`` of one case (θ_old scored, or ``None`` = θ_old is θ)."""
-    objective = build_objective(config, mask_token_id=0, temperature=1.0, gen_length=LENGTH)
+    objective = build_objective(config, process=AbsorbingMask(0), temperature=1.0, gen_length=LENGTH)
     new = scores(1, grad=True)
     old = scores(2) if with_old else None
     ref = scores(3)
@@ -102,7 +103,7 @@ def case(name: str, config: Any, with_old: bool) -> dict[str, Any]:
 
 def advantages(config: Any) -> torch.Tensor:
     """``prepare``'s advantages for the objectives whose batch needs no sampler."""
-    objective = build_objective(config, mask_token_id=0, temperature=1.0, gen_length=LENGTH)
+    objective = build_objective(config, process=AbsorbingMask(0), temperature=1.0, gen_length=LENGTH)
     return objective.prepare(rollout(), None).advantages
 
 

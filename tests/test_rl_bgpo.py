@@ -10,6 +10,7 @@ from test_rl_estimators import TINY
 from test_rl_old_policy import spy
 from test_trainer import ROWS, make_model, recipe
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.errors import RecipeError
 from unmask.models.tiny import tiny
 from unmask.recipe import BGPOConfig, validate_recipe
@@ -21,7 +22,7 @@ from unmask.rollouts.trajectory import Trajectory
 
 
 def bgpo(n_t: int = 2, **config):
-    return build_objective(BGPOConfig(mc_samples=n_t, **config), mask_token_id=0, temperature=1.0, gen_length=4)
+    return build_objective(BGPOConfig(mc_samples=n_t, **config), process=AbsorbingMask(0), temperature=1.0, gen_length=4)
 
 
 def item_scores(elbos: list[float]) -> Scores:
@@ -95,7 +96,7 @@ def test_on_policy_bgpo_is_reinforce_on_the_mc_elbo(advantage):
     """(g2): d ≡ 0 ⇒ value A and gradient (A/n_t) Σ_j ∇ℓ^(j), i.e. that of exp(Ê_θ − sg Ê_θ)·A."""
     n_t = 3
     model, traj = model_items(n_t)
-    objective = build_objective(BGPOConfig(mc_samples=n_t), mask_token_id=model.mask_token_id, temperature=1.0,
+    objective = build_objective(BGPOConfig(mc_samples=n_t), process=model.process, temperature=1.0,
                                 gen_length=8)
     batch = TrainBatch(traj, torch.full((2 * n_t,), advantage))
     scores = objective.estimator.token_logprobs(model, traj, 4)
@@ -150,7 +151,7 @@ def bgpo_gradient(n_t: int, per_item_backward: bool) -> tuple[list[torch.Tensor]
     """Off-policy BGPO gradient over 2 answers × ``n_t`` items, micro-batches of 2 items; and peak saved bytes."""
     model, traj = model_items(n_t)
     old_model = tiny(TINY, seed=8).eval()  # θ_old ≠ θ, so both bounds are active
-    objective = build_objective(BGPOConfig(mc_samples=n_t), mask_token_id=model.mask_token_id, temperature=1.0,
+    objective = build_objective(BGPOConfig(mc_samples=n_t), process=model.process, temperature=1.0,
                                 gen_length=8)
     batch = TrainBatch(traj, torch.tensor([0.9] * n_t + [-0.9] * n_t))
     micro = [batch.select([i, i + 1]) for i in range(0, len(batch), 2)]

@@ -10,6 +10,7 @@ from test_rl_estimators import TINY
 from test_rl_old_policy import spy
 from test_trainer import ROWS, make_model, recipe
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.models.tiny import tiny
 from unmask.recipe import ESPOConfig
 from unmask.rl.advantages import leave_one_out_advantages
@@ -38,7 +39,7 @@ def test_one_token_answer_gives_the_exact_conditional_for_every_draw(model):
     ids = traj.tokens.clone()
     ids[:, -1] = model.mask_token_id
     exact = answer_logprobs(model, ids, traj)[:, 0]
-    est = ExactCountEstimator(model.mask_token_id, samples=2)
+    est = ExactCountEstimator(model.process, samples=2)
     for key in range(4):
         with torch.no_grad():
             torch.testing.assert_close(sequence_elbo(est.token_logprobs(model, traj, key)), exact)
@@ -56,7 +57,7 @@ def test_coupled_pair_with_two_of_four_masked_is_minus_seven_and_a_half():
 def test_estimator_is_the_average_of_coupled_exact_count_pairs(model):
     """Σ weight·logprob = (1/m) Σ_c ½((L+1)/x Σ_M ℓ + (L+1)/(L−x) Σ_{M^c} ℓ), from direct forwards."""
     traj = generate(model, torch.randint(5, 60, (5, 4)), gen_length=6, steps=6, block_length=6, seed=1)
-    est = ExactCountEstimator(model.mask_token_id, samples=2)
+    est = ExactCountEstimator(model.process, samples=2)
     with torch.no_grad():
         scores = est.token_logprobs(model, traj, 11)
     counts, masks = est.draw(traj, 11)
@@ -94,7 +95,7 @@ def long_trajectory(length: int = 256) -> Trajectory:
 
 
 def espo(**config):
-    return build_objective(ESPOConfig(**config), mask_token_id=0, temperature=1.0, gen_length=256)
+    return build_objective(ESPOConfig(**config), process=AbsorbingMask(0), temperature=1.0, gen_length=256)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,7 @@ def test_first_inner_iteration_has_unit_ratio_and_the_plain_elbo_gradient():
     model = tiny(TINY, seed=5).train()
     traj = generate(model, torch.randint(5, 60, (4, 5)), gen_length=8, steps=8, block_length=8, seed=6)
     batch = TrainBatch(traj, torch.tensor([1.0, -0.5, 0.25, -0.75]))
-    objective = build_objective(ESPOConfig(beta=0.01), mask_token_id=model.mask_token_id, temperature=1.0, gen_length=8)
+    objective = build_objective(ESPOConfig(beta=0.01), process=model.process, temperature=1.0, gen_length=8)
     est = objective.estimator
     with torch.no_grad():
         old = est.token_logprobs(model, traj, 21)

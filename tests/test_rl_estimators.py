@@ -54,7 +54,7 @@ def direct_logprobs(model, ids, attention, targets, temperature=1.0, exclude_mas
 
 def test_one_step_masks_prompt_with_shared_seed_and_answer_fully(model):
     traj = hand_trajectory(model)
-    est = OneStepEstimator(model.mask_token_id, p_mask=0.5)
+    est = OneStepEstimator(model.process, p_mask=0.5)
     with torch.no_grad():
         scores = est.token_logprobs(model, traj, 7)
         again = est.token_logprobs(model, traj, 7)
@@ -73,7 +73,7 @@ def test_one_step_masks_prompt_with_shared_seed_and_answer_fully(model):
 
 def test_step_estimator_scores_prediction_on_recorded_canvas(model):
     traj = hand_trajectory(model)
-    est = StepEstimator(model.mask_token_id, temperature=0.7)
+    est = StepEstimator(model.process, temperature=0.7)
     with torch.no_grad():
         scores = est.token_logprobs(model, traj, torch.tensor([1, 0]))
     m = model.mask_token_id
@@ -89,7 +89,7 @@ def test_step_estimator_scores_prediction_on_recorded_canvas(model):
 @pytest.mark.parametrize("coupled", [False, True])
 def test_elbo_weights_masked_tokens_by_inverse_ratio(model, coupled):
     traj = hand_trajectory(model)
-    est = ElboEstimator(model.mask_token_id, coupled=coupled)
+    est = ElboEstimator(model.process, coupled=coupled)
     with torch.no_grad():
         scores = est.token_logprobs(model, traj, 3)
     gen = torch.Generator().manual_seed(3)
@@ -118,7 +118,7 @@ def test_elbo_weights_masked_tokens_by_inverse_ratio(model, coupled):
 def test_answer_only_elbo_scores_up_to_eos_and_leaves_the_eos_fill_out_of_the_input(model):
     """BGPO's item: masks and scores only C, and what follows the first EOS cannot change a score."""
     traj = hand_trajectory(model)  # row 1's answer ends at its third position
-    est = ElboEstimator(model.mask_token_id, answer_only=True)
+    est = ElboEstimator(model.process, answer_only=True)
     other = Trajectory(**{**vars(traj), "tokens": traj.tokens.clone()})
     other.tokens[1, -1] = 40  # a different token after the EOS
     with torch.no_grad():
@@ -138,14 +138,14 @@ def test_step_estimator_needs_recorded_steps(model):
     traj = hand_trajectory(model)
     traj.step_masked = None
     with pytest.raises(ValueError, match="record=True"):
-        StepEstimator(model.mask_token_id).token_logprobs(model, traj, torch.tensor([0, 0]))
+        StepEstimator(model.process).token_logprobs(model, traj, torch.tensor([0, 0]))
 
 
 def test_scores_through_the_kernel_match_full_log_softmax_values_and_gradients():
     """Answer-only logits + fused kernel give the naive full-vocabulary scores and gradients."""
     model = tiny(TINY, seed=1).train()
     traj = hand_trajectory(model)
-    est = ElboEstimator(model.mask_token_id, coupled=True, temperature=0.8)
+    est = ElboEstimator(model.process, coupled=True, temperature=0.8)
     scores = est.token_logprobs(model, traj, 5)
     assert not scores.entropy.requires_grad  # entropy is a metric / hint filter, never a gradient path
     (scores.logprobs * scores.weight).sum().backward()
@@ -176,7 +176,7 @@ def test_trajectory_estimator_replays_the_samplers_own_log_probs(model, remaskin
         model, prompts, gen_length=8, steps=4, block_length=4, temperature=0.7, remasking=remasking,
         seed=3, record=True,
     )  # fmt: skip
-    est = TrajectoryEstimator(model.mask_token_id, temperature=0.7)
+    est = TrajectoryEstimator(model.process, temperature=0.7)
     with torch.no_grad():
         scores = est.token_logprobs(model, traj, est.key_for(traj, 0))
     rows = torch.arange(3)[:, None]
@@ -190,7 +190,7 @@ def test_trajectory_estimator_replays_the_samplers_own_log_probs(model, remaskin
 def test_trajectory_estimator_skips_hints_and_needs_recorded_steps(model):
     traj = hand_trajectory(model)
     traj.commit_step[0, 1] = -1  # a hint: fixed before sampling, not the policy's choice
-    est = TrajectoryEstimator(model.mask_token_id)
+    est = TrajectoryEstimator(model.process)
     with torch.no_grad():
         scores = est.token_logprobs(model, traj, 0)
     assert not scores.mask[0, 1] and scores.logprobs[0, 1] == 0 and scores.mask.sum() == 7
@@ -208,8 +208,8 @@ def test_trajectory_estimator_skips_hints_and_needs_recorded_steps(model):
 def test_trajectory_estimator_subsamples_whole_commit_steps_per_row(model):
     prompts = torch.randint(5, 60, (4, 5))
     traj = generate(model, prompts, gen_length=8, steps=8, block_length=8, temperature=0.7, seed=5, record=True)
-    full = TrajectoryEstimator(model.mask_token_id, temperature=0.7)
-    sub = TrajectoryEstimator(model.mask_token_id, temperature=0.7, steps_per_row=3)
+    full = TrajectoryEstimator(model.process, temperature=0.7)
+    sub = TrajectoryEstimator(model.process, temperature=0.7, steps_per_row=3)
     with torch.no_grad():
         exact = full.token_logprobs(model, traj, 0)
         first, again, other = (sub.token_logprobs(model, traj, key) for key in (11, 11, 12))

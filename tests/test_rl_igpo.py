@@ -26,7 +26,7 @@ def setup():
     model = tiny({"n_layers": 1, "d_model": 32, "n_heads": 2, "mlp_hidden_size": 64}, seed=0).eval()
     runner = RewardRunner([RewardSpec("test_rl_igpo:hinted_reward")], num_workers=0)
     settings = RolloutConfig(num_generations=4, max_completion_length=GEN, steps=8, block_length=GEN, temperature=1.0)
-    ctx = Rollouts(local_sampler(model), settings, runner.score, model.tokenizer, mask_token_id=model.mask_token_id,
+    ctx = Rollouts(local_sampler(model), settings, runner.score, model.tokenizer, process=model.process,
                    eos_ids=model.eos_token_ids, correct_threshold=1.0, record=False)
     calls = []
     real = ctx.generate
@@ -58,7 +58,7 @@ def test_igpo_hints_only_all_wrong_groups_and_never_the_answer(setup):
     calls.clear()
     scored = ctx.score(traj, rows)
     assert scored.correct.tolist() == [False] * 4 + [True] * 4 + [False] * 4
-    objective = build_objective(IGPOConfig(free_tail=10), mask_token_id=model.mask_token_id, temperature=1.0, gen_length=GEN)
+    objective = build_objective(IGPOConfig(free_tail=10), process=model.process, temperature=1.0, gen_length=GEN)
     batch = objective.prepare(Rollout(traj, rows, scored.rewards, scored.correct, 4, seed=5), ctx)
 
     assert len(calls) == 1

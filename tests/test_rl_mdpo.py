@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_trainer import make_model
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.errors import UserError
 from unmask.models.tiny_tokenizer import build_tiny_tokenizer
 from unmask.recipe import MDPOConfig, Recipe, RolloutConfig, load_recipe
@@ -33,7 +34,7 @@ def rollouts(settings: RolloutConfig | None = None, model=None) -> Rollouts:
         from unmask.rl.rollout import local_sampler
 
         sample = local_sampler(model)
-    return Rollouts(sample, settings or RolloutConfig(), runner.score, tokenizer, mask_token_id=tokenizer.mask_token_id,
+    return Rollouts(sample, settings or RolloutConfig(), runner.score, tokenizer, process=AbsorbingMask(tokenizer.mask_token_id),
                     eos_ids=[tokenizer.eos_token_id], correct_threshold=1.0, record=True)
 
 
@@ -71,7 +72,7 @@ class StepRewards:
 
 
 def prepared(step_reward: str, rewards: torch.Tensor, correct: torch.Tensor):
-    objective = build_objective(MDPOConfig(step_reward=step_reward, sample_train_steps=3), mask_token_id=0,
+    objective = build_objective(MDPOConfig(step_reward=step_reward, sample_train_steps=3), process=AbsorbingMask(0),
                                 temperature=1.0, gen_length=3)
     traj = one_step_trajectory([7, 8, 9], 0).select([0] * len(correct))
     rollout = Rollout(traj, [{}] * len(correct), correct.float(), correct, group_size=2)
@@ -126,7 +127,7 @@ def test_every_sampler_value_the_recipe_accepts_generates(field, value):
 
 
 def test_in_rollout_over_denoising_filter_keeps_whole_groups_that_showed_it():
-    objective = build_objective(MDPOConfig(over_denoising_filter="rollout", sample_train_steps=1), mask_token_id=0,
+    objective = build_objective(MDPOConfig(over_denoising_filter="rollout", sample_train_steps=1), process=AbsorbingMask(0),
                                 temperature=1.0, gen_length=3)
     step_rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
     correct = torch.tensor([False, False, True, True])
@@ -162,7 +163,7 @@ def test_greedy_pre_pass_keeps_the_over_denoised_training_prompts(tmp_path):
         *overrides, "algorithm.over_denoising_filter=greedy",
         "rewards.functions=[{name: 'test_rl_mdpo:differs_from_final'}]"])
     filtered = Trainer(greedy, model_factory=factory, rows=marked)
-    steps = intermediate_answers(traj, trainer.rollouts.mask_token_id)
+    steps = intermediate_answers(traj, trainer.rollouts.process)
     texts = [trainer.rollouts.tokenizer.batch_decode(step.tolist(), skip_special_tokens=True) for step in steps]
     moved = [any(step[i] != finals[i] for step in texts) for i in range(len(rows))]
     expected = [row for i, row in enumerate(marked) if i % 2 == 0 and moved[i]]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.recipe import ALGORITHMS, DiffuGRPOConfig, IGPOConfig, MDPOConfig, WD1Config
 from unmask.rl.estimators import Scores
 from unmask.rl.losses import masked_mean
@@ -40,7 +41,7 @@ def scores(values, mask=None, entropy=None):
 
 
 def build(config):
-    return build_objective(config, mask_token_id=0, temperature=1.0, gen_length=4)
+    return build_objective(config, process=AbsorbingMask(0), temperature=1.0, gen_length=4)
 
 
 def test_all_objectives_are_registered():

@@ -8,6 +8,7 @@ import typing
 import pytest
 import torch
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.errors import RecipeError
 from unmask.recipe import ALGORITHMS, CJGRPOConfig, Recipe, validate_recipe
 from unmask.rl.aggregation import AGGREGATIONS
@@ -51,7 +52,7 @@ def test_incompatible_parts_are_one_line_errors(algorithm, message):
 def test_a_recipe_composes_parts_across_presets():
     """BGPO's bound on leave-one-out advantages: the advantages are ESPO's, the loss BGPO's."""
     config = validate_recipe({"algorithm": {"name": "bgpo", "advantage": "leave_one_out", "mc_samples": 1}}, "r").algorithm
-    objective = build_objective(config, mask_token_id=0, temperature=1.0, gen_length=4)
+    objective = build_objective(config, process=AbsorbingMask(0), temperature=1.0, gen_length=4)
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     assert torch.allclose(objective.advantages(rewards, 4), torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))
     assert objective.needs_old and objective.policy.__name__ == "bound"

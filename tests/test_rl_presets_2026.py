@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_rl_estimators import TINY
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.errors import RecipeError
 from unmask.models.tiny import tiny
 from unmask.recipe import (
@@ -30,8 +31,8 @@ def model():
     return tiny(TINY, seed=0).eval()
 
 
-def build(config, length: int = 4, mask_token_id: int = 0):
-    return build_objective(config, mask_token_id=mask_token_id, temperature=1.0, gen_length=length)
+def build(config, length: int = 4, process=None):
+    return build_objective(config, process=process or AbsorbingMask(0), temperature=1.0, gen_length=length)
 
 
 def flat_trajectory(rows: int, length: int, commit: torch.Tensor | None = None) -> Trajectory:
@@ -70,7 +71,7 @@ def test_coupled_advantages_are_leave_one_out_by_hand():
 
 
 def test_coupled_ratio_is_drawn_in_02_08_per_row_and_key(model):
-    objective = build(CoupledGRPOConfig(), mask_token_id=model.mask_token_id)
+    objective = build(CoupledGRPOConfig(), process=model.process)
     traj = flat_trajectory(64, 8)
     ratios = [objective.estimator.pair.draw(traj, key)[0] for key in (1, 2)]
     assert all(bool(((r >= 0.2) & (r <= 0.8)).all()) for r in ratios)
@@ -80,13 +81,12 @@ def test_coupled_ratio_is_drawn_in_02_08_per_row_and_key(model):
 
 def test_coupled_gradient_is_half_d1_plus_elbo_on_the_first_iteration(model):
     """β 0, θ_old = θ: ∇ = ½·(d1, p_mask 0) + diffu_grpo(elbo) on the same key, both token means over C."""
-    mask = model.mask_token_id
     traj = generate(model, torch.randint(5, 60, (4, 5)), gen_length=8, steps=8, block_length=8, temperature=1.0, seed=3)
     batch = TrainBatch(traj, torch.tensor([1.0, -0.5, 0.25, -0.75]))
-    coupled = build(CoupledGRPOConfig(beta=0.0), 8, mask)
-    d1 = build(DiffuGRPOConfig(beta=0.0, p_mask=0.0), 8, mask)
-    elbo = build(DiffuGRPOConfig(beta=0.0, estimator="elbo"), 8, mask)
-    elbo.estimator = ElboEstimator(mask, coupled=True, min_ratio=0.2)  # the pair coupled-GRPO draws
+    coupled = build(CoupledGRPOConfig(beta=0.0), 8, model.process)
+    d1 = build(DiffuGRPOConfig(beta=0.0, p_mask=0.0), 8, model.process)
+    elbo = build(DiffuGRPOConfig(beta=0.0, estimator="elbo"), 8, model.process)
+    elbo.estimator = ElboEstimator(model.process, coupled=True, min_ratio=0.2)  # the pair coupled-GRPO draws
     assert isinstance(d1.estimator, OneStepEstimator)
     grads = []
     for objective in (coupled, d1, elbo):
@@ -207,7 +207,7 @@ def test_justgrpo_likelihood_is_the_exact_left_to_right_replay(model):
                     temperature=1.0, seed=2, record=True)
     assert traj.commit_step.tolist() == [list(range(length))] * 3
     with torch.no_grad():
-        full = TrajectoryEstimator(mask).token_logprobs(model, traj, 0)
+        full = TrajectoryEstimator(model.process).token_logprobs(model, traj, 0)
         expected = torch.zeros(3, length)
         for t in range(length):
             canvas = traj.tokens.clone()
@@ -219,7 +219,7 @@ def test_justgrpo_likelihood_is_the_exact_left_to_right_replay(model):
     rows, cols = torch.arange(3)[:, None], torch.arange(length)[None]
     torch.testing.assert_close(full.logprobs, traj.step_logprob[cols, rows, cols], atol=1e-5, rtol=1e-5)
 
-    objective = build(JustGRPOConfig(replay_chunk=4), length, mask)
+    objective = build(JustGRPOConfig(replay_chunk=4), length, model.process)
     rollout = Rollout(traj, [{}] * 3, torch.tensor([1.0, 0.0, 0.0]), torch.zeros(3, dtype=torch.bool), 3)
     batch = objective.prepare(rollout, None)
     assert batch.steps.tolist() == [0, 1] * 3 and objective.record_steps
@@ -235,7 +235,7 @@ def test_justgrpo_at_one_position_is_the_one_step_input(model):
     """L = 1: x^AR_0 = prompt ⊕ [MASK] is both the one-step (p_mask 0) input and the replayed canvas."""
     traj = generate(model, torch.randint(5, 60, (2, 5)), gen_length=1, steps=1, block_length=1, temperature=1.0,
                     seed=4, record=True)
-    one_step = OneStepEstimator(model.mask_token_id, p_mask=0.0).masked_input(traj, 0)
+    one_step = OneStepEstimator(model.process, p_mask=0.0).masked_input(traj, 0)
     assert torch.equal(one_step, traj.canvas(0, model.process))
 
 
@@ -265,13 +265,13 @@ def test_new_presets_train_off_policy_steps_in_unmask_trainer(tmp_path, name):
 def test_cj_grpo_on_a_block_1_rollout_has_justgrpos_gradient(model):
     """Block 1, T = L: CJ-GRPO replays JustGRPO's canvases; with every A ≠ 0 both normalisers are B·L,
     so on-policy (μ 1, β 0) the two gradients agree."""
-    length, mask = 4, model.mask_token_id
+    length = 4
     traj = generate(model, torch.randint(5, 60, (4, 5)), gen_length=length, steps=length, block_length=1,
                     temperature=1.0, seed=6, record=True)
     rollout = Rollout(traj, [{}] * 4, torch.tensor([1.0, 0.0, 0.5, 0.2]), torch.zeros(4, dtype=torch.bool), 4)
     grads = []
     for config in (CJGRPOConfig(), JustGRPOConfig(replay_chunk=length)):
-        objective = build(config, length, mask)
+        objective = build(config, length, model.process)
         batch = objective.prepare(rollout, None)
         assert (batch.advantages != 0).all()
         key = objective.key(batch, 0) if config.name == "justgrpo" else 0

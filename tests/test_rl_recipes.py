@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.recipe import load_recipe
 from unmask.rl.objective import build_objective
 from unmask.sft.config import is_sft_recipe
@@ -31,7 +32,7 @@ def test_gpu_recipe_is_valid_and_buildable(path):
     recipe = load_recipe(path)
     assert recipe.model.family == path.parent.name and recipe.model.device == "cuda"
     objective = build_objective(
-        recipe.algorithm, mask_token_id=0, temperature=recipe.rollout.temperature,
+        recipe.algorithm, process=AbsorbingMask(0), temperature=recipe.rollout.temperature,
         gen_length=recipe.rollout.max_completion_length,
     )
     assert objective.name == recipe.algorithm.name

@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_rl_estimators import TINY
 
+from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.errors import RecipeError
 from unmask.models.tiny import tiny
 from unmask.recipe import SPGConfig, validate_recipe
@@ -37,7 +38,7 @@ def answer_trajectory(completion: int, length: int = 4) -> Trajectory:
 
 
 def spg(**config):
-    return build_objective(SPGConfig(**config), mask_token_id=0, temperature=1.0, gen_length=4)
+    return build_objective(SPGConfig(**config), process=AbsorbingMask(0), temperature=1.0, gen_length=4)
 
 
 def hand_scores(logprobs: list[list[float]], scored: list[list[int]], ratio: list[float], beta: float) -> Scores:
@@ -105,14 +106,14 @@ def test_block_masks_follow_the_spg_recipe(model):
     traj = generate(model, prompts, gen_length=16, steps=16, block_length=16, temperature=1.0, seed=1)
     traj.answer_mask[:, 11:] = False  # completions of 11 tokens, then EOS fill
     traj.attention_mask[0, :2] = False
-    est = BlockEstimator(model.mask_token_id, samples=3, block_length=4, p_mask=0.3)
+    est = BlockEstimator(model.process, samples=3, block_length=4, p_mask=0.3)
     drop, masked = est.draw(traj, 7)
     again, other = est.draw(traj, 7), est.draw(traj, 8)
     assert torch.equal(masked, again[1]) and torch.equal(drop, again[0]) and not torch.equal(masked, other[1])
     assert masked[..., 11:].all()  # post-EOS always masked
     assert not drop[:, 0, :2].any() and drop.any()  # left padding never dropped, the rest at p_mask
     # without the p_mask noise the cut block is the first one with a mask: k ≥ 1 there, all later blocks masked
-    _, clean = BlockEstimator(model.mask_token_id, samples=3, block_length=4, p_mask=0.0).draw(traj, 7)
+    _, clean = BlockEstimator(model.process, samples=3, block_length=4, p_mask=0.0).draw(traj, 7)
     cuts = set()
     for j in range(3):
         for row in range(6):
@@ -127,7 +128,7 @@ def test_pooled_elbo_and_eubo_equal_the_per_sample_formulas(model):
     prompts = torch.randint(5, 60, (3, 5))
     traj = generate(model, prompts, gen_length=8, steps=8, block_length=8, temperature=1.0, seed=2)
     traj.answer_mask[1, 5:] = False
-    est = BlockEstimator(model.mask_token_id, samples=2, block_length=4, p_mask=0.15, beta=1.5)
+    est = BlockEstimator(model.process, samples=2, block_length=4, p_mask=0.15, beta=1.5)
     with torch.no_grad():
         scores = est.token_logprobs(model, traj, 3)
     drop, masked = est.draw(traj, 3)
@@ -163,7 +164,7 @@ def test_with_one_sample_the_eubo_loss_has_the_elbo_gradient():
     grads = []
     for omega in (1.0, 0.0):
         objective = spg(omega=omega)
-        objective.estimator = BlockEstimator(model.mask_token_id, samples=1, block_length=4, beta=2.0)
+        objective.estimator = BlockEstimator(model.process, samples=1, block_length=4, beta=2.0)
         model.zero_grad()
         objective.loss(batch, objective.estimator.token_logprobs(model, traj, 5), None, None)[0].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from unmask.diffusion.process import DiffusionProcess
 from unmask.models import Dream, DreamConfig, tiny
 from unmask.models.sdar import tiny_sdar
 from unmask.pretrain import EncodedRows, masked_diffusion_loss
@@ -248,8 +249,8 @@ def test_block_family_scores_each_noisy_block_against_clean_earlier_blocks() -> 
 class FixedDraw(ElboEstimator):
     """The RL ELBO estimator with given ratios and mask instead of its own draw."""
 
-    def __init__(self, mask_token_id: int, t: torch.Tensor, noised: torch.Tensor) -> None:
-        super().__init__(mask_token_id)
+    def __init__(self, process: DiffusionProcess, t: torch.Tensor, noised: torch.Tensor) -> None:
+        super().__init__(process)
         self.t, self.noised = t, noised
 
     def draw(self, traj: Trajectory, key: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,7 +279,7 @@ def test_loss_is_minus_the_rl_elbo_estimate_on_the_same_mask() -> None:
         answer_mask=batch.supervised, commit_step=torch.zeros(2, 4, dtype=torch.long),
         hint_mask=torch.zeros(2, 4, dtype=torch.bool), nfe=torch.ones(2),
     )
-    elbo = sequence_elbo(FixedDraw(model.mask_token_id, t[:, 0], noised).token_logprobs(model, traj, 0))
+    elbo = sequence_elbo(FixedDraw(model.process, t[:, 0], noised).token_logprobs(model, traj, 0))
     # batch normalisation: Σ_i Σ_{M_i} CE/t_i over B rows; the estimator: Σ_{M_i} log p / t_i per row
     assert float(terms.numerator) / 2 == pytest.approx(-float(elbo.mean()), abs=1e-5)
     assert float(elbo.abs().min()) > 0

@@ -57,7 +57,7 @@ class Recording(DiffusionGRPOTrainer):
         if self.record is None and self.model.training:
             micro = [self._micro(b) for b in self._buffered_inputs]
             masked = self.objective.estimator.masked_input(micro[0].traj, self._keys[0][0])
-            prompt = masked[:, : micro[0].traj.prompt_length] == self.objective.estimator.mask_token_id
+            prompt = self.objective.estimator.process.noised(masked[:, : micro[0].traj.prompt_length])
             self.record = {
                 "rank": self.accelerator.process_index,
                 "keys": self._keys,
@@ -91,7 +91,8 @@ def main(out: Path) -> None:
     args = DiffusionGRPOConfig(
         output_dir=str(out), use_cpu=True, bf16=False, report_to=[], disable_tqdm=True, gradient_checkpointing=False,
         max_steps=1, per_device_train_batch_size=16, num_generations=8, max_completion_length=16, steps=16,
-        temperature=1.5, learning_rate=1e-3, beta=0.0, num_iterations=2, p_mask=0.5, save_strategy="no", seed=1,  # both ranks then hold a group with unequal rewards: non-zero losses
+        temperature=1.5, learning_rate=1e-3, beta=0.0, num_iterations=2, p_mask=0.5, save_strategy="no",
+        seed=1,  # both ranks then hold a group with unequal rewards: non-zero losses
         algorithm="wd1",  # its loss value -A·log π̂ depends on the masks (a ratio loss is -A on-policy)
     )
     trainer = Recording(

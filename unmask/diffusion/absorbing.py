@@ -30,5 +30,8 @@ class AbsorbingMask(DiffusionProcess):
         return tokens == self.mask_token_id
 
     def forbid_noise(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.index_fill(-1, torch.tensor([self.mask_token_id], device=logits.device), float("-inf"))
+
+    def forbid_noise_(self, logits: torch.Tensor) -> torch.Tensor:
         logits[..., self.mask_token_id] = float("-inf")
         return logits

@@ -54,7 +54,11 @@ class DiffusionProcess(ABC):
 
     @abstractmethod
     def forbid_noise(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits [..., V]`` with the noise token made impossible, in place; returns them."""
+        """A copy of ``logits [..., V]`` in which the noise token is impossible (differentiable)."""
+
+    @abstractmethod
+    def forbid_noise_(self, logits: torch.Tensor) -> torch.Tensor:
+        """``forbid_noise`` in place, for the sampler's ``[N, V]`` logits (no second copy); returns them."""
 
     def answer_blocks(self, prompt_mask: torch.Tensor, gen_length: int, block_length: int) -> torch.Tensor:
         """``[B, L]`` long: the decoding round of each answer position (0 = decoded first).

@@ -177,7 +177,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
         self.base_model = base
         self.objective: Objective = build_objective(
-            recipe.algorithm, mask_token_id=base.mask_token_id, temperature=recipe.rollout.temperature,
+            recipe.algorithm, process=base.process, temperature=recipe.rollout.temperature,
             gen_length=recipe.rollout.max_completion_length,
         )
         self._init_rewards(reward_funcs, args)
@@ -194,7 +194,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             self.ref_model = copy.deepcopy(base).eval().requires_grad_(False).to(self.accelerator.device)
         self.rollouts = Rollouts(
             local_sampler(policy), recipe.rollout, self._score_texts, tokenizer,
-            mask_token_id=base.mask_token_id, eos_ids=base.eos_token_ids,
+            process=base.process, eos_ids=base.eos_token_ids,
             correct_threshold=recipe.algorithm.correct_threshold, record=self.objective.record_steps,
             device=self.accelerator.device,
         )
