@@ -190,6 +190,9 @@ def test_eval_bench_humaneval_and_regrade_of_its_samples(humaneval: list[dict], 
     (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*records, good]))
     items, _ = read_generations(tmp_path / "mine.jsonl")
     assert {i.task for i in items} == {"code"}
+    plain = tmp_path / "plain.jsonl"  # no task column, no telling file name: the columns say code
+    plain.write_text(json.dumps({"completion": good["completion"], **good["reference"]}) + "\n")
+    assert [(i.task, i.reference["entry_point"]) for i in read_generations(plain)[0]] == [("code", "has_close_elements")]
     assert main(["eval", "--regrade", str(tmp_path / "mine.jsonl"), "--out", str(tmp_path / "re")]) == 0
     verdicts = [json.loads(line) for line in (tmp_path / "re" / "regrade.jsonl").read_text().splitlines()]
     assert [v["correct"] for v in verdicts] == [False, False, True]

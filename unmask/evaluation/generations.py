@@ -6,7 +6,8 @@ numbers with unmask's graders:
 - d1's JSON (``{"generations": [{"question", "generations", "ground_truth"}, ...]}``),
 - unmask's own ``samples.jsonl`` (records with ``bench``, ``completion``, ``reference``),
 - a plain JSONL of ``completion`` plus the grader's reference columns (``answer``;
-  ``nums`` + ``target``; ``puzzle`` + ``solution``), with an optional ``task`` column.
+  ``nums`` + ``target``; ``puzzle`` + ``solution``; code ``prefix``, ``tests``,
+  ``entry_point``, ``setup``, ``timeout_s``), with an optional ``task`` column.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def _jsonl_task(record: dict[str, Any], path: Path, task: str | None) -> str:
     if named in GRADER_TASK:
         return GRADER_TASK[named]
     columns = set(record.get("reference") or record)
-    for candidate in ("countdown", "sudoku"):
+    for candidate in ("countdown", "sudoku", "code"):
         if set(REFERENCE_COLUMNS[candidate]) <= columns:
             return candidate
     if "####" in str((record.get("reference") or record).get("answer", "")):
