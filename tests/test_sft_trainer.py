@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from real_files import DREAM, SDAR, cut_down_checkpoint
 from safetensors.torch import load_file
 from test_trainer import ROWS as RL_ROWS
 from test_trainer import comparable, make_model
@@ -180,3 +182,19 @@ def test_then_train_runs_both_stages_in_one_command(tmp_path: Path) -> None:
     saved = yaml.safe_load((tmp_path / "rl/recipe.yaml").read_text())
     assert saved["model"]["name_or_path"] == str(tmp_path / "final")
     assert [r["step"] for r in read_metrics(tmp_path / "rl/metrics.jsonl") if "loss" in r] == [1]
+
+
+@pytest.mark.parametrize("name", [DREAM, SDAR])
+def test_real_family_cut_down_trains_on_chat_rows(name: str, shared_models: Path, tmp_path: Path) -> None:
+    # the real config (fewer, narrower layers) and real tokenizer: chat-template prompts, messages rows, the
+    # family's default loss (Dream: CART on shifted logits; SDAR: the two-stream block forward)
+    folder = cut_down_checkpoint(shared_models, name, tmp_path / "model")
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
+                          {"role": "assistant", "content": f"<answer>{2 * i}</answer>"}]} for i in range(8)]
+    recipe = sft_recipe(tmp_path, model={"name_or_path": str(folder), "dtype": "float32"}, data={"chat_template": True},
+                        optim={"max_steps": 2, "per_device_train_batch_size": 2}, sft={"answer_length": 16})
+    run = SFTTrainer(recipe, rows=rows)
+    losses = [m["loss"] for m in run.steps()]
+    assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
+    assert run.settings.weighting == ("cart" if name == DREAM else "elbo")
+    assert load_model(tmp_path / "run/final").family == run.base_model.family
