@@ -1,4 +1,5 @@
-"""Learning benchmark: MDPO, diffu-GRPO (one-step, trajectory replay), IGPO, wd1, SPG, ESPO and BGPO on tiny Countdown.
+"""Learning benchmark: MDPO, diffu-GRPO (one-step, trajectory replay), IGPO, wd1, SPG, ESPO, BGPO, coupled-GRPO,
+CJ-GRPO, GDSD and JustGRPO on tiny Countdown.
 
 Every variant runs its shipped recipe (``recipes/tiny/countdown_*.yaml``; ``--task tinycode``:
 the tiny code task's, graded by unit tests in the sandbox) from the
@@ -42,7 +43,8 @@ from unmask.rl.checkpoint import trainable_state
 from unmask.rl.trainer import Trainer
 from unmask.run import eval_rows, eval_settings, model_factory, training_rows
 
-ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory", "spg", "espo", "bgpo")
+ALGORITHMS = ("mdpo", "diffu_grpo", "igpo", "wd1", "diffu_grpo_trajectory", "spg", "espo", "bgpo",
+              "coupled_grpo", "cj_grpo", "gdsd", "justgrpo")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 #: two-sided 95 % Student-t quantiles by degrees of freedom (seeds − 1)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
