@@ -198,3 +198,12 @@ def test_real_family_cut_down_trains_on_chat_rows(name: str, shared_models: Path
     assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
     assert run.settings.weighting == ("cart" if name == DREAM else "elbo")
     assert load_model(tmp_path / "run/final").family == run.base_model.family
+
+
+@pytest.mark.slow
+def test_clean_sft_bench_prints_its_table() -> None:
+    bench = Path(__file__).resolve().parents[1] / "bench/sft_clean.py"
+    done = subprocess.run([sys.executable, str(bench), "--steps", "1", "--limit", "4"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "careless answers %" in done.stdout and "4 held-out problems" in done.stdout
