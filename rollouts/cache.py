@@ -23,8 +23,7 @@ from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
 from unmask.models.kv_cache import KVCache
 from unmask.rollouts.flops import forward_flops
-
-CACHE_MODES = ("none", "prompt", "prefix", "dual", "delayed", "block")
+from unmask.rollouts.options import CACHE_MODES
 
 
 class StepForward:

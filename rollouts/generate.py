@@ -25,9 +25,10 @@ from unmask.rollouts.block_forward import BlockStepForward
 from unmask.rollouts.cache import StepForward
 from unmask.rollouts.commit import topk_rows
 from unmask.rollouts.confidence import CONFIDENCES, ConfidenceFn, resolve_confidence
+from unmask.rollouts.options import SCHEDULES
 from unmask.rollouts.progress import step_progress
 from unmask.rollouts.record import StepRecorder, answer_mask
-from unmask.rollouts.schedules import SCHEDULES, step_counts
+from unmask.rollouts.schedules import step_counts
 from unmask.rollouts.trajectory import Trajectory
 
 Seed = int | Sequence[int] | None

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from unmask.errors import UserError
+from unmask.rollouts.options import SCHEDULES
 
 #: γ(r): fraction still masked after fraction ``r`` of the steps; γ(0) = 1, γ(1) = 0
 _GAMMAS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
@@ -22,7 +23,6 @@ _GAMMAS: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
     "log": lambda r, k: 1 - torch.log1p((math.e - 1) * r),
     "exp": lambda r, k: 1 - torch.expm1(r) / (math.e - 1),
 }
-SCHEDULES = ("linear", *_GAMMAS)
 
 
 def step_counts(masked: torch.Tensor, steps: int, schedule: str = "linear", k: float = 2.0) -> torch.Tensor:

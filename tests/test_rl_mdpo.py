@@ -12,6 +12,7 @@ from test_trainer import make_model
 
 from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.errors import UserError
+from unmask.models.sdar import tiny_sdar
 from unmask.models.tiny_tokenizer import build_tiny_tokenizer
 from unmask.recipe import MDPOConfig, Recipe, RolloutConfig, load_recipe
 from unmask.rewards.registry import RewardSpec
@@ -122,6 +123,10 @@ def test_every_sampler_value_the_recipe_accepts_generates(field, value):
     model = make_model()
     if (field, value) == ("cache", "prompt"):  # exact only for a prompt-blind model; others get a UserError
         model.config = dataclasses.replace(model.config, prompt_attends_answer=False)
+    if (field, value) == ("cache", "block"):  # the exact cache of block-diffusion families
+        model = tiny_sdar(vocab_size=model.config.vocab_size, mask_token_id=model.mask_token_id,
+                          eos_token_id=model.eos_token_ids[0], block_size=8)
+        model.tokenizer = build_tiny_tokenizer()
     traj = rollouts(settings, model).generate(torch.randint(5, 40, (2, 4)), torch.ones(2, 4, dtype=torch.bool))
     assert traj.answer_ids.shape == (2, 8) and (traj.answer_ids != build_tiny_tokenizer().mask_token_id).all()
 

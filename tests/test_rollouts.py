@@ -170,3 +170,13 @@ def test_bad_settings_name_what_to_fix(model, prompts, kwargs, message):
     settings = {"gen_length": 8, "steps": 4, "block_length": 4, **kwargs}
     with pytest.raises(UserError, match=message):
         generate(model, prompts, **settings)
+
+
+def test_named_choices_match_their_implementations():
+    """rollouts/options.py names what cache, schedules and confidence implement."""
+    from unmask.rollouts.confidence import DEFAULT_CONFIDENCE
+    from unmask.rollouts.options import REMASKING, SCHEDULES
+    from unmask.rollouts.schedules import _GAMMAS
+
+    assert set(SCHEDULES) == {"linear", *_GAMMAS}
+    assert set(REMASKING) == set(DEFAULT_CONFIDENCE)

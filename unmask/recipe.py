@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unmask.errors import RecipeError
+from unmask.rollouts.options import CACHE_MODES, REMASKING, SCHEDULES
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -89,17 +90,17 @@ class RolloutConfig(Section):
     steps: PositiveInt = 32
     block_length: PositiveInt = 32
     temperature: NonNegFloat = 0.7
-    remasking: Literal["low_confidence", "random", "margin", "entropy", "rcr"] = "low_confidence"
+    remasking: Literal[REMASKING] = "low_confidence"
     #: confidence function used by RCR (rollouts/confidence.py); by default the probability of the
     #: sampled token under the sampling distribution softmax(logits / τ) (docs/sampling.md §3)
     rcr_confidence: Literal["sampling_probability", "probability", "margin", "entropy", "random"] = (
         "sampling_probability"
     )
     threshold: Probability | None = None
-    schedule: Literal["linear", "cosine", "pow_k", "log", "exp"] = "linear"
+    schedule: Literal[SCHEDULES] = "linear"
     schedule_k: PositiveInt = 2
     cfg_scale: NonNegFloat = 0.0
-    cache: Literal["none", "prompt", "prefix", "dual", "delayed"] = "none"
+    cache: Literal[CACHE_MODES] = "none"
     #: with a cache, every ``cache_refresh``-th step of a block runs the full canvas (0: only the first)
     cache_refresh: NonNegInt = 0
     #: Ray actors roll out step k+1 with step k's adapter while the trainer updates on step k
@@ -390,6 +391,20 @@ class JustGRPOConfig(_NoKL, _ObjectiveBase):
             )
 
 
+@algorithm
+class TraceRLConfig(_ObjectiveBase):
+    """TraceRL (TraDo): every committed token of a block-diffusion rollout scored on the canvas of its
+    step (``block_replay``: step k of all blocks in one two-stream pass), clipped, Σ/(B·L) per answer."""
+
+    name: Literal["tracerl"] = "tracerl"
+    beta: NonNegFloat = 0.01
+    epsilon: NonNegFloat = 0.2
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    estimator: str = "block_replay"
+    loss_mask: str = "scored"
+    aggregation: str = "constant"
+
+
 AlgorithmConfig = Annotated[Union[tuple(ALGORITHMS.values())], Field(discriminator="name")]  # noqa: UP007
 
 
@@ -449,7 +464,7 @@ class EvalConfig(Section):
     temperature: NonNegFloat = 0.0
     batch_size: PositiveInt = 64
     #: KV cache of the evaluation decoding; exact only for models whose prompt is blind to the answer
-    cache: Literal["none", "prompt", "prefix", "dual", "delayed"] = "none"
+    cache: Literal[CACHE_MODES] = "none"
 
 
 class LoggingConfig(Section):

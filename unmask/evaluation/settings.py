@@ -11,11 +11,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from unmask.errors import UserError
-from unmask.rollouts.cache import CACHE_MODES
+from unmask.rollouts.options import CACHE_MODES, REMASKING
 
 #: the published protocol: block 32, steps = gen_length / 2, greedy, low-confidence remasking
 DEFAULT_BLOCK_LENGTH = 32
-REMASKING = ("low_confidence", "random", "margin", "entropy", "rcr")
 
 
 @dataclass(frozen=True)

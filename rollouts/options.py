@@ -1,0 +1,15 @@
+"""The sampler's named choices, in one torch-free place that recipes, the CLI and the sampler share.
+
+Each choice is implemented where it is used (``cache``, ``schedules``, ``confidence``);
+these tuples name them, so a recipe's ``Literal`` fields, the evaluation options and the
+sampler's own checks cannot disagree.
+"""
+
+from __future__ import annotations
+
+#: KV-cache modes of a step's forward (``rollouts.cache``; ``block`` in ``rollouts.block_forward``)
+CACHE_MODES = ("none", "prompt", "prefix", "dual", "delayed", "block")
+#: which positions a step commits or re-masks (``rollouts.confidence``)
+REMASKING = ("low_confidence", "random", "margin", "entropy", "rcr")
+#: tokens committed per step of a block (``rollouts.schedules``)
+SCHEDULES = ("linear", "cosine", "pow_k", "log", "exp")
