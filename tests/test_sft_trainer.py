@@ -154,9 +154,9 @@ def test_cli_reports_a_recipe_mistake_in_one_line(tmp_path: Path, capsys) -> Non
 
 
 def test_then_train_runs_the_fed_rl_recipe_on_the_sft_output(tmp_path: Path) -> None:
-    recipe = load_sft_recipe(recipes_dir() / "tiny/sft_countdown.yaml", [f"output_dir={tmp_path}"])
+    recipe = load_sft_recipe(recipes_dir() / "tiny/sft_countdown.yaml", [f"output_dir={tmp_path}", "seed=3"])
     rl = rl_after_sft(recipe)
-    assert rl.model.name_or_path == str(tmp_path / "final") and rl.output_dir == str(tmp_path / "rl")
+    assert rl.model.name_or_path == str(tmp_path / "final") and rl.output_dir == str(tmp_path / "rl") and rl.seed == 3
     assert rl.algorithm.name == "mdpo" and rl.rollout.max_completion_length == 16  # tiny/countdown_mdpo
     with pytest.raises(RecipeError, match="sft.feeds: name the RL recipe"):
         rl_after_sft(sft_recipe(tmp_path))

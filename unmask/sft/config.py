@@ -161,14 +161,15 @@ def fed_recipe(recipe: SFTRecipe) -> Recipe | None:
 
 
 def rl_after_sft(recipe: SFTRecipe) -> Recipe:
-    """The fed RL recipe with the SFT output as its model: ``output_dir/final`` in, ``output_dir/rl`` out."""
+    """The fed RL recipe with the SFT output as its model (``output_dir/final`` in, ``output_dir/rl`` out)
+    and the SFT run's seed, so one seed names the whole pipeline."""
     if recipe.sft.feeds is None:
         raise RecipeError("sft.feeds: name the RL recipe to run on the SFT model (e.g. tiny/countdown_mdpo)")
     from unmask.cli import resolve_recipe_path
 
     out = Path(recipe.output_dir)
     return load_recipe(resolve_recipe_path(recipe.sft.feeds),
-                       [f"model.name_or_path={out / 'final'}", f"output_dir={out / 'rl'}"])
+                       [f"model.name_or_path={out / 'final'}", f"output_dir={out / 'rl'}", f"seed={recipe.seed}"])
 
 
 def loss_choice(recipe: SFTRecipe, family: str) -> tuple[str, str]:
