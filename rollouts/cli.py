@@ -47,6 +47,8 @@ def settings(args: argparse.Namespace, defaults: GenerationDefaults) -> dict[str
         "gen_length": gen_length, "steps": steps, "block_length": min(block, gen_length),
         "temperature": next(t for t in (args.temperature, defaults.temperature, 0.0) if t is not None),
         "remasking": args.remasking or defaults.remasking or "low_confidence", "threshold": args.threshold,
+        "dynamic_threshold": getattr(args, "dynamic_threshold", None), "early_exit": getattr(args, "early_exit", False),
+        "cache": getattr(args, "cache", "none"),
     }
 
 

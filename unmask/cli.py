@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--cache", default="none", help="comma list of KV caches: none,prefix,dual")
     p.add_argument("--threshold", default=None, help="comma list of confidence thresholds (parallel decoding)")
+    p.add_argument("--early-exit", action="store_true", help="end a row at its first finished EOS (docs/speed.md)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
@@ -167,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remasking", default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--dynamic-threshold", type=float, default=None,
+                   help="SDAR's dynamic rule: commit every position above it, at least the schedule's count")
+    p.add_argument("--early-exit", action="store_true", help="end the answer at its first finished EOS")
+    p.add_argument("--cache", default="none", help="KV cache: none, prefix, dual, block (block-diffusion families), ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat-template", action="store_true")
     p.set_defaults(func=cmd_sample)

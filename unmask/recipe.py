@@ -97,6 +97,12 @@ class RolloutConfig(Section):
         "sampling_probability"
     )
     threshold: Probability | None = None
+    #: SDAR's dynamic low-confidence rule: commit every position above it, at least the schedule's count
+    dynamic_threshold: Probability | None = None
+    #: end a row once its first EOS has no masked position before it (the 11x setting of docs/speed.md)
+    early_exit: bool = False
+    #: the LM head only where a token is read (exact; off only to measure it)
+    partial_head: bool = True
     schedule: Literal[SCHEDULES] = "linear"
     schedule_k: PositiveInt = 2
     cfg_scale: NonNegFloat = 0.0

@@ -151,6 +151,7 @@ def run_eval(args: argparse.Namespace) -> int:
     grid = settings_grid(
         lengths, steps, block, args.temperature, args.remasking,
         caches=parse_caches(getattr(args, "cache", None)), thresholds=parse_thresholds(getattr(args, "threshold", None)),
+        early_exit=getattr(args, "early_exit", False),
     )  # fmt: skip
     if args.num_samples > 1 and args.temperature == 0:
         console.print("[yellow]warning: --num-samples > 1 with --temperature 0 repeats near-identical answers")

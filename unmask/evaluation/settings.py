@@ -30,6 +30,8 @@ class EvalSettings:
     cache: str = "none"
     #: Fast-dLLM parallel decoding: commit every position above this confidence (§4)
     threshold: float | None = None
+    #: end a row once its first EOS has no masked position before it (its tail becomes EOS)
+    early_exit: bool = False
 
     def __post_init__(self) -> None:
         if self.gen_length <= 0 or self.steps <= 0 or self.block_length <= 0:
@@ -51,6 +53,8 @@ class EvalSettings:
             raise UserError(f"--threshold must be in (0, 1] (got {self.threshold})")
         if self.threshold is not None and self.remasking == "rcr":
             raise UserError("--threshold and --remasking rcr exclude each other: drop one of them")
+        if self.early_exit and self.remasking == "rcr":
+            raise UserError("--early-exit needs committed tokens to stay: it cannot be used with --remasking rcr")
 
     @property
     def label(self) -> str:
@@ -63,6 +67,8 @@ class EvalSettings:
             label += f"-{self.cache}cache"
         if self.threshold is not None:
             label += f"-th{self.threshold:g}"
+        if self.early_exit:
+            label += "-early_exit"
         return label
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,6 +117,7 @@ def settings_grid(
     remasking: str = "low_confidence",
     caches: Sequence[str] = ("none",),
     thresholds: Sequence[float | None] = (None,),
+    early_exit: bool = False,
 ) -> list[EvalSettings]:
     """Every (gen_length, steps, cache, threshold) combination; steps default to gen_length / 2.
 
@@ -123,7 +130,7 @@ def settings_grid(
         for count in steps if steps is not None else [max(1, length // 2)]:
             for cache in caches:
                 for threshold in thresholds:
-                    grid.append(EvalSettings(length, count, block, temperature, remasking, cache, threshold))
+                    grid.append(EvalSettings(length, count, block, temperature, remasking, cache, threshold, early_exit))
     return grid
 
 
