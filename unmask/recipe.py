@@ -34,10 +34,20 @@ class Section(BaseModel):
 class ModelConfig(Section):
     #: checkpoint directory, hub id, or ``builtin:<name>`` for a model shipped with unmask
     name_or_path: str = "builtin:tiny-countdown"
-    family: Literal["tiny", "llada", "dream"] | None = None
+    #: the model family (``unmask.models.loading.FAMILIES``); None: read from config.json's model_type
+    family: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     gradient_checkpointing: bool = False
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str | None) -> str | None:
+        from unmask.models.loading import FAMILIES  # imports torch: only validation needs it
+
+        if family is not None and family not in FAMILIES:
+            raise ValueError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
+        return family
 
 
 class LoraConfig(Section):

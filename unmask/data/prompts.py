@@ -74,8 +74,14 @@ JUSTGRPO_TEMPLATES = {
 }
 for _styled in (EVALPLUS_TEMPLATES, JUSTGRPO_TEMPLATES):
     _styled["humaneval_plus"], _styled["mbpp_plus"] = _styled["humaneval"], _styled["mbpp"]
+_TRACERL = "\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+#: TraceRL's rollout prompt for TraDo / SDAR (the user turn inside the Qwen chat template)
+TRACERL_TEMPLATES = {"gsm8k": "{question}" + _TRACERL, "math": "{problem}" + _TRACERL}
+TRACERL_TEMPLATES["math500"] = TRACERL_TEMPLATES["amc"] = TRACERL_TEMPLATES["math"]
 #: named prompt styles a recipe's ``data.prompt_template`` may give instead of a template
-STYLES: dict[str, dict[str, str]] = {"d1": D1_TEMPLATES, "evalplus": EVALPLUS_TEMPLATES, "justgrpo": JUSTGRPO_TEMPLATES}
+STYLES: dict[str, dict[str, str]] = {
+    "d1": D1_TEMPLATES, "evalplus": EVALPLUS_TEMPLATES, "justgrpo": JUSTGRPO_TEMPLATES, "tracerl": TRACERL_TEMPLATES,
+}
 
 
 def render_prompt(task: str, row: dict[str, Any], template: str | None = None) -> str:
