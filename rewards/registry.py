@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from unmask.plugins import import_function
 
 from .result import RewardConfigError
 
@@ -43,18 +44,7 @@ def load_reward(name_or_path: str) -> RewardFn:
             f"unknown reward {name_or_path!r}: use one of {available()} "
             "or a dotted path 'package.module:function'"
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RewardConfigError(
-            f"reward {name_or_path!r}: cannot import module {module_name!r} ({exc})"
-        ) from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise RewardConfigError(
-            f"reward {name_or_path!r}: module {module_name!r} has no function {attr!r}"
-        )
-    return fn
+    return import_function(name_or_path, "reward", RewardConfigError)
 
 
 @dataclass(frozen=True)

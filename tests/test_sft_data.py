@@ -90,6 +90,20 @@ def test_formats_and_column_map() -> None:
         to_pair({"query": "q"}, 5, sft_recipe(data={"task": "gsm8k"}))
 
 
+def split_row(record: dict) -> dict:
+    """A formatting function as a user writes one."""
+    return {"prompt": f"Q: {record['q']}", "completion": record["a"]}
+
+
+def test_formatting_func_builds_the_pair() -> None:
+    recipe = sft_recipe(data={"formatting_func": "test_sft_data:split_row"})
+    assert to_pair({"q": "1+1?", "a": "2"}, 0, recipe) == Pair("Q: 1+1?", "2")
+    with pytest.raises(UserError, match="data.formatting_func 'test_sft_data:nothing': module 'test_sft_data' has no"):
+        to_pair({}, 0, sft_recipe(data={"formatting_func": "test_sft_data:nothing"}))
+    with pytest.raises(UserError, match="row 0 gave str, not a dict"):
+        to_pair({"q": "x"}, 0, sft_recipe(data={"formatting_func": "builtins:str"}))
+
+
 def test_d1_layout_on_gsm8k_and_s1k_rows() -> None:
     gsm = sft_recipe(data={"task": "gsm8k", "prompt_template": "d1", "completion_template": "d1"})
     pair = to_pair({"question": "Two plus two?", "answer": "2+2=4\n#### 4"}, 0, gsm)

@@ -48,6 +48,9 @@ class SFTDataConfig(DataConfig):
     #: the completion text when rows have no ``completion`` column: a named layout (``d1``) or a
     #: ``str.format`` string over the row's columns, e.g. ``"<answer>{solution}</answer>"``
     completion_template: str | None = None
+    #: ``package.module:function`` mapping a raw record to ``{"prompt": ..., "completion": ...}`` (TRL's
+    #: formatting_func returns one string; returning the split keeps completion-only training possible)
+    formatting_func: str | None = None
 
 
 class SFTOptimConfig(OptimConfig):

@@ -3,7 +3,7 @@
 Records come from ``data.path`` (JSONL, JSON, CSV, Parquet), ``data.hub_id``, or the
 task's own rows (generated Countdown problems with the held-out set removed). A record
 is read as TRL users expect: ``prompt``/``completion`` (strings, or a list of messages
-for the prompt), ``messages`` (the last assistant turn is the completion, earlier turns
+for the prompt; or what ``data.formatting_func`` returns), ``messages`` (the last assistant turn is the completion, earlier turns
 the prompt), or ``text`` (no split: the whole text is noised). Without a prompt column
 the prompt is the task's ``data.prompt_template`` rendered over the row, byte for byte
 the prompt an RL recipe with the same template samples from.
@@ -28,6 +28,7 @@ from unmask.data.benchmarks import ROW_BUILDERS, _from_hub, read_records
 from unmask.data.prompts import render_prompt
 from unmask.errors import RecipeError, UserError
 from unmask.models.base import DiffusionLM
+from unmask.plugins import import_function
 from unmask.recipe import Recipe
 from unmask.sft.config import SFTRecipe
 from unmask.sft.loss import SFTBatch
@@ -94,6 +95,12 @@ def s1k_row(row: dict[str, Any]) -> dict[str, Any]:
 def to_pair(record: dict[str, Any], index: int, recipe: SFTRecipe) -> Pair:
     """Read one record in the formats TRL users expect (after ``data.columns`` renames)."""
     d = recipe.data
+    if d.formatting_func is not None:
+        out = import_function(d.formatting_func, "data.formatting_func")(record)
+        if not isinstance(out, dict) or "prompt" not in out or "completion" not in out:
+            raise UserError(f"data.formatting_func: row {index} gave {type(out).__name__}, not a dict with "
+                            "'prompt' and 'completion'")
+        return Pair(out["prompt"], str(out["completion"]))
     missing = [source for source in d.columns.values() if source not in record]
     if missing:
         raise UserError(f"data row {index}: no column '{missing[0]}' (named in data.columns); it has {sorted(record)}")
