@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_rollouts_block import prompts
 
 from unmask.errors import UserError
 from unmask.models.sdar import tiny_sdar
@@ -24,20 +25,11 @@ def model():
     return tiny_sdar(seed=3)
 
 
-def left_padded(lengths: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 60, (len(lengths), width), generator=gen)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        mask[row, width - n :] = 1
-    return ids, mask
-
-
 @pytest.mark.parametrize("settings", [{}, {"cache": "block"}, {"remasking": "rcr"}, {"threshold": 0.2}],
                          ids=["uncached", "block-cache", "rcr", "threshold"])
 def test_replay_equals_the_sampler_log_probs(model, settings):
     """Spec test 8: each committed token's replayed log-prob is the one the sampler drew it with."""
-    ids, mask = left_padded([8, 7, 5], 8)
+    ids, mask = prompts([8, 7, 5], 8)
     traj = generate(model, ids, attention_mask=mask, gen_length=12, steps=9, block_length=4, seed=4,
                     temperature=1.0, record=True, **settings)
     scores = BlockReplayEstimator(model.process, temperature=1.0).token_logprobs(model, traj, 0)
@@ -49,14 +41,14 @@ def test_replay_equals_the_sampler_log_probs(model, settings):
 
 
 def test_passes_are_steps_per_block_not_total_steps(model):
-    ids, mask = left_padded([8, 8], 8)
+    ids, mask = prompts([8, 8], 8)
     traj = generate(model, ids, attention_mask=mask, gen_length=16, steps=16, block_length=4, seed=0,
                     temperature=1.0, record=True)
     assert traj.num_steps == 16 and BlockReplayEstimator(model.process).passes_for(traj) == 4
 
 
 def test_gradients_reach_the_policy(model):
-    ids, mask = left_padded([8], 8)
+    ids, mask = prompts([8], 8)
     traj = generate(model, ids, attention_mask=mask, gen_length=8, steps=8, block_length=4, seed=0,
                     temperature=1.0, record=True)
     scores = BlockReplayEstimator(model.process).token_logprobs(model, traj, 0)
