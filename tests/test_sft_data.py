@@ -9,11 +9,14 @@ import pytest
 import torch
 from real_files import DREAM, LLADA, SDAR, tokenizer_folder
 
+from unmask.cli import recipes_dir
 from unmask.errors import RecipeError, UserError
 from unmask.models import tiny
 from unmask.models.loading import load_tokenizer, meta_model
+from unmask.pretrain import problem_key
 from unmask.recipe import validate_recipe
-from unmask.sft.config import SFTRecipe
+from unmask.run import eval_rows
+from unmask.sft.config import SFTRecipe, fed_recipe, load_sft_recipe
 from unmask.sft.data import Pair, collate, encode, records, to_pair, tokenize
 from unmask.sft.loss import denominator
 
@@ -212,3 +215,13 @@ def test_llada_template_appends_an_assistant_header_after_the_answer(shared_mode
     assert rendered[: len(answer)] == answer
     assert tail.startswith("<|start_header_id|>assistant<|end_header_id|>")  # trained after the answer
     assert torch.tensor(prompt).numel() > 0
+
+
+def test_generated_rows_leave_out_the_fed_rl_recipes_heldout_problems() -> None:
+    recipe = load_sft_recipe(recipes_dir() / "tiny/sft_countdown.yaml", ["data.limit=400", "eval.limit=8"])
+    fed = fed_recipe(recipe)
+    rows = records(recipe, fed)
+    fed_rows = eval_rows(fed)  # the RL run's 1 000 held-out problems, not this recipe's 8
+    heldout = {problem_key(r) for r in fed_rows}
+    assert len(fed_rows) == fed.eval.limit == 1000 and 0 < len(rows) < 400
+    assert not heldout & {problem_key(r) for r in rows}

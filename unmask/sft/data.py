@@ -81,7 +81,10 @@ def records(recipe: SFTRecipe, fed: Recipe | None = None) -> list[dict[str, Any]
     else:
         from unmask.run import eval_rows, training_rows
 
-        return training_rows(recipe, eval_rows(recipe) + (eval_rows(fed) if fed is not None else []))
+        # only generated Countdown rows can repeat a held-out problem (other tasks split train/test)
+        generated = d.task == "countdown"
+        heldout = eval_rows(recipe) + (eval_rows(fed) if fed is not None else []) if generated else []
+        return training_rows(recipe, heldout)
     return rows[: d.limit] if d.limit is not None else rows
 
 
