@@ -218,14 +218,14 @@ def test_gpu_code_recipes_score_training_rows(path: Path, mbpp_file: Path) -> No
 def test_tinycode_holds_out_functions_and_grades_careless_answers_wrong() -> None:
     """The tiny code task: held-out functions never appear in training; the demonstrated
     answer passes its five unit tests in the sandbox, a careless one (second operation left
-    out, three in ten demonstrations of two-operation functions) passes none."""
+    out, six in ten demonstrations of two-operation functions) passes none."""
     train = load_rows("tinycode", split="train", limit=2000, seed=0)
     heldout = benchmark_rows("tinycode", limit=200)
     assert not {r["description"] for r in train} & {r["description"] for r in heldout}
     assert heldout[0]["prompt"] == f"Write f(x) = {heldout[0]['description']} in Python."
     two_ops = [r for r in train if "times" in r["description"] and ("plus" in r["description"] or "minus" in r["description"])]
     careless = [r for r in two_ops if not any(op in r["solution"] for op in "+-")]
-    assert 0.25 < len(careless) / len(two_ops) < 0.35
+    assert 0.55 < len(careless) / len(two_ops) < 0.65
     right = next(r for r in two_ops if r not in careless)
     with Grader(num_workers=2) as grader:
         verdicts = grader.grade_many("code", [right["solution"], careless[0]["solution"]],

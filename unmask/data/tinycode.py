@@ -2,7 +2,7 @@
 
 A problem describes ``f`` in words ("x times 3 plus 4"); the answer is the function as a
 lambda (``f=lambda x:x*3+4``), graded by five unit tests in the sandbox, as HumanEval is.
-Like tiny Countdown, three in ten demonstrations are careless (the second operation left
+Like tiny Countdown, some demonstrations are careless (the second operation left
 out), a habit unit-test rewards can remove. The 170 functions (five forms, a in 2..9, b in
 1..9) are split once: every fifth is held out, so evaluation asks for functions never
 seen in training, described with the same words.
@@ -23,7 +23,9 @@ FORMS = (
 )
 TEST_INPUTS = (0, 1, 2, 5, 9)
 EVAL_SEED = 3_141_592
-CARELESS_FRACTION = 0.3
+#: with 0.3 (tiny Countdown's share) greedy decoding answered 94 % of held-out problems right
+#: after SFT, leaving RL almost nothing to remove; at 0.6 the careless answer is the habit
+CARELESS_FRACTION = 0.6
 TIMEOUT_S = 2.0
 
 
