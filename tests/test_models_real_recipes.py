@@ -189,7 +189,8 @@ def test_recipe_rewards_on_real_answers(recipe: Recipe, family_model: Any, share
     task_reward = result.per_reward[next(f.name for f in recipe.rewards.functions if f.name in DEV_TASK)]
     assert [value == 1.0 for value in task_reward] == [truth for _, truth, _ in items]
     counted = [total >= recipe.algorithm.correct_threshold for total in result.totals]
-    assert counted == [truth and not under for _, truth, under in items]
+    shaped = "xmlcount" in result.per_reward  # the 0.001-per-character charge only d1's shaping has
+    assert counted == [truth and not (under and shaped) for _, truth, under in items]
     for name, values in result.per_reward.items():  # every reward tells these real answers apart
         assert len(set(values)) > 1, f"reward {name} gives {values[0]} to every real answer"
 
