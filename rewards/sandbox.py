@@ -188,7 +188,11 @@ def _collect(proc: subprocess.Popen, pipes: dict[int, bytearray], deadline: floa
                     pipes[key.fd] += chunk
                 elif not chunk:
                     sel.unregister(key.fd)
-    return proc.wait(max(0.0, deadline - time.monotonic())) is not None
+    try:
+        proc.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def execute(job: CodeJob, limits: Limits | None = None) -> Execution:
@@ -218,10 +222,13 @@ def execute(job: CodeJob, limits: Limits | None = None) -> Execution:
             "completion": job.completion, "tests": list(job.tests), "entry_point": job.entry_point,
             "prefix": job.prefix, "setup": job.setup,
         }  # fmt: skip
-        proc = subprocess.Popen(
-            [binary, "-I", "-S", "-B", "-c", BOOT], stdin=subprocess.PIPE, stdout=output, stderr=output,
-            pass_fds=(verdict_w, supervisor_w), cwd=work, env=_environment(work), start_new_session=True,
-        )  # fmt: skip
+        try:
+            proc = subprocess.Popen(
+                [binary, "-I", "-S", "-B", "-c", BOOT], stdin=subprocess.PIPE, stdout=output, stderr=output,
+                pass_fds=(verdict_w, supervisor_w), cwd=work, env=_environment(work), start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:  # no interpreter, no processes left: nothing ran
+            return Execution(0, len(job.tests), "sandbox unavailable", f"{type(exc).__name__}: {exc}")
         for fd in (verdict_w, supervisor_w):
             os.close(fd)
             fds.remove(fd)

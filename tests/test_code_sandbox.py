@@ -246,3 +246,12 @@ def test_the_fallback_without_namespaces_still_bounds_time_processes_and_verdict
     assert run("print('passed')\ndef f(x):\n    return 0\n", namespaces=False).passed == 0
     assert canary.read_text() == "intact"
     assert os.environ["UNMASK_CANARY"] == SECRET
+
+
+def test_a_sandbox_that_cannot_start_is_a_counted_failure(canary: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No interpreter at the configured path: the verdict says so instead of raising."""
+    from unmask.rewards import sandbox
+
+    monkeypatch.setattr(sandbox, "_interpreter", lambda: ("/nonexistent/python3", (), ()))
+    result = run(GOOD)
+    assert (result.passed, result.reason) == (0, "sandbox unavailable") and "FileNotFoundError" in result.error
