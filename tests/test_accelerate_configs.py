@@ -8,7 +8,9 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 
 import unmask.models as models
+import unmask.models.qwen  # noqa: F401  (models.qwen)
 from unmask.cli import recipes_dir
+from unmask.models.sdar import tiny_sdar
 
 CONFIGS = sorted((recipes_dir() / "accelerate").glob("*.yaml"))
 
@@ -23,6 +25,7 @@ def test_accelerate_config_loads(path: Path) -> None:
 def test_fsdp_wraps_existing_block_classes() -> None:
     config = ClusterConfig.from_yaml_file(recipes_dir() / "accelerate" / "fsdp.yaml")
     names = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")
-    block_classes = {cls.__name__ for cls in vars(models.llada).values() if isinstance(cls, type)}
-    block_classes |= {cls.__name__ for cls in vars(models.dream).values() if isinstance(cls, type)}
+    block_classes = {cls.__name__ for module in (models.llada, models.dream, models.qwen)
+                     for cls in vars(module).values() if isinstance(cls, type)}
     assert set(names) <= block_classes
+    assert type(tiny_sdar().blocks[0]).__name__ in names  # Dream and SDAR share the Qwen layer
