@@ -10,6 +10,9 @@ import pytest
 # Triton kernels run on CPU tensors through the interpreter; must be set before torch
 # (dynamo) imports triton in compiled mode.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# a local Ray started by a test (and every process it spawns) listens on 127.0.0.1 only,
+# not on the machine's network address
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch  # noqa: E402
 

@@ -76,3 +76,10 @@ def test_in_process_pool_needs_no_ray(prompts):
     reference = lora_tiny().eval()
     reference.load_state_dict(adapter(2), strict=False)
     assert torch.equal(pool.generate(prompts, **SETTINGS).tokens, generate(reference, prompts, **SETTINGS).tokens)
+
+
+def test_the_local_ray_of_the_tests_listens_on_loopback_only(pool):
+    import ray
+
+    assert ray.is_initialized()
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")

@@ -36,6 +36,7 @@ def test_cli_train_runs_one_tiny_step_from_the_root(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if "loss" in s] == [1]
+    assert not [s for s in steps if "phase" in s]  # eval.before/after false: no evaluation ran
 
 
 def test_a_broken_install_names_the_failed_import_and_the_repair(tmp_path):

@@ -220,9 +220,14 @@ def run_recipe(recipe: Recipe) -> list[Comparison]:
         if trainer.preempted or not main:
             return []
         timings["train"] = time.perf_counter() - started
-        after = evaluate_phase(model, rows, recipe, settings, runner)
-        timings["eval after"] = after.seconds
-        log_metrics(out_dir, {"phase": "eval_after", "step": recipe.optim.max_steps, **after.summary()})
+        after = evaluate_phase(model, rows, recipe, settings, runner) if recipe.eval.after else None
+        if after is not None:
+            timings["eval after"] = after.seconds
+            log_metrics(out_dir, {"phase": "eval_after", "step": recipe.optim.max_steps, **after.summary()})
+    if recipe.logging.plot:
+        plot_curves(*training_curves(out_dir), out_dir / CURVE_FILE)
+    if after is None:
+        return []
     if before is None:
         print(json.dumps(after.summary(), indent=2))
         return []
@@ -233,6 +238,4 @@ def run_recipe(recipe: Recipe) -> list[Comparison]:
     (out_dir / "report.json").write_text(
         json.dumps({"title": title, "timings": timings, "rows": [c.as_dict() for c in table]}, indent=2) + "\n"
     )
-    if recipe.logging.plot:
-        plot_curves(*training_curves(out_dir), out_dir / CURVE_FILE)
     return table
