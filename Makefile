@@ -52,7 +52,7 @@ lock:  ## re-resolve to the newest versions pyproject.toml allows, run the tests
 UNMASK = $(if $(filter 1,$(NPROC)),$(VENV)/bin/unmask,$(PY) -m accelerate.commands.launch \
 	$(if $(ACCELERATE_CONFIG),--config_file $(ACCELERATE_CONFIG),--multi_gpu) --num_processes $(NPROC) -m unmask.cli)
 
-train: $(VENV)/.installed  ## run RECIPE (default: the tiny Countdown run, ~7 min on a CPU); ARGS="key=value ..." overrides; NPROC=2 for 2 processes
+train: $(VENV)/.installed  ## run RECIPE (default: the tiny Countdown run, ~4 min on a 2-core CPU); ARGS="key=value ..." overrides; NPROC=2 for 2 processes
 	$(UNMASK) train $(RECIPE) $(ARGS)
 
 sft: $(VENV)/.installed  ## masked-diffusion SFT with SFT_RECIPE (default tiny/sft_countdown, CPU); ARGS overrides; NPROC as for train
