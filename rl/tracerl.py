@@ -48,6 +48,11 @@ def step_ranks(commit_step: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(commit_step).scatter_(1, order, count - at_start)
 
 
+def _passes(ranks: torch.Tensor, scored: torch.Tensor) -> int:
+    """Two-stream passes a replay needs: the largest step rank of a scored token, plus one."""
+    return int(ranks[scored].max()) + 1 if scored.any() else 0
+
+
 class BlockReplayEstimator(Estimator):
     """Exact per-step replay of a block-diffusion rollout, one two-stream pass per step rank.
 
@@ -73,9 +78,7 @@ class BlockReplayEstimator(Estimator):
         return self.process.answer_blocks(prompt_mask, traj.gen_length, int(traj.settings["block_length"]))
 
     def passes_for(self, traj: Trajectory) -> int:
-        scored = traj.commit_step >= 0
-        ranks = step_ranks(traj.commit_step, self.blocks(traj))
-        return int(ranks[scored].max()) + 1 if scored.any() else 0
+        return _passes(step_ranks(traj.commit_step, self.blocks(traj)), traj.commit_step >= 0)
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
         if traj.step_masked is None or traj.step_pred is None:
@@ -85,7 +88,7 @@ class BlockReplayEstimator(Estimator):
         ranks = step_ranks(traj.commit_step, blocks)
         logprobs = torch.zeros(traj.answer_ids.shape, dtype=torch.float32, device=traj.tokens.device)
         entropy = torch.zeros_like(logprobs)
-        for rank in range(self.passes_for(traj)):
+        for rank in range(_passes(ranks, scored)):
             targets = scored & (ranks == rank)
             rows = targets.any(1).nonzero().squeeze(1)
             noisy = self._replayed_canvas(traj, blocks, targets)[rows]

@@ -85,8 +85,7 @@ def generate(
     ``step_cached`` marks the steps that attended to cached keys/values.
     """
     prompt_ids, attention_mask = _check_prompt(prompt_ids, attention_mask)
-    _check_settings(gen_length, steps, block_length, temperature, cfg_scale, threshold, remasking, schedule)
-    _check_dynamic(dynamic_threshold, threshold, remasking)
+    _check_settings(gen_length, steps, block_length, temperature, cfg_scale, threshold, dynamic_threshold, remasking, schedule)
     if early_exit and remasking == "rcr":
         raise UserError("early_exit needs committed tokens to stay: it cannot be used with remasking='rcr'")
     conf_fn = resolve_confidence(remasking, confidence)
@@ -260,7 +259,7 @@ def _check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None)
 
 def _check_settings(
     gen_length: int, steps: int, block_length: int, temperature: float, cfg_scale: float,
-    threshold: float | None, remasking: str, schedule: str,
+    threshold: float | None, dynamic_threshold: float | None, remasking: str, schedule: str,
 ) -> None:
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
         raise UserError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
@@ -272,17 +271,12 @@ def _check_settings(
         raise UserError(f"threshold must be in (0, 1], got {threshold}")
     if threshold is not None and remasking == "rcr":
         raise UserError("threshold decoding and remasking='rcr' exclude each other: drop one of them")
+    if dynamic_threshold is not None and not 0 < dynamic_threshold <= 1:
+        raise UserError(f"dynamic_threshold must be in (0, 1], got {dynamic_threshold}")
+    if dynamic_threshold is not None and (threshold is not None or remasking == "rcr"):
+        raise UserError("dynamic_threshold tops up the step's schedule: it excludes threshold and remasking='rcr'")
     if schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
-
-
-def _check_dynamic(dynamic_threshold: float | None, threshold: float | None, remasking: str) -> None:
-    if dynamic_threshold is None:
-        return
-    if not 0 < dynamic_threshold <= 1:
-        raise UserError(f"dynamic_threshold must be in (0, 1], got {dynamic_threshold}")
-    if threshold is not None or remasking == "rcr":
-        raise UserError("dynamic_threshold tops up the step's schedule: it excludes threshold and remasking='rcr'")
 
 
 def _check_hints(

@@ -18,8 +18,7 @@ import torch
 from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.diffusion.process import Attention
 from unmask.errors import UserError
-from unmask.models.base import positions_from_mask
-from unmask.models.block_mask import two_stream_mask
+from unmask.models.block_mask import compact_positions, two_stream_mask
 
 if TYPE_CHECKING:
     from unmask.models.base import DiffusionLM
@@ -64,10 +63,7 @@ class BlockAbsorbingMask(AbsorbingMask):
         model's ``forward`` so a DDP wrapper synchronises the gradients.
         """
         valid = None if attention_mask is None else attention_mask.bool()
-        positions = (
-            torch.arange(noisy.shape[1], device=noisy.device).expand_as(noisy)
-            if valid is None else positions_from_mask(valid)
-        )
+        positions = compact_positions(noisy, valid)
         at = options.pop("logits_at", None)
         return model(
             torch.cat([noisy, clean], dim=1),

@@ -30,15 +30,13 @@ class DiffusionProcess(ABC):
     queries see prompt keys only, so the prompt's keys/values never go stale) or
     ``block_causal`` (bidirectional inside blocks of ``block_size``, causal across).
     ``two_stream``: the training forward scores a noisy canvas against a clean copy
-    ``[x_t ; x_0]`` instead of the noisy canvas alone. ``records``: the per-step
-    ``Trajectory`` fields a sampler step of this process fills.
+    ``[x_t ; x_0]`` instead of the noisy canvas alone.
     """
 
     name: str
     attention: Attention
     block_size: int | None = None
     two_stream: bool = False
-    records: tuple[str, ...] = ("step_masked", "step_pred", "step_confidence", "step_logprob", "step_cached")
 
     @abstractmethod
     def noised(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,16 @@ from __future__ import annotations
 
 import torch
 
+from unmask.models.base import positions_from_mask
+
+
+def compact_positions(input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``[B, L]`` rotary positions: ``0..L-1``, or counted from each row's first real token."""
+    if valid is not None:
+        return positions_from_mask(valid)
+    b, length = input_ids.shape
+    return torch.arange(length, device=input_ids.device).expand(b, length)
+
 
 def block_ids(positions: torch.Tensor, block_size: int) -> torch.Tensor:
     """Block of each token: ``⌊position / block_size⌋`` (global origin on compact positions)."""

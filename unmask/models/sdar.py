@@ -20,9 +20,8 @@ from torch import nn
 from transformers import Qwen2Tokenizer
 
 from unmask.diffusion.block import BlockAbsorbingMask
-from unmask.models.base import positions_from_mask
 from unmask.models.block_cache import BlockKVCache
-from unmask.models.block_mask import block_causal_mask
+from unmask.models.block_mask import block_causal_mask, compact_positions
 from unmask.models.kv_cache import KVHook
 from unmask.models.layers import RMSNorm, attention
 from unmask.models.native import CheckpointError, NativeConfig
@@ -171,14 +170,6 @@ class SDAR(QwenLM):
     def new_block_cache(self) -> BlockKVCache:
         """An empty exact cache of finished blocks (``BlockKVCache``)."""
         return BlockKVCache(self)
-
-
-def compact_positions(input_ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """``[B, L]`` rotary positions: ``0..L-1``, or counted from each row's first real token."""
-    if valid is not None:
-        return positions_from_mask(valid)
-    b, length = input_ids.shape
-    return torch.arange(length, device=input_ids.device).expand(b, length)
 
 
 def tiny_sdar(seed: int = 0, **overrides: Any) -> SDAR:
