@@ -13,3 +13,5 @@ CACHE_MODES = ("none", "prompt", "prefix", "dual", "delayed", "block")
 REMASKING = ("low_confidence", "random", "margin", "entropy", "rcr")
 #: tokens committed per step of a block (``rollouts.schedules``)
 SCHEDULES = ("linear", "cosine", "pow_k", "log", "exp")
+#: confidence measures by name (``rollouts.confidence``); None picks the strategy's own
+CONFIDENCE_NAMES = ("probability", "sampling_probability", "margin", "entropy", "random")

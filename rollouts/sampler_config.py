@@ -1,0 +1,170 @@
+"""The sampler's settings as one validated object (docs/sampling.md §8).
+
+``generate()``, recipes (``rollout:``), ``unmask eval``, ``unmask sample``, the TRL front
+end, Ray rollout jobs and ``generation_config.json`` all read these fields, so a
+setting is declared, defaulted and checked once. Torch-free: recipes and the CLI
+validate without importing the sampler.
+
+Every mistake is one sentence that names the setting the way the user wrote it: a
+front end passes ``label`` (``--gen-length`` on the command line); a subclass that
+keeps an older key as a field alias (a recipe's ``max_completion_length``) is named
+by that alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from unmask.errors import UserError
+from unmask.rollouts.options import CACHE_MODES, CONFIDENCE_NAMES, REMASKING, SCHEDULES
+
+#: how a front end names a setting in its messages (field name → what the user typed)
+Label = Callable[[str], str]
+
+#: the error type of this module's own sentences (they already name the setting)
+_KIND = "sampler_setting"
+_CHOICES = {"remasking": REMASKING, "schedule": SCHEDULES, "cache": CACHE_MODES, "confidence": CONFIDENCE_NAMES}
+
+
+def cli_label(field: str) -> str:
+    """A setting's command-line flag: ``gen_length`` → ``--gen-length``."""
+    return "--" + field.replace("_", "-")
+
+
+class SamplerConfig(BaseModel):
+    """Everything ``generate()`` needs besides the model, the prompts, hints and seeds."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), validate_by_name=True)
+
+    #: answer tokens after each prompt; a multiple of ``block_length``
+    gen_length: int
+    #: denoising steps over all blocks (at least one per block); unused with ``threshold``
+    steps: int
+    #: tokens decoded block by block, left to right (docs/sampling.md §1)
+    block_length: int
+    temperature: float = 0.0
+    #: which positions a step commits or re-masks (docs/sampling.md §2–§3)
+    remasking: Literal[REMASKING] = "low_confidence"
+    #: classifier-free guidance against a prompt-masked pass (0: off)
+    cfg_scale: float = 0.0
+    #: Fast-dLLM parallel decoding: commit every position above this confidence (§4)
+    threshold: float | None = None
+    #: SDAR's dynamic low-confidence rule: commit every position above it, at least the schedule's count
+    dynamic_threshold: float | None = None
+    #: tokens committed per step of a block
+    schedule: Literal[SCHEDULES] = "linear"
+    #: the exponent of the ``pow_k`` schedule
+    schedule_k: float = 2
+    #: confidence by name (rollouts/confidence.py), a callable from Python, or None: the strategy's own
+    confidence: Literal[CONFIDENCE_NAMES] | Callable[..., Any] | None = None
+    #: KV cache of a step's forward (approximate unless "none" or "block"), docs/sampling.md §5
+    cache: Literal[CACHE_MODES] = "none"
+    #: with a cache, every ``cache_refresh``-th step of a block runs the full canvas (0: only the first)
+    cache_refresh: int = 0
+    #: the LM head only where a token is read (exact; off only to measure it)
+    partial_head: bool = True
+    #: end a row once its first EOS has no masked position before it (docs/speed.md)
+    early_exit: bool = False
+
+    @classmethod
+    def checked(cls, label: Label | None = None, /, **settings: Any) -> SamplerConfig:
+        """Validate ``settings``; a mistake becomes one ``UserError`` line naming the setting by ``label``."""
+        try:
+            return cls.model_validate(settings, context={"label": label})
+        except ValidationError as exc:
+            raise UserError(one_line(exc, cls._namer(label))) from None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments ``generate()`` takes for these settings."""
+        return {name: getattr(self, name) for name in SamplerConfig.model_fields}
+
+    @classmethod
+    def _namer(cls, label: Label | None) -> Label:
+        if label is not None:
+            return label
+        return lambda field: (cls.model_fields[field].alias if field in cls.model_fields else None) or field
+
+    @classmethod
+    def _name(cls, info: ValidationInfo, field: str) -> str:
+        return cls._namer((info.context or {}).get("label"))(field)
+
+    @field_validator("remasking", "schedule", "cache", "confidence", mode="wrap")
+    @classmethod
+    def _known_choice(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        if info.field_name == "confidence" and (value is None or callable(value)):
+            return value
+        try:
+            return handler(value)
+        except ValidationError:
+            choices = ", ".join(_CHOICES[info.field_name])
+            raise PydanticCustomError(_KIND, f"unknown {cls._name(info, info.field_name)} {value!r}: choose from {choices}") from None
+
+    @field_validator("gen_length", "steps", "block_length", "schedule_k")
+    @classmethod
+    def _positive(cls, value: float, info: ValidationInfo) -> float:
+        if value <= 0:
+            raise PydanticCustomError(_KIND, f"{cls._name(info, info.field_name)} must be positive, got {value}")
+        return value
+
+    @field_validator("temperature", "cfg_scale", "cache_refresh")
+    @classmethod
+    def _non_negative(cls, value: float, info: ValidationInfo) -> float:
+        if value < 0:
+            raise PydanticCustomError(_KIND, f"{cls._name(info, info.field_name)} must be >= 0, got {value}")
+        return value
+
+    @field_validator("threshold", "dynamic_threshold")
+    @classmethod
+    def _probability(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and not 0 < value <= 1:
+            raise PydanticCustomError(_KIND, f"{cls._name(info, info.field_name)} must be in (0, 1], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _compatible(self, info: ValidationInfo) -> SamplerConfig:
+        """The rules that join two settings (each names both, as the user wrote them)."""
+        name = type(self)._namer((info.context or {}).get("label"))
+        rcr = self.remasking == "rcr"
+        if self.gen_length % self.block_length:
+            problem = (
+                f"{name('gen_length')} ({self.gen_length}) must be a positive multiple of "
+                f"{name('block_length')} ({self.block_length})"
+            )
+        elif self.threshold is not None and rcr:
+            problem = f"{name('threshold')} and {name('remasking')} rcr exclude each other: drop one of them"
+        elif self.dynamic_threshold is not None and (self.threshold is not None or rcr):
+            problem = (
+                f"{name('dynamic_threshold')} tops up the step's schedule: it excludes "
+                f"{name('threshold')} and {name('remasking')} rcr"
+            )
+        elif self.early_exit and rcr:
+            problem = (
+                f"{name('early_exit')} needs committed tokens to stay: it cannot be used with {name('remasking')} rcr"
+            )
+        else:
+            return self
+        raise PydanticCustomError(_KIND, problem)
+
+
+def one_line(exc: ValidationError, label: Label) -> str:
+    """The first mistake of ``exc`` as one line; pydantic's own (a wrong type, an unknown key) gain the setting's name."""
+    err = exc.errors()[0]
+    if err["type"] == _KIND:
+        return err["msg"]
+    field = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown sampler setting {label(field)}"
+    return f"{label(field)}: {err['msg']} (got {err.get('input')!r})"
+
