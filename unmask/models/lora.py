@@ -45,8 +45,17 @@ def apply_lora(
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_regex(model, target_modules, lm_head),
+        target_parameters=model.lora_parameters() if hasattr(model, "lora_parameters") else None,
     )
-    return get_peft_model(model, config)
+    return tied(get_peft_model(model, config))
+
+
+def tied(peft_model: PeftModel) -> PeftModel:
+    """Let a family whose modules run twice under two names (DiffusionGemma) share one set of adapters."""
+    base = peft_model.get_base_model()
+    if hasattr(base, "tie_adapters"):
+        base.tie_adapters(peft_model)
+    return peft_model
 
 
 def load_adapter(model: NativeLM, adapter_dir: str | Path, trainable: bool = False) -> PeftModel:
@@ -54,4 +63,4 @@ def load_adapter(model: NativeLM, adapter_dir: str | Path, trainable: bool = Fal
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json (is this a LoRA adapter directory?)")
-    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+    return tied(PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable))
