@@ -97,26 +97,14 @@ class Rollouts:
         temperature: float | None = None,
     ) -> dict[str, Any]:
         """``generate`` keyword arguments for these prompts under the recipe's decoding settings."""
-        s = self.settings
+        sampler = self.settings.generate_kwargs()
+        if temperature is not None:
+            sampler["temperature"] = temperature
         device = self.device
         return {
             "prompt_ids": prompt_ids.to(device),
             "attention_mask": attention_mask.to(device),
-            "gen_length": s.max_completion_length,
-            "steps": s.steps,
-            "block_length": s.block_length,
-            "temperature": s.temperature if temperature is None else temperature,
-            "remasking": s.remasking,
-            "cfg_scale": s.cfg_scale,
-            "threshold": s.threshold,
-            "dynamic_threshold": s.dynamic_threshold,
-            "early_exit": s.early_exit,
-            "partial_head": s.partial_head,
-            "cache": s.cache,
-            "cache_refresh": s.cache_refresh,
-            "schedule": s.schedule,
-            "schedule_k": s.schedule_k,
-            "confidence": s.rcr_confidence if s.remasking == "rcr" else None,
+            **sampler,
             "hints": None if hints is None else hints.to(device),
             "seed": seed,
             "record": self.record,

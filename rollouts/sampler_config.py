@@ -34,7 +34,7 @@ from unmask.rollouts.options import CACHE_MODES, CONFIDENCE_NAMES, REMASKING, SC
 Label = Callable[[str], str]
 
 #: the error type of this module's own sentences (they already name the setting)
-_KIND = "sampler_setting"
+SAMPLER_ERROR = "sampler_setting"
 _CHOICES = {"remasking": REMASKING, "schedule": SCHEDULES, "cache": CACHE_MODES, "confidence": CONFIDENCE_NAMES}
 
 
@@ -46,37 +46,39 @@ def cli_label(field: str) -> str:
 class SamplerConfig(BaseModel):
     """Everything ``generate()`` needs besides the model, the prompts, hints and seeds."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), validate_by_name=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), validate_by_name=True,
+                              use_attribute_docstrings=True)
 
-    #: answer tokens after each prompt; a multiple of ``block_length``
     gen_length: int
-    #: denoising steps over all blocks (at least one per block); unused with ``threshold``
+    """Answer tokens after each prompt; a multiple of ``block_length``."""
     steps: int
-    #: tokens decoded block by block, left to right (docs/sampling.md §1)
+    """Denoising steps over all blocks (at least one per block); unused with ``threshold``."""
     block_length: int
+    """Tokens decoded block by block, left to right (docs/sampling.md §1)."""
     temperature: float = 0.0
-    #: which positions a step commits or re-masks (docs/sampling.md §2–§3)
+    """Softmax temperature of the sampled tokens (0: greedy)."""
     remasking: Literal[REMASKING] = "low_confidence"
-    #: classifier-free guidance against a prompt-masked pass (0: off)
+    """Which positions a step commits or re-masks (docs/sampling.md §2–§3)."""
     cfg_scale: float = 0.0
-    #: Fast-dLLM parallel decoding: commit every position above this confidence (§4)
+    """Classifier-free guidance against a prompt-masked pass (0: off)."""
     threshold: float | None = None
-    #: SDAR's dynamic low-confidence rule: commit every position above it, at least the schedule's count
+    """Fast-dLLM parallel decoding: commit every position above this confidence (§4)."""
     dynamic_threshold: float | None = None
-    #: tokens committed per step of a block
+    """SDAR's dynamic low-confidence rule: commit every position above it, at least the schedule's count."""
     schedule: Literal[SCHEDULES] = "linear"
-    #: the exponent of the ``pow_k`` schedule
+    """Tokens committed per step of a block."""
     schedule_k: float = 2
-    #: confidence by name (rollouts/confidence.py), a callable from Python, or None: the strategy's own
+    """The exponent of the ``pow_k`` schedule."""
     confidence: Literal[CONFIDENCE_NAMES] | Callable[..., Any] | None = None
-    #: KV cache of a step's forward (approximate unless "none" or "block"), docs/sampling.md §5
+    """Confidence by name (rollouts/confidence.py), a callable from Python, or None: the strategy's own."""
     cache: Literal[CACHE_MODES] = "none"
-    #: with a cache, every ``cache_refresh``-th step of a block runs the full canvas (0: only the first)
+    """KV cache of a step's forward (approximate unless "none" or "block"), docs/sampling.md §5."""
     cache_refresh: int = 0
-    #: the LM head only where a token is read (exact; off only to measure it)
+    """With a cache, every ``cache_refresh``-th step of a block runs the full canvas (0: only the first)."""
     partial_head: bool = True
-    #: end a row once its first EOS has no masked position before it (docs/speed.md)
+    """The LM head only where a token is read (exact; off only to measure it)."""
     early_exit: bool = False
+    """End a row once its first EOS has no masked position before it (docs/speed.md)."""
 
     @classmethod
     def checked(cls, label: Label | None = None, /, **settings: Any) -> SamplerConfig:
@@ -91,10 +93,13 @@ class SamplerConfig(BaseModel):
         return {name: getattr(self, name) for name in SamplerConfig.model_fields}
 
     @classmethod
+    def own_label(cls, field: str) -> str:
+        """How this class's users spell ``field`` when no front end says: its alias, else its name."""
+        return (cls.model_fields[field].alias if field in cls.model_fields else None) or field
+
+    @classmethod
     def _namer(cls, label: Label | None) -> Label:
-        if label is not None:
-            return label
-        return lambda field: (cls.model_fields[field].alias if field in cls.model_fields else None) or field
+        return cls.own_label if label is None else label
 
     @classmethod
     def _name(cls, info: ValidationInfo, field: str) -> str:
@@ -109,27 +114,27 @@ class SamplerConfig(BaseModel):
             return handler(value)
         except ValidationError:
             choices = ", ".join(_CHOICES[info.field_name])
-            raise PydanticCustomError(_KIND, f"unknown {cls._name(info, info.field_name)} {value!r}: choose from {choices}") from None
+            raise PydanticCustomError(SAMPLER_ERROR, f"unknown {cls._name(info, info.field_name)} {value!r}: choose from {choices}") from None
 
     @field_validator("gen_length", "steps", "block_length", "schedule_k")
     @classmethod
     def _positive(cls, value: float, info: ValidationInfo) -> float:
         if value <= 0:
-            raise PydanticCustomError(_KIND, f"{cls._name(info, info.field_name)} must be positive, got {value}")
+            raise PydanticCustomError(SAMPLER_ERROR, f"{cls._name(info, info.field_name)} must be positive, got {value}")
         return value
 
     @field_validator("temperature", "cfg_scale", "cache_refresh")
     @classmethod
     def _non_negative(cls, value: float, info: ValidationInfo) -> float:
         if value < 0:
-            raise PydanticCustomError(_KIND, f"{cls._name(info, info.field_name)} must be >= 0, got {value}")
+            raise PydanticCustomError(SAMPLER_ERROR, f"{cls._name(info, info.field_name)} must be >= 0, got {value}")
         return value
 
     @field_validator("threshold", "dynamic_threshold")
     @classmethod
     def _probability(cls, value: float | None, info: ValidationInfo) -> float | None:
         if value is not None and not 0 < value <= 1:
-            raise PydanticCustomError(_KIND, f"{cls._name(info, info.field_name)} must be in (0, 1], got {value}")
+            raise PydanticCustomError(SAMPLER_ERROR, f"{cls._name(info, info.field_name)} must be in (0, 1], got {value}")
         return value
 
     @model_validator(mode="after")
@@ -155,16 +160,23 @@ class SamplerConfig(BaseModel):
             )
         else:
             return self
-        raise PydanticCustomError(_KIND, problem)
+        raise PydanticCustomError(SAMPLER_ERROR, problem)
 
 
 def one_line(exc: ValidationError, label: Label) -> str:
     """The first mistake of ``exc`` as one line; pydantic's own (a wrong type, an unknown key) gain the setting's name."""
     err = exc.errors()[0]
-    if err["type"] == _KIND:
+    if err["type"] == SAMPLER_ERROR:
         return err["msg"]
     field = ".".join(str(part) for part in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"unknown sampler setting {label(field)}"
     return f"{label(field)}: {err['msg']} (got {err.get('input')!r})"
 
+
+
+def split_settings(kwargs: dict[str, Any]) -> tuple[SamplerConfig, dict[str, Any]]:
+    """``generate()`` keyword arguments as (the validated sampler settings, everything else: prompts, seeds, ...)."""
+    fields = SamplerConfig.model_fields
+    config = SamplerConfig.checked(**{k: v for k, v in kwargs.items() if k in fields})
+    return config, {k: v for k, v in kwargs.items() if k not in fields}

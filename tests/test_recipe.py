@@ -33,7 +33,7 @@ BAD_RECIPES = {
     "negative_length": ("rollout:\n  max_completion_length: -8\n", "rollout.max_completion_length"),
     "not_divisible": (
         "rollout:\n  max_completion_length: 30\n  block_length: 8\n",
-        "must be divisible by block_length",
+        "rollout.max_completion_length (30) must be a positive multiple of rollout.block_length (8)",
     ),
     "yaml_syntax": ("rollout: [steps: 4\n", "YAML syntax error"),
     "empty_file": ("", "the recipe is empty"),

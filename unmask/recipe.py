@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unmask.errors import RecipeError
-from unmask.rollouts.options import CACHE_MODES, REMASKING, SCHEDULES
+from unmask.rollouts.options import CACHE_MODES, CONFIDENCE_NAMES
+from unmask.rollouts.sampler_config import SAMPLER_ERROR, SamplerConfig
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -92,45 +93,44 @@ class DataConfig(Section):
     generator: CountdownGeneratorConfig = Field(default_factory=CountdownGeneratorConfig)
 
 
-class RolloutConfig(Section):
+class RolloutConfig(Section, SamplerConfig):
+    """The rollout sampler plus what RL adds; the sampler's fields, defaults and checks are
+    ``SamplerConfig``'s (docs/sampling.md §8). ``max_completion_length`` is TRL's name for its
+    ``gen_length``; mistakes name the recipe keys (``rollout.steps``)."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
     num_generations: Annotated[int, Field(ge=2)] = 8
     #: prompts per rollout batch (each gets ``num_generations`` answers)
     prompts_per_step: PositiveInt = 8
-    max_completion_length: PositiveInt = 32
-    steps: PositiveInt = 32
-    block_length: PositiveInt = 32
-    temperature: NonNegFloat = 0.7
-    remasking: Literal[REMASKING] = "low_confidence"
-    #: confidence function used by RCR (rollouts/confidence.py); by default the probability of the
-    #: sampled token under the sampling distribution softmax(logits / τ) (docs/sampling.md §3)
-    rcr_confidence: Literal["sampling_probability", "probability", "margin", "entropy", "random"] = (
-        "sampling_probability"
-    )
-    threshold: Probability | None = None
-    #: SDAR's dynamic low-confidence rule: commit every position above it, at least the schedule's count
-    dynamic_threshold: Probability | None = None
-    #: end a row once its first EOS has no masked position before it (the 11x setting of docs/speed.md)
-    early_exit: bool = False
-    #: the LM head only where a token is read (exact; off only to measure it)
-    partial_head: bool = True
-    schedule: Literal[SCHEDULES] = "linear"
-    schedule_k: PositiveInt = 2
-    cfg_scale: NonNegFloat = 0.0
-    cache: Literal[CACHE_MODES] = "none"
-    #: with a cache, every ``cache_refresh``-th step of a block runs the full canvas (0: only the first)
-    cache_refresh: NonNegInt = 0
+    gen_length: int = Field(32, alias="max_completion_length")
+    steps: int = 32
+    block_length: int = 32
+    temperature: float = 0.7
+    #: confidence function used by RCR unless ``confidence`` is given (rollouts/confidence.py); by default
+    #: the probability of the sampled token under the sampling distribution softmax(logits / τ) (docs/sampling.md §3)
+    rcr_confidence: Literal[CONFIDENCE_NAMES] = "sampling_probability"
     #: Ray actors roll out step k+1 with step k's adapter while the trainer updates on step k
     #: (one step off-policy; θ_old is the rollout policy, so the importance ratio corrects it)
     overlap: bool = False
 
-    @model_validator(mode="after")
-    def _blocks(self) -> RolloutConfig:
-        if self.max_completion_length % self.block_length:
-            raise ValueError(
-                f"max_completion_length ({self.max_completion_length}) must be divisible by "
-                f"block_length ({self.block_length})"
-            )
-        return self
+    @property
+    def max_completion_length(self) -> int:
+        return self.gen_length
+
+    @classmethod
+    def own_label(cls, field: str) -> str:
+        return "rollout." + super().own_label(field)
+
+    def sampler(self) -> SamplerConfig:
+        """The settings the rollouts are sampled with (``rcr_confidence`` resolved)."""
+        settings = {name: getattr(self, name) for name in SamplerConfig.model_fields}
+        if self.remasking == "rcr" and self.confidence is None:
+            settings["confidence"] = self.rcr_confidence
+        return SamplerConfig.model_validate(settings)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return self.sampler().generate_kwargs()
 
 
 def _from_bool(value: Any, true: str, false: str) -> Any:
@@ -546,13 +546,15 @@ def _known_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str
         if sub is None:
             return []
         fields = sub.model_fields
-    return list(fields)
+    return [field.alias or name for name, field in fields.items()]
 
 
 def _format_error(source: str, exc: ValidationError, raw: dict[str, Any], schema: type[BaseModel] = Recipe) -> str:
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ALGORITHMS))
     key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == SAMPLER_ERROR:  # the sampler's own sentence names the recipe keys
+        return f"{source}: {err['msg']}"
     if err["type"] == "extra_forbidden":
         parent = loc[:-1]
         if parent and parent[0] == "algorithm":
