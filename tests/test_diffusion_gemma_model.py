@@ -21,6 +21,7 @@ from unmask.models.diffusion_gemma import (
     diffusion_gemma_config,
     tiny_diffusion_gemma,
 )
+from unmask.models.loading import load_model, meta_model
 from unmask.models.lora import apply_lora
 
 PROMPT = torch.tensor([[2, 5, 9, 11, 40], [2, 7, 8, 30, 31]])
@@ -165,3 +166,17 @@ def test_uniform_noise_process() -> None:
         process.answer_blocks(torch.ones(1, 4, dtype=torch.bool), 16, 4)
     assert process.answer_blocks(torch.ones(1, 4, dtype=torch.bool), 16, 8).tolist() == [[0] * 8 + [1] * 8]
 
+
+
+def test_checkpoint_round_trip_by_model_type_and_family(tmp_path) -> None:
+    model = tiny_diffusion_gemma(3)
+    model.save_pretrained(tmp_path)
+    for family in (None, "diffusion_gemma"):
+        loaded = load_model(tmp_path, family=family)
+        assert isinstance(loaded, DiffusionGemma) and not loaded.training
+        encoder = dict(loaded.model.encoder.language_model.named_parameters())
+        assert all(p is loaded.model.decoder.get_parameter(name) for name, p in encoder.items())  # ties restored
+        canvas = PROMPT.repeat(1, 2)[:, :8]
+        torch.testing.assert_close(loaded.decode(canvas, loaded.encode(PROMPT)[0]),
+                                   model.decode(canvas, model.encode(PROMPT)[0]), atol=0, rtol=0)  # fmt: skip
+    assert isinstance(meta_model(tmp_path), DiffusionGemma)

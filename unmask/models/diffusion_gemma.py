@@ -13,6 +13,7 @@ which a replay cannot store), and LoRA that keeps encoder and decoder tied.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,10 +97,27 @@ class DiffusionGemma(DiffusionLM):
 
     def __init__(self, config: DiffusionGemmaConfig, tokenizer: Any = None) -> None:
         super().__init__(config, tokenizer)
-        hf = DiffusionGemmaForBlockDiffusion(config)
+        self._adopt(DiffusionGemmaForBlockDiffusion(config))
+
+    def _adopt(self, hf: DiffusionGemmaForBlockDiffusion) -> None:
+        self.config = hf.config
         self.model = hf.model
         self.lm_head = hf.lm_head
         object.__setattr__(self, "hf", hf)
+
+    # -- checkpoint directory ----------------------------------------------------
+    def load_checkpoint(self, path: Path, dtype: torch.dtype, device: torch.device | str) -> None:
+        """Load a checkpoint through transformers, which restores the encoder/decoder ties
+        (a checkpoint stores each tied tensor once) and the non-persistent buffers."""
+        self._adopt(DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype, device_map=device))
+
+    def save_pretrained(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """transformers' checkpoint layout (config.json with model_type ``diffusion_gemma``), plus the tokenizer."""
+        out = Path(out_dir)
+        self.hf.save_pretrained(out, state_dict=state_dict)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out)
+        return out
 
     # -- ids and process -----------------------------------------------------
     @property

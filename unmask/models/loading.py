@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from unmask.assets import PREFIX as BUILTIN_PREFIX
 from unmask.assets import builtin_path
+from unmask.models.diffusion_gemma import DiffusionGemma
 from unmask.models.dream import Dream
 from unmask.models.llada import LLaDA
 from unmask.models.native import CheckpointError, NativeLM
@@ -24,7 +25,10 @@ from unmask.models.sdar import MOE_MODEL_TYPE, MOE_REFUSAL, SDAR
 from unmask.models.tiny import TinyLM
 
 #: ``config.json`` model_type (lower-cased) → family
-MODEL_TYPES: dict[str, type[NativeLM]] = {"llada": LLaDA, "dream": Dream, "sdar": SDAR, "unmask-tiny": TinyLM}
+MODEL_TYPES: dict[str, type[NativeLM]] = {
+    "llada": LLaDA, "dream": Dream, "sdar": SDAR, "unmask-tiny": TinyLM,
+    "diffusion_gemma": DiffusionGemma,
+}  # fmt: skip
 #: ``config.json`` model_type → why it is refused (families still to come)
 REFUSED = {MOE_MODEL_TYPE: MOE_REFUSAL}
 #: ``family=`` argument → family
@@ -117,6 +121,9 @@ def load_weights(
     model: NativeLM, path: Path, dtype: torch.dtype, device: torch.device | str
 ) -> None:
     """Check names and shapes of every tensor, then load them into the (meta) model."""
+    if hasattr(model, "load_checkpoint"):  # a family on transformers' modules loads through transformers
+        model.load_checkpoint(path, dtype, device)
+        return
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     files = weight_files(path)
     missing = sorted(set(expected) - set(files))
