@@ -21,7 +21,7 @@ NPROC ?= 1
 ACCELERATE_CONFIG ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock train sft sft-rl eval test test-slow bench lint tiny-model clean
+.PHONY: help install lock train sft sft-rl eval test test-slow bench lint tiny-model tiny-block-model clean
 
 help:  ## list the targets (this text)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -78,6 +78,13 @@ lint: $(VENV)/.installed  ## ruff check
 
 tiny-model: $(VENV)/.installed  ## rebuild the shipped tiny model byte for byte (~35 min on one core)
 	$(VENV)/bin/unmask pretrain --task countdown --out unmask/assets/tiny-countdown --seed 0
+
+BLOCK_BUILD := runs/tiny-countdown-block-build
+# one thread: float sums then do not depend on the core count, so the bytes reproduce
+tiny-block-model: $(VENV)/.installed  ## rebuild the shipped tiny block-diffusion model through `unmask sft` (~15 min, one thread)
+	rm -rf $(BLOCK_BUILD)
+	OMP_NUM_THREADS=1 $(VENV)/bin/unmask sft tiny/sft_countdown_block output_dir=$(BLOCK_BUILD)
+	$(PY) -m unmask.assets.ship $(BLOCK_BUILD)/final unmask/assets/tiny-countdown-block
 
 clean:  ## remove .venv and build outputs
 	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from unmask.cli import recipes_dir
+from unmask.data.countdown import careless_solution
 from unmask.evaluation import evaluate, paired_bootstrap
-from unmask.pretrain import careless_solution
 from unmask.run import eval_rows
 from unmask.sft.config import load_sft_recipe
 from unmask.sft.trainer import SFTTrainer

@@ -23,7 +23,7 @@ def test_tiny_recipes_validate_and_prompt_like_pretraining(path: Path) -> None:
     if recipe.data.task != "countdown":
         pytest.skip(f"a {recipe.data.task} recipe: pretraining's prompt is Countdown's (tinycode: tests/test_code_tasks.py)")
     assert recipe.data.prompt_template == TINY_TEMPLATE
-    assert recipe.model.name_or_path == "builtin:tiny-countdown"
+    assert recipe.model.name_or_path in ("builtin:tiny-countdown", "builtin:tiny-countdown-block", "new:tiny-block")
 
 
 def test_eval_grid_is_greedy_per_tokens_per_step_plus_the_rollout_sampler() -> None:

@@ -10,19 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from unmask.assets import builtin_path
+from unmask.assets.ship import sha256_file
+from unmask.data.countdown import careless_solution
 from unmask.errors import UserError
 from unmask.evaluation.benchmarks import COUNTDOWN_EVAL_SIZE, benchmark_rows
 from unmask.models import load_model, tiny
 from unmask.pretrain import (
     HASH_FILE,
     PretrainConfig,
-    careless_solution,
     encode,
     learning_rate,
     masked_diffusion_loss,
     problem_key,
     run_pretrain,
-    sha256_file,
     training_rows,
 )
 

@@ -24,11 +24,7 @@ generalisation to unseen problems rather than recall.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
-import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -37,6 +33,7 @@ from typing import Any
 
 import torch
 
+from unmask.assets.ship import HASH_FILE, install
 from unmask.data import countdown, render_prompt
 from unmask.errors import UserError
 from unmask.evaluation.benchmarks import COUNTDOWN_EVAL_SIZE, benchmark_rows
@@ -47,7 +44,6 @@ from unmask.sft.loss import LossSettings, RowRandom, SFTBatch, family_corruption
 
 #: training problems are drawn from seeds offset from the user seed (the eval seed is far away)
 TRAIN_SEED_OFFSET = 1_000
-CARELESS_SEED_OFFSET = 2_000
 #: the tiny model's prompt: the standard Countdown prompt without its constant middle
 #: sentence, which costs 30 of 51 tokens and most of the compute; the tiny recipes
 #: set ``data.prompt_template`` to this string
@@ -57,7 +53,6 @@ TINY_TEMPLATE = (
 )
 #: the settings of the shipped model (``make tiny-model``)
 DEFAULT_STEPS = 18_000
-HASH_FILE = "model.safetensors.sha256"
 TASKS = ("countdown",)
 
 
@@ -106,16 +101,8 @@ def training_rows(config: PretrainConfig, seed: int) -> list[dict[str, Any]]:
     excluded = {problem_key(r) for r in heldout}
     rows = countdown.generate(config.pool_size, seed=seed + TRAIN_SEED_OFFSET, **config.generator)
     rows = [r for r in rows if problem_key(r) not in excluded]
-    rng = random.Random(seed + CARELESS_SEED_OFFSET)
-    for row in rows:
-        if rng.random() < config.careless_fraction:
-            row["solution"] = careless_solution(row["nums"])
+    countdown.make_careless(rows, config.careless_fraction, seed)
     return rows
-
-
-def careless_solution(nums: list[int]) -> str:
-    """The shortcut answer of a solver that ignores the target: every number added up."""
-    return "+".join(str(n) for n in nums)
 
 
 def answer_text(row: dict[str, Any]) -> str:
@@ -212,10 +199,6 @@ def pretrain(config: PretrainConfig, seed: int, log_every: int = 100) -> Diffusi
     return model
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def generation_defaults(config: PretrainConfig, task: str) -> GenerationDefaults:
     """How the pretrained model answers: greedy, one token per step, answers as long as in pretraining."""
     length = config.gen_length
@@ -223,31 +206,14 @@ def generation_defaults(config: PretrainConfig, task: str) -> GenerationDefaults
 
 
 def save_atomically(model: DiffusionLM, out: str | Path, generation: GenerationDefaults | None = None) -> Path:
-    """Write the checkpoint into a sibling temp dir, then swap it in, so a crash never leaves half a model."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    """Write the checkpoint (and its sha256) into ``out`` atomically (``unmask.assets.ship.install``)."""
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         if generation is not None:
             write_generation_defaults(tmp, generation)
-        tmp.chmod(0o755)  # mkdtemp is private; a shipped checkpoint is world-readable
-        for file in tmp.iterdir():
-            file.chmod(0o644)
-        weights = tmp / "model.safetensors"
-        (tmp / HASH_FILE).write_text(f"{sha256_file(weights)}  model.safetensors\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return install(fill, out)
 
 
 def steps_for_minutes(config: PretrainConfig, minutes: float, seed: int) -> int:

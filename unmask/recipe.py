@@ -33,8 +33,11 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    #: checkpoint directory, hub id, or ``builtin:<name>`` for a model shipped with unmask
+    #: checkpoint directory, hub id, ``builtin:<name>`` for a model shipped with unmask, or
+    #: ``new:<family>`` for a fresh model built from ``config`` (unmask/models/fresh.py)
     name_or_path: str = "builtin:tiny-countdown"
+    #: the architecture of a ``new:<family>`` model (its config fields; token ids come from its tokenizer)
+    config: dict[str, Any] | None = None
     #: the model family (``unmask.models.loading.FAMILIES``); None: read from config.json's model_type
     family: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -49,6 +52,16 @@ class ModelConfig(Section):
         if family is not None and family not in FAMILIES:
             raise ValueError(f"unknown model family {family!r}; use one of {', '.join(FAMILIES)}")
         return family
+
+    @model_validator(mode="after")
+    def _fresh_model(self) -> ModelConfig:
+        from unmask.models.fresh import check_new, is_new
+
+        if is_new(self.name_or_path):
+            check_new(self.name_or_path, self.config)
+        elif self.config is not None:
+            raise ValueError("config: only a fresh model takes an architecture (name_or_path: new:<family>)")
+        return self
 
 
 class LoraConfig(Section):

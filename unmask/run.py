@@ -51,12 +51,16 @@ class Phase:
         return out
 
 
-def model_factory(config: ModelConfig) -> Callable[[], DiffusionLM]:
+def model_factory(config: ModelConfig, seed: int = 0) -> Callable[[], DiffusionLM]:
     """A picklable loader of ``model.name_or_path`` (rollout workers call it too);
-    ``builtin:NAME`` is a checkpoint shipped in ``unmask/assets``."""
+    ``builtin:NAME`` is a checkpoint shipped in ``unmask/assets``, ``new:FAMILY`` a fresh
+    model of ``model.config`` initialised from ``seed``."""
     from unmask.assets import PREFIX, builtin_path
     from unmask.models import load_model
+    from unmask.models.fresh import is_new, new_model_factory
 
+    if is_new(config.name_or_path):
+        return new_model_factory(config.name_or_path, config.config, seed)
     name: str | Path = config.name_or_path
     if str(name).startswith(PREFIX):
         name = builtin_path(str(name))
@@ -201,7 +205,7 @@ def run_recipe(recipe: Recipe) -> list[Comparison]:
     if main:
         start_metrics_log(out_dir, resuming=recipe.checkpoint.resume_from is not None)
         save_recipe(recipe, out_dir)
-    factory = model_factory(recipe.model)
+    factory = model_factory(recipe.model, recipe.seed)
     model = factory()
     rows = eval_rows(recipe)
     settings = eval_settings(recipe)

@@ -143,6 +143,27 @@ def generate(
     return rows
 
 
+#: the careless choices are drawn from the run seed plus this (apart from the problem draws)
+CARELESS_SEED_OFFSET = 2_000
+
+
+def careless_solution(nums: list[int]) -> str:
+    """The shortcut answer of a solver that ignores the target: every number added up."""
+    return "+".join(str(n) for n in nums)
+
+
+def make_careless(rows: list[dict[str, Any]], fraction: float, seed: int) -> None:
+    """Replace the ``solution`` of a seeded ``fraction`` of ``rows`` (in place) by the careless answer.
+
+    Mixed-quality demonstrations give an SFT model a prompt-independent habit that
+    reward can remove (docs/default-run.md says why the tiny models are built so).
+    """
+    rng = random.Random(seed + CARELESS_SEED_OFFSET)
+    for row in rows:
+        if rng.random() < fraction:
+            row["solution"] = careless_solution(row["nums"])
+
+
 def load_file(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a d1-style file: JSONL records ``{"input": "a,b,c", "output": target}``."""
     path = Path(path)

@@ -52,10 +52,13 @@ def default_out_dir(model: str, adapter: str | None) -> Path:
 def family_template(family: str, bench: str) -> str | None:
     """The prompt a model family was trained on, where it differs from the task's default.
 
-    Tiny models are pretrained on a shorter Countdown prompt (``unmask.pretrain``);
-    evaluating them on another would measure prompt transfer, not the model.
+    Tiny models (the families built from scratch, ``unmask.models.fresh``) are trained on
+    a shorter Countdown prompt (``unmask.pretrain``); evaluating them on another would
+    measure prompt transfer, not the model.
     """
-    if family == "tiny" and bench == "countdown":
+    from unmask.models.fresh import BUILDABLE
+
+    if family in BUILDABLE and bench == "countdown":
         from unmask.pretrain import TINY_TEMPLATE
 
         return TINY_TEMPLATE

@@ -51,6 +51,16 @@ class SFTDataConfig(DataConfig):
     #: ``package.module:function`` mapping a raw record to ``{"prompt": ..., "completion": ...}`` (TRL's
     #: formatting_func returns one string; returning the split keeps completion-only training possible)
     formatting_func: str | None = None
+    #: share of generated Countdown demonstrations replaced by the careless answer (the numbers added
+    #: up, target ignored): a habit for RL to remove, as in the shipped tiny models (docs/default-run.md)
+    careless_fraction: Probability = 0.0
+
+    @model_validator(mode="after")
+    def _careless_needs_generated_countdown(self) -> SFTDataConfig:
+        if self.careless_fraction and (self.task != "countdown" or self.path is not None or self.hub_id is not None):
+            raise ValueError("careless_fraction: only generated Countdown rows (task: countdown, no path or "
+                             "hub_id) have careless answers; set it to 0")
+        return self
 
 
 class SFTOptimConfig(OptimConfig):

@@ -1,7 +1,8 @@
 """SFT data: records → (prompt, completion) pairs → token examples → padded batches (docs/sft.md).
 
 Records come from ``data.path`` (JSONL, JSON, CSV, Parquet), ``data.hub_id``, or the
-task's own rows (generated Countdown problems with the held-out set removed). A record
+task's own rows (generated Countdown problems with the held-out set removed, a
+``data.careless_fraction`` of them answered carelessly). A record
 is read as TRL users expect: ``prompt``/``completion`` (strings, or a list of messages
 for the prompt; or what ``data.formatting_func`` returns), ``messages`` (the last assistant turn is the completion, earlier turns
 the prompt), or ``text`` (no split: the whole text is noised). Without a prompt column
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from unmask.data.benchmarks import ROW_BUILDERS, _from_hub, read_records
+from unmask.data.countdown import make_careless
 from unmask.data.prompts import render_prompt
 from unmask.errors import RecipeError, UserError
 from unmask.models.base import DiffusionLM
@@ -84,7 +86,10 @@ def records(recipe: SFTRecipe, fed: Recipe | None = None) -> list[dict[str, Any]
         # only generated Countdown rows can repeat a held-out problem (other tasks split train/test)
         generated = d.task == "countdown"
         heldout = eval_rows(recipe) + (eval_rows(fed) if fed is not None else []) if generated else []
-        return training_rows(recipe, heldout)
+        rows = training_rows(recipe, heldout)
+        if d.careless_fraction:
+            make_careless(rows, d.careless_fraction, recipe.seed)
+        return rows
     return rows[: d.limit] if d.limit is not None else rows
 
 

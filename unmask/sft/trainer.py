@@ -75,7 +75,7 @@ class SFTTrainer:
         self.out = Path(recipe.output_dir)
         torch.manual_seed(recipe.seed)
         self.fed: Recipe | None = fed_recipe(recipe)
-        base = (model_factory or recipe_model(recipe.model))()
+        base = (model_factory or recipe_model(recipe.model, recipe.seed))()
         self.base_model = base
         self.length = answer_length(recipe, self.fed)
         weighting, normalization = loss_choice(recipe, base.family)
