@@ -180,3 +180,16 @@ def test_checkpoint_round_trip_by_model_type_and_family(tmp_path) -> None:
         torch.testing.assert_close(loaded.decode(canvas, loaded.encode(PROMPT)[0]),
                                    model.decode(canvas, model.encode(PROMPT)[0]), atol=0, rtol=0)  # fmt: skip
     assert isinstance(meta_model(tmp_path), DiffusionGemma)
+
+
+def test_untied_adapters_merge_into_the_shared_weights() -> None:
+    model = tiny_diffusion_gemma(0)
+    policy = apply_lora(model, r=4, alpha=8)
+    one_step(policy, lambda p: model.encode(p)[0], model.decode)
+    canvas = PROMPT.repeat(1, 2)[:, :8]
+    with torch.no_grad():
+        adapted = model.decode(canvas, model.encode(PROMPT)[0])
+        model.untie_adapters()
+        merged = policy.merge_and_unload()
+        assert not any(isinstance(m, BaseTunerLayer) for m in merged.modules(remove_duplicate=False))
+        torch.testing.assert_close(merged.decode(canvas, merged.encode(PROMPT)[0]), adapted, atol=1e-5, rtol=0)
