@@ -1,6 +1,7 @@
 """Advantages shared by every objective: group baselines, MDPO per-step values, wd1 weights.
 
-Each advantage a recipe can name is registered in ``ADVANTAGES`` at the end of the file.
+Each advantage a recipe can name is registered in ``ADVANTAGES``; the group filters (which
+prompts' groups train at all, applied before advantages) in ``GROUP_FILTERS``.
 
 Rewards arrive flat, ``[N]`` with ``N = prompts × G`` and the ``G`` answers of a
 prompt contiguous (the order the trainer samples them in).
@@ -99,6 +100,15 @@ def _group(rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
     return group_advantages(rewards, group_size, config.scale_rewards)
 
 
+@ADVANTAGES.register("zscore")
+def _zscore(rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
+    """TraceRL's: ``(r − mean_g) / std_g`` with the population std, exactly 0 for an all-equal group."""
+    grouped = _groups(rewards.float(), group_size)
+    centred = grouped - grouped.mean(1, keepdim=True)
+    std = grouped.std(1, correction=0, keepdim=True)
+    return torch.where(std > 0, centred / std.clamp(min=torch.finfo(std.dtype).tiny), 0.0).reshape(rewards.shape)
+
+
 @ADVANTAGES.register("leave_one_out")
 def _leave_one_out(rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
     return leave_one_out_advantages(rewards, group_size)
@@ -113,3 +123,30 @@ def _wd1(rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
 @ADVANTAGES.register("mdpo", per_step=True)
 def _mdpo(step_rewards: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
     return mdpo_advantages(step_rewards, group_size)
+
+
+def truncated(answer_lengths: torch.Tensor, gen_length: int, margin: int | None) -> torch.Tensor:
+    """``[N]`` bool: answers of at least ``gen_length − margin`` tokens (TraceRL counts them wrong: a
+    cut-off answer's final line is not its conclusion); all False when ``margin`` is None."""
+    if margin is None:
+        return torch.zeros_like(answer_lengths, dtype=torch.bool)
+    return answer_lengths >= gen_length - margin
+
+
+#: ``(correct [N], group_size, config) -> [N / G]`` bool, the groups whose answers train
+GroupFilter = Callable[[torch.Tensor, int, Any], torch.Tensor]
+GROUP_FILTERS: Registry[GroupFilter] = Registry("group filter")
+
+
+@GROUP_FILTERS.register("none")
+def _keep_all(correct: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
+    return torch.ones(correct.shape[0] // group_size, dtype=torch.bool, device=correct.device)
+
+
+@GROUP_FILTERS.register("correct_fraction", needs=("correct_fraction_min", "correct_fraction_max"))
+def _correct_fraction(correct: torch.Tensor, group_size: int, config: Any) -> torch.Tensor:
+    """TraceRL's: keep a prompt when the share of its answers judged correct is within
+    ``[correct_fraction_min, correct_fraction_max]`` (published 0.2 and 0.8); nearly solved and
+    nearly hopeless prompts carry little signal for their cost."""
+    fraction = _groups(correct.float(), group_size).mean(1)
+    return (fraction >= config.correct_fraction_min) & (fraction <= config.correct_fraction_max)

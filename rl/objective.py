@@ -5,8 +5,8 @@ which steps to train, extra samples) and a ``TrainBatch`` plus estimator scores 
 a scalar loss (``loss``). It never sees how rollouts were produced or how the
 trainer batches, accumulates and steps. Every algorithm is a preset: its recipe
 section's defaults name its parts (batch builder, advantage, likelihood estimator,
-policy loss, KL form, loss mask, token weight, aggregation), and a recipe may swap any
-of them; ``check_parts`` refuses the pairs that cannot work (docs/objectives.md).
+policy loss, KL form and its target, loss mask, token weight, aggregation, group filter),
+and a recipe may swap any of them; ``check_parts`` refuses the pairs that cannot work (docs/objectives.md).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from unmask.diffusion.process import DiffusionProcess
+from unmask.rl.advantages import truncated
 from unmask.rl.estimators import Estimator, Key, Scores
 from unmask.rl.losses import KL_FORMS, masked_mean
 from unmask.rl.policy_losses import LossInputs
@@ -108,6 +109,7 @@ def registries() -> dict[str, Any]:
         "estimator": modules["likelihoods"].ESTIMATORS, "policy_loss": modules["policy_losses"].POLICY_LOSSES,
         "kl": KL_FORMS, "loss_mask": modules["aggregation"].LOSS_MASKS,
         "token_weight": modules["aggregation"].TOKEN_WEIGHTS, "aggregation": modules["aggregation"].AGGREGATIONS,
+        "group_filter": modules["advantages"].GROUP_FILTERS,
     }
 
 
@@ -166,22 +168,26 @@ class Objective:
         self.advantage = parts["advantage"][config.advantage]
         self.policy = parts["policy_loss"][config.policy_loss]
         self.level = parts["policy_loss"].trait(config.policy_loss, "level")
-        #: whether the loss has a θ/θ_old ratio; the trainer scores θ_old whenever one
-        #: rollout batch feeds more than one optimizer step (θ_old = θ on the first)
-        self.needs_old = bool(parts["policy_loss"].trait(config.policy_loss, "ratio"))
+        #: whether the loss reads θ_old (a θ/θ_old ratio, or a KL against θ_old); the trainer
+        #: scores θ_old whenever one rollout batch feeds more than one optimizer step (θ_old = θ on the first)
+        self.needs_old = bool(parts["policy_loss"].trait(config.policy_loss, "ratio")) or self._kl_against("old")
         self.sequence_value = parts["policy_loss"].trait(config.policy_loss, "sequence")
         self.kl, self.kl_level = KL_FORMS[config.kl], KL_FORMS.trait(config.kl, "level")
         self.mask = parts["loss_mask"][config.loss_mask]
         self.token_weight = parts["token_weight"][config.token_weight]
         self.aggregate = parts["aggregation"][config.aggregation]
+        self.group_filter = parts["group_filter"][config.group_filter]
         self.estimator: Estimator = parts["estimator"][config.estimator](config, process, temperature)
         #: rollouts must keep the per-step record (docs/sampling.md §7)
         self.record_steps = bool(parts["estimator"].trait(config.estimator, "record"))
         self._keyed_by_steps = parts["estimator"].trait(config.estimator, "keyed_by") is not None
 
+    def _kl_against(self, target: str) -> bool:
+        return self.config.beta > 0 and self.config.kl_target == target
+
     @property
     def needs_reference(self) -> bool:
-        return self.config.beta > 0
+        return self._kl_against("reference")
 
     def key(self, batch: TrainBatch, seed: int) -> Key:
         """The estimator key of one inner iteration for ``batch`` (a per-step estimator's: its steps)."""
@@ -195,7 +201,30 @@ class Objective:
         return self.batches.training_rows(self, rows, ctx, encode)
 
     def prepare(self, rollout: Rollout, ctx: RolloutContext) -> TrainBatch:
-        return self.batches.prepare(self, rollout, ctx)
+        """The group filter first (its dropped groups never reach the advantages), then the batch builder."""
+        if self.config.group_filter == "none" and self.config.truncated_wrong_margin is None:
+            return self.batches.prepare(self, rollout, ctx)
+        rollout, metrics = self.filter_groups(rollout)
+        if not rollout.rows:
+            return TrainBatch(rollout.traj, rollout.rewards.float(), metrics=metrics)
+        batch = self.batches.prepare(self, rollout, ctx)
+        batch.metrics.update(metrics)
+        return batch
+
+    def filter_groups(self, rollout: Rollout) -> tuple[Rollout, dict[str, float]]:
+        """The rollout without the groups the filter drops; answers cut off within
+        ``truncated_wrong_margin`` tokens of the end count as wrong first (correct False,
+        reward at most 0), so for the filter and the advantages alike."""
+        cut = truncated(rollout.traj.answer_mask.sum(1), rollout.traj.gen_length, self.config.truncated_wrong_margin)
+        correct = rollout.correct.bool() & ~cut
+        rewards = torch.where(cut, rollout.rewards.clamp(max=0.0), rollout.rewards)
+        keep = self.group_filter(correct, rollout.group_size, self.config)
+        rows = keep.repeat_interleave(rollout.group_size).nonzero().flatten().cpu()
+        kept = replace(
+            rollout, traj=rollout.traj.select(rows), rows=[rollout.rows[i] for i in rows.tolist()],
+            rewards=rewards[rows], correct=correct[rows],
+        )
+        return kept, {"groups_dropped": float((~keep).sum()), "truncated_wrong": float(cut.sum())}
 
     def loss_mask(self, batch: TrainBatch, scores: Scores) -> torch.Tensor:
         return self.mask(batch, scores, self.config)
@@ -207,9 +236,10 @@ class Objective:
         mask = self.loss_mask(batch, scores)
         x = LossInputs(batch.traj, batch.advantages, scores, old, mask, self.config)
         terms = self.policy(x)
-        beta, with_kl = self.config.beta, ref is not None and self.config.beta > 0
+        beta, anchor = self.config.beta, self.kl_anchor(scores, old, ref)
+        with_kl = anchor is not None
         if self.level == "token":
-            kl = self.kl(scores.logprobs, ref.logprobs) if with_kl else torch.zeros_like(terms.values)
+            kl = self.kl(scores.logprobs, anchor.logprobs) if with_kl else torch.zeros_like(terms.values)
             outer, inner = self.token_weight(batch, scores, mask, self.config)
             per_token = inner * terms.values + beta * kl
             loss = self.aggregate(per_token if outer is None else outer * per_token, x)
@@ -224,14 +254,21 @@ class Objective:
             metrics["clip_fraction"] = float(terms.clipped.float().mean())
         if with_kl:
             if self.kl_level == "sequence":
-                kl = self.kl(terms.sequence, self.sequence_value(ref)) / batch.traj.gen_length
+                kl = self.kl(terms.sequence, self.sequence_value(anchor)) / batch.traj.gen_length
                 penalty = kl.mean()
             else:
-                kl = self.kl(scores.logprobs, ref.logprobs)
+                kl = self.kl(scores.logprobs, anchor.logprobs)
                 penalty = masked_mean(kl, mask)
             loss = loss + beta * penalty
             metrics["kl"] = float(penalty.detach())
         return loss, metrics
+
+    def kl_anchor(self, scores: Scores, old: Scores | None, ref: Scores | None) -> Scores | None:
+        """What the KL penalises θ against: the reference, or θ_old (TraceRL) with ``kl_target: old``,
+        where a missing θ_old is θ itself, detached (the first optimizer step: the KL and its gradient are 0)."""
+        if self._kl_against("old"):
+            return old if old is not None else replace(scores, logprobs=scores.logprobs.detach())
+        return ref if self._kl_against("reference") else None
 
 
 def build_objective(config: Any, **kwargs: Any) -> Objective:

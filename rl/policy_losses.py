@@ -61,10 +61,14 @@ POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 
 
 def token_log_ratio(x: LossInputs) -> torch.Tensor:
-    """``ℓ − ℓ_old`` per token, or GSPO's masked row mean of it when ``sequence_level_ratio``."""
+    """``ℓ − ℓ_old`` per token, or GSPO's masked row mean of it when ``sequence_level_ratio``; clamped to
+    ``±log_ratio_clamp`` when set (TraceRL's ±10: no overflow of ``ρ``, no gradient from a runaway token)."""
     if x.config.sequence_level_ratio:
-        return sequence_log_ratio(x.scores.logprobs, x.old_logprobs, x.mask)
-    return x.scores.logprobs - x.old_logprobs
+        log_ratio = sequence_log_ratio(x.scores.logprobs, x.old_logprobs, x.mask)
+    else:
+        log_ratio = x.scores.logprobs - x.old_logprobs
+    bound = x.config.log_ratio_clamp
+    return log_ratio if bound is None else log_ratio.clamp(-bound, bound)
 
 
 @POLICY_LOSSES.register("clip", level="token", ratio=True)

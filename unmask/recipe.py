@@ -176,6 +176,17 @@ class _ObjectiveBase(Section):
     correct_threshold: float = 1.0
     #: token-level ratio losses: GSPO's length-normalised sequence ratio instead of per-token ratios
     sequence_level_ratio: bool = False
+    #: token-level ratio losses: clamp ``ℓ − ℓ_old`` to ± this before ``exp`` (None: no clamp)
+    log_ratio_clamp: Annotated[float, Field(gt=0.0)] | None = None
+    #: what the KL (``beta``) penalises θ against: the reference policy, or θ_old (TraceRL)
+    kl_target: Literal["reference", "old"] = "reference"
+    #: which prompts' groups train (``none``, or ``correct_fraction``: only groups whose share of
+    #: correct answers lies in [correct_fraction_min, correct_fraction_max]; the rest are dropped)
+    group_filter: str = "none"
+    correct_fraction_min: Probability = 0.2
+    correct_fraction_max: Probability = 0.8
+    #: answers of at least ``max_completion_length`` − this many tokens count as wrong (cut off; None: off)
+    truncated_wrong_margin: NonNegInt | None = None
     batch: str = "rows"
     advantage: str = "group"
     estimator: str = "one_step"
@@ -193,6 +204,12 @@ class _ObjectiveBase(Section):
         from unmask.rl.objective import check_parts
 
         check_parts(self)
+        return self
+
+    @model_validator(mode="after")
+    def _fraction_band(self) -> Any:
+        if self.correct_fraction_min > self.correct_fraction_max:
+            raise ValueError("correct_fraction_min must be <= correct_fraction_max")
         return self
 
     def check_rollout(self, rollout: RolloutConfig) -> None:
@@ -423,12 +440,19 @@ class JustGRPOConfig(_NoKL, _ObjectiveBase):
 @algorithm
 class TraceRLConfig(_ObjectiveBase):
     """TraceRL (TraDo): every committed token of a block-diffusion rollout scored on the canvas of its
-    step (``block_replay``: step k of all blocks in one two-stream pass), clipped, Σ/(B·L) per answer."""
+    step (``block_replay``: step k of all blocks in one two-stream pass), clipped, Σ/(B·L) per answer,
+    k3 KL against θ_old, groups with a correct share outside [0.2, 0.8] dropped."""
 
     name: Literal["tracerl"] = "tracerl"
     beta: NonNegFloat = 0.01
+    #: the k3 KL is against θ_old, not a reference model (no reference pass)
+    kl_target: Literal["reference", "old"] = "old"
     epsilon: NonNegFloat = 0.2
-    scale_rewards: Literal["group", "batch", "none"] = "group"
+    log_ratio_clamp: Annotated[float, Field(gt=0.0)] | None = 10.0
+    #: group z-scores with the population std (0 for an all-equal group)
+    advantage: str = "zscore"
+    group_filter: str = "correct_fraction"
+    truncated_wrong_margin: NonNegInt | None = 5
     estimator: str = "block_replay"
     loss_mask: str = "scored"
     aggregation: str = "constant"
