@@ -25,6 +25,8 @@ from unmask.models.generation import GenerationDefaults, read_generation_default
 from unmask.rl.rollout import decode_answers, encode_prompts
 from unmask.rollouts.generate import generate
 from unmask.rollouts.render import denoising_frames, denoising_html, render_denoising
+from unmask.rollouts.sampler_config import SamplerConfig, cli_label
+from unmask.rollouts.sampler_flags import given_settings
 
 #: answer length where neither the command line nor the checkpoint gives one
 FALLBACK_LENGTH = 32
@@ -37,19 +39,16 @@ def settings(args: argparse.Namespace, defaults: GenerationDefaults) -> dict[str
 
     The checkpoint's steps and block belong to its own answer length, so they apply only
     when that length is used (Dream declares 512 steps but no length); the fallback is one
-    token per step in a single block, greedy, low-confidence remasking.
+    token per step in a single block, and ``SamplerConfig``'s defaults (greedy, low-confidence).
     """
-    own = args.gen_length is None and defaults.gen_length is not None
-    gen_length = args.gen_length or defaults.gen_length or FALLBACK_LENGTH
-    steps = args.steps or (defaults.steps if own else None) or gen_length
-    block = args.block_length or (defaults.block_length if own else None) or gen_length
-    return {
-        "gen_length": gen_length, "steps": steps, "block_length": min(block, gen_length),
-        "temperature": next(t for t in (args.temperature, defaults.temperature, 0.0) if t is not None),
-        "remasking": args.remasking or defaults.remasking or "low_confidence", "threshold": args.threshold,
-        "dynamic_threshold": getattr(args, "dynamic_threshold", None), "early_exit": getattr(args, "early_exit", False),
-        "cache": getattr(args, "cache", "none"),
-    }
+    given, declared = given_settings(args), defaults.sampler_settings()
+    if "gen_length" in given or "gen_length" not in declared:
+        declared = {k: v for k, v in declared.items() if k not in ("steps", "block_length")}
+    chosen = {**declared, **given}
+    gen_length = chosen.setdefault("gen_length", FALLBACK_LENGTH)
+    chosen.setdefault("steps", gen_length)
+    chosen["block_length"] = min(chosen.get("block_length", gen_length), gen_length)
+    return SamplerConfig.checked(cli_label, **chosen).generate_kwargs()
 
 
 def held_out(task: str, family: str, problem: int | None) -> list[dict[str, Any]]:

@@ -180,3 +180,12 @@ def split_settings(kwargs: dict[str, Any]) -> tuple[SamplerConfig, dict[str, Any
     fields = SamplerConfig.model_fields
     config = SamplerConfig.checked(**{k: v for k, v in kwargs.items() if k in fields})
     return config, {k: v for k, v in kwargs.items() if k not in fields}
+
+
+def declared_settings(settings: dict[str, Any], label: Label | None = None) -> dict[str, Any]:
+    """Validate some of the fields (what a ``generation_config.json`` declares): each by its own
+    rules, and the rules joining two wherever both are declared; returns them converted."""
+    length = settings.get("gen_length") or settings.get("block_length") or 1
+    complete = {"gen_length": length, "block_length": settings.get("block_length") or length, "steps": 1, **settings}
+    config = SamplerConfig.checked(label, **complete)
+    return {name: getattr(config, name) for name in settings}

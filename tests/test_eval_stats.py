@@ -55,7 +55,7 @@ def test_settings_grid_follows_the_protocol() -> None:
         "len64-steps64-block8-random-t0.5",
         "len64-steps32-block8-random-t0.5",
     ]
-    with pytest.raises(UserError, match="--block-length 24 must divide --gen-length 64"):
+    with pytest.raises(UserError, match=r"--gen-length \(64\) must be a positive multiple of --block-length \(24\)"):
         settings_grid([64], block_length=24)
     with pytest.raises(UserError, match="--remasking 'best'"):
         EvalSettings(8, 4, 8, remasking="best")

@@ -117,7 +117,7 @@ def test_generation_config_file(tmp_path: Path) -> None:
     (tmp_path / GENERATION_CONFIG).write_text(json.dumps({"max_new_tokens": 64, "steps": 32, "eos_token_id": 2}))
     assert read_generation_defaults(tmp_path) == GenerationDefaults(gen_length=64, steps=32)
     (tmp_path / GENERATION_CONFIG).write_text(json.dumps({"steps": "many"}))
-    with pytest.raises(UserError, match="steps must be a positive integer"):
+    with pytest.raises(UserError, match="generation_config.json: steps: Input should be a valid integer"):
         read_generation_defaults(tmp_path)
 
 

@@ -110,6 +110,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unmask.rollouts.sampler_flags import GRID_SETTINGS, add_sampler_flags  # torch-free
+
     parser = argparse.ArgumentParser(prog="unmask", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,12 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory with local benchmark files")
     p.add_argument("--gen-length", default=None, help="comma list of generation lengths")
     p.add_argument("--steps", default=None, help="comma list of step counts (default gen_length/2)")
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--remasking", default="low_confidence")
-    p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--cache", default="none", help="comma list of KV caches: none,prefix,dual")
     p.add_argument("--threshold", default=None, help="comma list of confidence thresholds (parallel decoding)")
-    p.add_argument("--early-exit", action="store_true", help="end a row at its first finished EOS (docs/speed.md)")
+    add_sampler_flags(p, skip=GRID_SETTINGS)  # those four are the comma lists above
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
@@ -162,16 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problem", type=int, help="index of the held-out problem to pose (default: the first solved of 16)")
     p.add_argument("--task", help="benchmark of the held-out problem (default: the model's generation_config.json)")
     p.add_argument("--save", metavar="FILE.html", help="write the denoising as an HTML page, one line per step")
-    p.add_argument("--gen-length", type=int, default=None, help="answer tokens (default: the model's generation config)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's generation config)")
-    p.add_argument("--block-length", type=int, default=None)
-    p.add_argument("--remasking", default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--dynamic-threshold", type=float, default=None,
-                   help="SDAR's dynamic rule: commit every position above it, at least the schedule's count")
-    p.add_argument("--early-exit", action="store_true", help="end the answer at its first finished EOS")
-    p.add_argument("--cache", default="none", help="KV cache: none, prefix, dual, block (block-diffusion families), ...")
+    add_sampler_flags(p)  # a flag left out: the model's generation_config.json, else the sampler's default
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-chat-template", action="store_true")
     p.set_defaults(func=cmd_sample)

@@ -202,7 +202,9 @@ def pretrain(config: PretrainConfig, seed: int, log_every: int = 100) -> Diffusi
 def generation_defaults(config: PretrainConfig, task: str) -> GenerationDefaults:
     """How the pretrained model answers: greedy, one token per step, answers as long as in pretraining."""
     length = config.gen_length
-    return GenerationDefaults(length, length, length, 0.0, "low_confidence", task)
+    return GenerationDefaults(
+        gen_length=length, steps=length, block_length=length, temperature=0.0, remasking="low_confidence", task=task
+    )
 
 
 def save_atomically(model: DiffusionLM, out: str | Path, generation: GenerationDefaults | None = None) -> Path:

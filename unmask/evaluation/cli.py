@@ -38,6 +38,7 @@ from unmask.evaluation.store import SampleLog
 from unmask.models.generation import read_generation_defaults
 from unmask.rollouts.generate import generate
 from unmask.rollouts.pool import RolloutPool
+from unmask.rollouts.sampler_flags import GRID_SETTINGS, given_settings
 
 RUN_FILE = "run.json"
 
@@ -152,11 +153,11 @@ def run_eval(args: argparse.Namespace) -> int:
     apply_family_templates(rows, model.family)
     lengths, steps, block = checkpoint_lengths(args, model.family)
     grid = settings_grid(
-        lengths, steps, block, args.temperature, args.remasking,
+        lengths, steps, block,
         caches=parse_caches(getattr(args, "cache", None)), thresholds=parse_thresholds(getattr(args, "threshold", None)),
-        early_exit=getattr(args, "early_exit", False),
+        **given_settings(args, skip=(*GRID_SETTINGS, "block_length")),  # the block: checkpoint_lengths
     )  # fmt: skip
-    if args.num_samples > 1 and args.temperature == 0:
+    if args.num_samples > 1 and grid[0].temperature == 0:
         console.print("[yellow]warning: --num-samples > 1 with --temperature 0 repeats near-identical answers")
 
     out = Path(args.out) if args.out else default_out_dir(args.model, args.adapter)

@@ -7,58 +7,42 @@ run) match samples by it: it must name everything that changes the answers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import ConfigDict, ValidationError
+
 from unmask.errors import UserError
-from unmask.rollouts.options import CACHE_MODES, REMASKING
+from unmask.rollouts.options import CACHE_MODES
+from unmask.rollouts.sampler_config import SamplerConfig, cli_label, one_line
 
 #: the published protocol: block 32, steps = gen_length / 2, greedy, low-confidence remasking
 DEFAULT_BLOCK_LENGTH = 32
+#: the historical order of positional arguments (older call sites and scripts pass them so)
+_POSITIONAL = ("gen_length", "steps", "block_length", "temperature", "remasking", "cache", "threshold", "early_exit")
+#: settings that change answers beyond the historical label (partial_head is exact, so it is not named)
+_LABELLED = ("cfg_scale", "dynamic_threshold", "schedule", "schedule_k", "confidence", "cache_refresh")
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """One decoding configuration: everything the sampler needs besides the prompts."""
+class EvalSettings(SamplerConfig):
+    """One decoding configuration of an evaluation: a ``SamplerConfig`` whose mistakes name
+    ``unmask eval``'s flags, hashable, with the label its samples are keyed by."""
 
-    gen_length: int
-    steps: int
-    block_length: int
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
-    #: KV cache of block decoding (approximate unless "none"), docs/sampling.md §5
-    cache: str = "none"
-    #: Fast-dLLM parallel decoding: commit every position above this confidence (§4)
-    threshold: float | None = None
-    #: end a row once its first EOS has no masked position before it (its tail becomes EOS)
-    early_exit: bool = False
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.gen_length <= 0 or self.steps <= 0 or self.block_length <= 0:
-            raise UserError(
-                f"--gen-length, --steps and --block-length must be positive "
-                f"(got {self.gen_length}, {self.steps}, {self.block_length})"
-            )
-        if self.gen_length % self.block_length:
-            raise UserError(
-                f"--block-length {self.block_length} must divide --gen-length {self.gen_length}"
-            )
-        if self.temperature < 0:
-            raise UserError(f"--temperature must be >= 0 (got {self.temperature})")
-        if self.remasking not in REMASKING:
-            raise UserError(f"--remasking '{self.remasking}': choose one of {', '.join(REMASKING)}")
-        if self.cache not in CACHE_MODES:
-            raise UserError(f"--cache '{self.cache}': choose from {', '.join(CACHE_MODES)}")
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            raise UserError(f"--threshold must be in (0, 1] (got {self.threshold})")
-        if self.threshold is not None and self.remasking == "rcr":
-            raise UserError("--threshold and --remasking rcr exclude each other: drop one of them")
-        if self.early_exit and self.remasking == "rcr":
-            raise UserError("--early-exit needs committed tokens to stay: it cannot be used with --remasking rcr")
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        settings.update(zip(_POSITIONAL, args, strict=False))
+        try:
+            super().__init__(**settings)
+        except ValidationError as exc:
+            raise UserError(one_line(exc, cli_label)) from None
+
+    @classmethod
+    def own_label(cls, field: str) -> str:
+        return cli_label(field)
 
     @property
     def label(self) -> str:
-        """Exact decoding keeps its historical label; speed-ups that change answers add theirs."""
+        """Exact decoding keeps its historical label; settings that change answers add theirs."""
         label = (
             f"len{self.gen_length}-steps{self.steps}-block{self.block_length}"
             f"-{self.remasking}-t{self.temperature:g}"
@@ -69,10 +53,14 @@ class EvalSettings:
             label += f"-th{self.threshold:g}"
         if self.early_exit:
             label += "-early_exit"
+        for name in _LABELLED:
+            value = getattr(self, name)
+            if value != SamplerConfig.model_fields[name].default:
+                label += f"-{name}{value:g}" if isinstance(value, float) else f"-{name}_{value}"
         return label
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.generate_kwargs()
 
 
 def parse_int_list(option: str, text: str | None) -> list[int] | None:
@@ -113,24 +101,24 @@ def settings_grid(
     gen_lengths: list[int],
     steps: list[int] | None = None,
     block_length: int | None = None,
-    temperature: float = 0.0,
-    remasking: str = "low_confidence",
     caches: Sequence[str] = ("none",),
     thresholds: Sequence[float | None] = (None,),
-    early_exit: bool = False,
+    **settings: Any,
 ) -> list[EvalSettings]:
-    """Every (gen_length, steps, cache, threshold) combination; steps default to gen_length / 2.
+    """Every (gen_length, steps, cache, threshold) combination; steps default to gen_length / 2;
+    ``settings`` are the other ``SamplerConfig`` fields, the same in every cell (None: the default).
 
     The block is ``min(block_length or 32, gen_length)`` so short answers (the tiny
     family) keep the protocol's block without exceeding the answer.
     """
+    settings = {name: value for name, value in settings.items() if value is not None}
     grid = []
     for length in gen_lengths:
         block = min(block_length or DEFAULT_BLOCK_LENGTH, length)
         for count in steps if steps is not None else [max(1, length // 2)]:
             for cache in caches:
                 for threshold in thresholds:
-                    grid.append(EvalSettings(length, count, block, temperature, remasking, cache, threshold, early_exit))
+                    grid.append(EvalSettings(length, count, block, cache=cache, threshold=threshold, **settings))
     return grid
 
 

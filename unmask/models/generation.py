@@ -3,41 +3,52 @@
 LLaDA and Dream ship this file; the tiny models do too, so ``unmask sample`` and
 ``unmask eval`` decode the way a model was trained to answer (the tiny Countdown
 model: 16 tokens in 16 steps) unless the command line says otherwise. unmask reads
-its sampler's own keys and the Hugging Face name where the concept is the same
-(``max_new_tokens`` for the answer length); other keys (token ids, Dream's ``alg``)
-are left to their owners. ``task`` names the benchmark a model was made for, so a
+its sampler's own keys (``SamplerConfig``'s fields, checked by its rules) and the
+Hugging Face name where the concept is the same (``max_new_tokens`` for the answer
+length); other keys (token ids, Dream's ``alg``) are left to their owners. ``task`` names the benchmark a model was made for, so a
 first ``unmask sample`` can pose one of its held-out problems.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, create_model, model_validator
+
 from unmask.errors import UserError
 from unmask.models.loading import resolve_checkpoint
+from unmask.rollouts.sampler_config import SamplerConfig, declared_settings
 
 GENERATION_CONFIG = "generation_config.json"
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "gen_length": int, "steps": int, "block_length": int, "temperature": (int, float), "remasking": str, "task": str,
-}
+
+#: a field per sampler setting (None: not declared) and the checkpoint's task
+_Declared = create_model(
+    "_Declared",
+    __config__=ConfigDict(frozen=True, extra="forbid"),
+    task=(str | None, None),
+    **{name: (Any, None) for name in SamplerConfig.model_fields},
+)
 
 
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """Sampler settings a checkpoint declares; ``None`` where it declares nothing."""
+class GenerationDefaults(_Declared):
+    """Sampler settings a checkpoint declares, checked by ``SamplerConfig``'s rules; ``None`` where it declares nothing."""
 
-    gen_length: int | None = None
-    steps: int | None = None
-    block_length: int | None = None
-    temperature: float | None = None
-    remasking: str | None = None
-    task: str | None = None
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_rules(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        declared = {k: v for k, v in data.items() if k in SamplerConfig.model_fields and v is not None}
+        return {**data, **declared_settings(declared)}
+
+    def sampler_settings(self) -> dict[str, Any]:
+        """The declared sampler settings (``SamplerConfig`` keywords)."""
+        return {k: v for k in SamplerConfig.model_fields if (v := getattr(self, k)) is not None}
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return self.model_dump(exclude_none=True)
 
 
 def read_generation_defaults(name_or_path: str | Path) -> GenerationDefaults:
@@ -51,15 +62,14 @@ def read_generation_defaults(name_or_path: str | Path) -> GenerationDefaults:
         raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     if "gen_length" not in raw and "max_new_tokens" in raw:
         raw = {**raw, "gen_length": raw["max_new_tokens"]}
-    values = {}
-    for key, kind in _TYPES.items():
-        value = raw.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value <= 0):
-            raise UserError(f"{path}: {key} must be a {'positive integer' if kind is int else 'number or string'}, got {value!r}")
-        values[key] = value
-    return GenerationDefaults(**values)
+    declared = {k: raw[k] for k in SamplerConfig.model_fields if raw.get(k) is not None}
+    task = raw.get("task")
+    if task is not None and not isinstance(task, str):
+        raise UserError(f"{path}: task must be a benchmark name, got {task!r}")
+    try:
+        return GenerationDefaults(task=task, **declared_settings(declared))
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
 
 
 def write_generation_defaults(out_dir: str | Path, defaults: GenerationDefaults) -> Path:

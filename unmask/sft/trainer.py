@@ -211,7 +211,8 @@ class SFTTrainer:
         final = merge_and_save(self.unwrapped, self.out / FINAL)
         settings = self.eval_settings()
         write_generation_defaults(final, GenerationDefaults(
-            settings.gen_length, settings.steps, settings.block_length, 0.0, settings.remasking, self.recipe.data.task))
+            gen_length=settings.gen_length, steps=settings.steps, block_length=settings.block_length, temperature=0.0,
+            remasking=settings.remasking, task=self.recipe.data.task))
         return final
 
     def close(self) -> torch.nn.Module:
