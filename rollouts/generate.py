@@ -1,12 +1,26 @@
-"""The denoising loop: one call for every decoding strategy (docs/sampling.md §1–§4, §6–§7).
+"""The sampler's driver loop: predict, choose commits, choose re-masks, record (docs/sampling.md §1–§7, §9).
 
 With ``temperature=0`` and ``remasking="low_confidence"`` it is the reference
 (LLaDA) sampler token for token. Randomness: each row has its own CPU
 ``torch.Generator`` seeded with its row seed (``seed + row`` for an int ``seed``,
 or one seed per row), and draws a fixed ``2 × gen_length`` float64 uniforms per
-step. A row's tokens therefore depend only on its prompt, hints and seed, not on
-the other rows of the batch, and are the same on every device up to the model's
-own numerics.
+step (``rollouts.draws``). A row's tokens therefore depend only on its prompt,
+hints and seed, not on the other rows of the batch, and are the same on every
+device up to the model's own numerics.
+
+The parts: a ``Predictor`` (``rollouts.predict``) runs the step's forward
+(``StepForward`` or the block cache's ``BlockStepForward``) on the rows with work;
+a decoding rule (``rollouts/rules/``, one file each, chosen by the settings)
+chooses commits and re-masks; a ``StepRecorder`` keeps the step. The diffusion
+process says what is noise, how to noise and what a round may touch.
+
+Host synchronisation. A step's rule decisions, the scatters and the bookkeeping
+are tensor ops. What the host must know is how many rows and positions the
+forward runs (shapes): a rule whose steps follow its schedule (top-k, RCR) fixes
+them for a whole round, read once per round with the round's draws (one copy per
+round); a data-decided rule (thresholds, early exit) costs one read of three
+integers per step, which also ends a threshold round. The step forwards themselves
+(``rollouts.cache``, ``rollouts.block_forward``) still read shapes and FLOP counts.
 """
 
 from __future__ import annotations
@@ -18,17 +32,18 @@ import torch
 
 from unmask.diffusion.process import DiffusionProcess
 from unmask.errors import UserError
-from unmask.kernels.ops import sample_step, select_commits
-from unmask.kernels.sampling import StepSample, greedy_probability
 from unmask.models.base import DiffusionLM
 from unmask.rollouts.block_forward import BlockStepForward
 from unmask.rollouts.cache import StepForward
-from unmask.rollouts.commit import topk_rows
 from unmask.rollouts.confidence import CONFIDENCES, ConfidenceFn, resolve_confidence
-from unmask.rollouts.options import SCHEDULES
+from unmask.rollouts.draws import RowDraws
+from unmask.rollouts.predict import Predictor
 from unmask.rollouts.progress import step_progress
 from unmask.rollouts.record import StepRecorder, answer_mask
-from unmask.rollouts.schedules import step_counts
+from unmask.rollouts.rules.base import BlockStart, DecodingRule, RuleSettings
+from unmask.rollouts.rules.early_exit import EarlyExit
+from unmask.rollouts.rules.registry import rule_for
+from unmask.rollouts.sampler_config import SamplerConfig
 from unmask.rollouts.trajectory import Trajectory
 
 Seed = int | Sequence[int] | None
@@ -84,18 +99,21 @@ def generate(
     which may re-mask the EOS). ``flops`` counts each row's forward FLOPs and
     ``step_cached`` marks the steps that attended to cached keys/values.
     """
+    config = SamplerConfig.checked(
+        gen_length=gen_length, steps=steps, block_length=block_length, temperature=temperature, remasking=remasking,
+        cfg_scale=cfg_scale, threshold=threshold, dynamic_threshold=dynamic_threshold, schedule=schedule,
+        schedule_k=schedule_k, confidence=confidence, cache=cache, cache_refresh=cache_refresh,
+        partial_head=partial_head, early_exit=early_exit,
+    )
     prompt_ids, attention_mask = _check_prompt(prompt_ids, attention_mask)
-    _check_settings(gen_length, steps, block_length, temperature, cfg_scale, threshold, dynamic_threshold, remasking, schedule)
-    if early_exit and remasking == "rcr":
-        raise UserError("early_exit needs committed tokens to stay: it cannot be used with remasking='rcr'")
     conf_fn = resolve_confidence(remasking, confidence)
     batch, plen = prompt_ids.shape
     device, process = prompt_ids.device, model.process
     hint_mask, hint_tokens = _check_hints(hints, batch, gen_length, process, device)
     seeds = row_seeds(seed, batch)
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
 
     answer = torch.where(hint_mask, hint_tokens, process.blank(hint_tokens))
+    masked = ~hint_mask  # the noised positions, tracked: a process need not be able to read them from the tokens
     full_mask = None
     if attention_mask is not None:
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
@@ -103,91 +121,59 @@ def generate(
     rounds = process.answer_blocks(prompt_mask, gen_length, block_length)  # [B, L] decoding round of each position
     commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
-    buffer = torch.ones(batch, gen_length, dtype=torch.float64, device=device)  # RCR's running confidence
     recorder = StepRecorder(record)
     forward = (
         BlockStepForward(model, prompt_ids, full_mask, gen_length, cfg_scale=cfg_scale) if cache == "block"
         else StepForward(model, prompt_ids, full_mask, gen_length, cache=cache, cfg_scale=cfg_scale, partial_head=partial_head, refresh=cache_refresh)
     )
-    eos_ids = torch.tensor(model.eos_token_ids, device=device)
-    rcr = remasking == "rcr"
-    passes = 2 if cfg_scale > 0 else 1
-    # the draws a step may read: none for greedy decoding with a deterministic confidence
-    draws = temperature > 0 or conf_fn not in (CONFIDENCES[name] for name in ("probability", "margin", "entropy"))
+    block_steps = max(1, steps // (gen_length // block_length))
+    rule = _rule(config, conf_fn, block_steps, model, device)
     # greedy low-confidence without a record reads only the token and its probability
     lean = partial_head and temperature == 0 and conf_fn is CONFIDENCES["probability"] and not record
+    predictor = Predictor(forward, process, conf_fn, temperature, lean=lean)
+    # the draws a step may read: none for greedy decoding with a deterministic confidence
+    draws = RowDraws(seeds, gen_length, device) if temperature > 0 or conf_fn not in (
+        CONFIDENCES[name] for name in ("probability", "margin", "entropy")) else None
+    record_all = record and forward.predicts_all  # predict (and record) every noised position, not only the scope
+    passes = 2 if cfg_scale > 0 else 1
 
     num_rounds = int(rounds.max()) + 1
-    block_steps = max(1, steps // (gen_length // block_length))
-    total = None if threshold is not None else num_rounds * block_steps
+    total = None if rule.ends_when_done else num_rounds * block_steps
     t = 0
     with step_progress(progress, total) as advance:
         for block in range(num_rounds):
             span = (block * block_length, (block + 1) * block_length)
             in_reach = process.in_reach(rounds, block)
-            current = rounds == block
+            round_steps = rule.start(BlockStart(block, rounds == block, in_reach, masked, hint_mask))
             forward.new_block(block)
-            if threshold is None:
-                counts = step_counts((process.noised(answer) & current).sum(1), block_steps, schedule, schedule_k).tolist()
-            for i in range(block_steps if threshold is None else block_length):
-                masked = process.noised(answer)
-                scope = masked & in_reach
-                if threshold is not None and not scope.any():
-                    break
-                nfe += passes * scope.any(1)
-                u_sample, u_conf = _uniforms(generators, gen_length, device) if draws else (buffer, buffer)
-                predict = masked if record and forward.predicts_all else scope
-                active = predict.any(1)
-                pred, conf, logprob = answer.clone(), torch.full_like(buffer, float("-inf")), torch.zeros_like(buffer)
-                if active.any():
-                    rows = active.nonzero().squeeze(1)
-                    flat = process.forbid_noise_(forward(answer, rows, predict[rows], span))  # committed noise would break the schedule
-                    stats = _lean_step(flat) if lean else sample_step(flat, temperature, uniforms=u_sample[predict])
-                    pred = pred.masked_scatter(predict, stats.token)
-                    conf = conf.masked_scatter(predict, conf_fn(stats, u_conf[predict]).double())
-                    logprob = logprob.masked_scatter(predict, stats.logprob)
-                cached = active & forward.cached
-                if rcr:
-                    answer = torch.where(scope, pred, answer)
-                    buffer = torch.where(scope, conf, buffer)
-                    changed = scope
-                    if i < block_steps - 1:
-                        keep = [sum(row[i + 1 :]) for row in counts]
-                        key = buffer.masked_fill(~in_reach | hint_mask, float("inf"))
-                        remask = topk_rows(key, keep, largest=False)
-                        answer = process.corrupt(answer, remask)
-                        changed = scope & ~remask
-                    recorder.add(masked, pred, buffer, logprob, cached)
+            plan = _plan(rule, (masked & ~in_reach).sum(1) if record_all else None)
+            uniforms = draws.take(round_steps) if draws is not None and plan is not None else None
+            for i in range(round_steps):
+                scope = rule.scope(masked, in_reach)
+                predict = masked if record_all else scope
+                if plan is None:  # a data-decided rule: one read of the step's work
+                    n_rows, n_pred, any_scope = torch.stack([predict.any(1).sum(), predict.sum(), scope.any().long()]).tolist()
+                    if rule.ends_when_done and not any_scope:
+                        break
+                    work, step_draws = (n_rows, n_pred), None if draws is None else draws.take(1)[0]
                 else:
-                    scoped = conf.masked_fill(~scope, float("-inf"))
-                    if threshold is None:
-                        padded = torch.cat([scoped.new_full((batch, plen), float("-inf")), scoped], dim=1)
-                        k = [row[i] for row in counts]
-                        if dynamic_threshold is not None:  # earlier steps may have committed beyond the schedule
-                            k = [min(n, left) for n, left in zip(k, scope.sum(1).tolist(), strict=True)]
-                        changed = topk_rows(padded, k)[:, plen:]
-                        if dynamic_threshold is not None:
-                            changed |= scoped > dynamic_threshold
-                    else:
-                        changed = select_commits(scoped, threshold=threshold, eligible=scope)
-                    answer = torch.where(changed, pred, answer)
-                    if early_exit:
-                        filled = _eos_tail(answer, eos_ids, process)
-                        answer, pred = answer.masked_fill(filled, model.eos_token_ids[0]), pred.masked_fill(filled, model.eos_token_ids[0])
-                        changed = changed | filled
-                    recorder.add(masked, pred, conf.masked_fill(~predict, 0.0), logprob, cached)
+                    work, step_draws = plan[i], None if uniforms is None else uniforms[i]
+                nfe += passes * scope.any(1)
+                step, cached = predictor(i, answer, masked, scope, predict, work, step_draws, span)
+                commit = changed = rule.commits(step)
+                answer = torch.where(commit, step.pred, answer)
+                recorder.add(masked, step.pred, rule.recorded_confidence(step), step.logprob, cached)
+                masked = masked & ~commit
+                remask = rule.remask(step)
+                if remask is not None:
+                    answer = process.corrupt(answer, remask)
+                    changed, masked = commit & ~remask, masked | remask
                 commit_step = commit_step.masked_fill(changed, t)
                 t += 1
                 advance()
 
     tokens = torch.cat([prompt_ids, answer], dim=1)
-    settings: dict[str, Any] = {
-        "gen_length": gen_length, "steps": steps, "block_length": block_length,
-        "temperature": temperature, "remasking": remasking, "cfg_scale": cfg_scale,
-        "threshold": threshold, "dynamic_threshold": dynamic_threshold, "schedule": schedule, "schedule_k": schedule_k,
-        "confidence": confidence, "seed": seeds, "cache": cache, "cache_refresh": cache_refresh,
-        "partial_head": partial_head, "early_exit": early_exit,
-    }
+    settings: dict[str, Any] = {**config.generate_kwargs(), "seed": seeds}
     return Trajectory(
         tokens=tokens.cpu(),
         attention_mask=(torch.ones_like(tokens, dtype=torch.bool) if full_mask is None else full_mask.bool()).cpu(),
@@ -202,31 +188,32 @@ def generate(
     )
 
 
-def _lean_step(logits: torch.Tensor) -> StepSample:
-    """The greedy token and its probability only (the exact fast path; no log-prob, margin, entropy)."""
-    token, confidence = greedy_probability(logits)
-    unread = torch.zeros_like(confidence)
-    return StepSample(token, confidence, unread, unread, unread)
+def _rule(config: SamplerConfig, conf_fn: ConfidenceFn, block_steps: int, model: DiffusionLM,
+          device: torch.device) -> DecodingRule:
+    """The decoding rule the settings select, wrapped for early exit when asked."""
+    rule = rule_for(RuleSettings(
+        process=model.process, remasking=config.remasking, confidence=conf_fn, threshold=config.threshold,
+        dynamic_threshold=config.dynamic_threshold, schedule=config.schedule, schedule_k=config.schedule_k,
+        block_length=config.block_length, block_steps=block_steps,
+    ))
+    if config.early_exit:
+        eos = model.eos_token_ids
+        rule = EarlyExit(rule, torch.tensor(eos, device=device), eos[0])
+    return rule
 
 
-def _eos_tail(answer: torch.Tensor, eos_ids: torch.Tensor, process: DiffusionProcess) -> torch.Tensor:
-    """``[B, L]``: masked positions after a committed EOS with nothing masked before it.
+def _plan(rule: DecodingRule, outside: torch.Tensor | None) -> list[tuple[int, int]] | None:
+    """Per step of the round: (rows with work, positions to predict), read once; ``None`` without a plan.
 
-    Tokens after the first EOS are padding for rewards, so such a row is finished:
-    filling its tail ends its forwards (early exit).
+    ``outside`` ``[B]``: noised positions out of reach, predicted too when every noised
+    position is recorded (they do not change during the round).
     """
-    masked = process.noised(answer)
-    eos = torch.isin(answer, eos_ids)
-    first_eos = torch.where(eos.any(1), eos.long().argmax(1), answer.shape[1])
-    first_masked = torch.where(masked.any(1), masked.long().argmax(1), answer.shape[1])
-    finished = first_eos < first_masked
-    return masked & finished[:, None]
-
-
-def _uniforms(generators: list[torch.Generator], length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row float64 uniforms for sampling and for random confidence, ``[B, length]`` each."""
-    draws = torch.stack([torch.rand(2, length, dtype=torch.float64, generator=g) for g in generators]).to(device)
-    return draws[:, 0], draws[:, 1]
+    left = rule.planned()
+    if left is None:
+        return None
+    predicted = left if outside is None else left + outside[:, None]
+    counts = torch.stack([(predicted > 0).sum(0), predicted.sum(0)], dim=1)
+    return [(int(rows), int(n)) for rows, n in counts.tolist()]
 
 
 def row_seeds(seed: Seed, batch: int) -> list[int]:
@@ -255,28 +242,6 @@ def _check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None)
     if (attention_mask[:, 1:] < attention_mask[:, :-1]).any():
         raise UserError("attention_mask must describe left padding (0s then 1s per row); pad prompts on the left")
     return prompt_ids, attention_mask
-
-
-def _check_settings(
-    gen_length: int, steps: int, block_length: int, temperature: float, cfg_scale: float,
-    threshold: float | None, dynamic_threshold: float | None, remasking: str, schedule: str,
-) -> None:
-    if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
-        raise UserError(f"gen_length ({gen_length}) must be a positive multiple of block_length ({block_length})")
-    if steps <= 0:
-        raise UserError(f"steps must be positive, got {steps}")
-    if temperature < 0 or cfg_scale < 0:
-        raise UserError(f"temperature ({temperature}) and cfg_scale ({cfg_scale}) must be >= 0")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise UserError(f"threshold must be in (0, 1], got {threshold}")
-    if threshold is not None and remasking == "rcr":
-        raise UserError("threshold decoding and remasking='rcr' exclude each other: drop one of them")
-    if dynamic_threshold is not None and not 0 < dynamic_threshold <= 1:
-        raise UserError(f"dynamic_threshold must be in (0, 1], got {dynamic_threshold}")
-    if dynamic_threshold is not None and (threshold is not None or remasking == "rcr"):
-        raise UserError("dynamic_threshold tops up the step's schedule: it excludes threshold and remasking='rcr'")
-    if schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
 def _check_hints(

@@ -43,3 +43,8 @@ def step_counts(masked: torch.Tensor, steps: int, schedule: str = "linear", k: f
     gamma[-1] = 0.0  # the block is complete after its last step, whatever rounding says
     done = masked[:, None] - torch.floor(masked[:, None].double() * gamma[None, :]).long()
     return torch.diff(done, dim=1, prepend=torch.zeros_like(done[:, :1]))
+
+
+def remaining(counts: torch.Tensor) -> torch.Tensor:
+    """``[B, steps]``: of a block's ``counts`` (:func:`step_counts`), how many are still to commit before each step."""
+    return counts.flip(1).cumsum(1).flip(1)
