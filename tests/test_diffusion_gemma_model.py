@@ -22,7 +22,7 @@ from unmask.models.diffusion_gemma import (
     tiny_diffusion_gemma,
 )
 from unmask.models.loading import load_model, meta_model
-from unmask.models.lora import apply_lora
+from unmask.models.lora import apply_lora, load_adapter
 
 PROMPT = torch.tensor([[2, 5, 9, 11, 40], [2, 7, 8, 30, 31]])
 #: the spec's scoping pattern for peft on the HF model (keeps the vision tower out)
@@ -193,3 +193,18 @@ def test_untied_adapters_merge_into_the_shared_weights() -> None:
         merged = policy.merge_and_unload()
         assert not any(isinstance(m, BaseTunerLayer) for m in merged.modules(remove_duplicate=False))
         torch.testing.assert_close(merged.decode(canvas, merged.encode(PROMPT)[0]), adapted, atol=1e-5, rtol=0)
+
+
+def test_saved_adapter_loads_tied(tmp_path) -> None:
+    model = tiny_diffusion_gemma(0)
+    policy = apply_lora(model, r=4, alpha=8)
+    one_step(policy, lambda p: model.encode(p)[0], model.decode)
+    policy.save_pretrained(tmp_path)
+    canvas = PROMPT.repeat(1, 2)[:, :8]
+    fresh = tiny_diffusion_gemma(0)
+    loaded = load_adapter(fresh, tmp_path)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.decode(canvas, fresh.encode(PROMPT)[0]),
+                                   model.decode(canvas, model.encode(PROMPT)[0]), atol=0, rtol=0)  # fmt: skip
+    assert effective(fresh, ENCODER_LAYERS).keys() == effective(model, DECODER_LAYERS).keys()

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, load_peft_weights, set_peft_model_state_dict
 
 from unmask.models.native import CheckpointError, NativeLM
 
@@ -63,4 +63,13 @@ def load_adapter(model: NativeLM, adapter_dir: str | Path, trainable: bool = Fal
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json (is this a LoRA adapter directory?)")
-    return tied(PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable))
+    if not hasattr(model, "tie_adapters"):
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+    # tie before loading: a tied adapter is saved once, under the first (encoder) name
+    config = LoraConfig.from_pretrained(adapter_dir)
+    config.inference_mode = not trainable
+    peft_model = tied(get_peft_model(model, config))
+    set_peft_model_state_dict(peft_model, load_peft_weights(str(adapter_dir), device=str(model.device)))
+    if not trainable:
+        peft_model.eval()
+    return peft_model
