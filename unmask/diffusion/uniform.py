@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from unmask.diffusion.process import Attention, DiffusionProcess
 from unmask.errors import UserError
-
-if TYPE_CHECKING:
-    from unmask.models.base import DiffusionLM
 
 NO_MASK = (
     "the uniform_noise process (DiffusionGemma) has no mask token: {what} needs absorbing-mask noise; "
@@ -85,17 +81,8 @@ class UniformNoise(DiffusionProcess):
         """The current canvas only: finished canvases are in the encoder's cache."""
         return answer_blocks == current
 
-    def scoring_logits(
-        self,
-        model: DiffusionLM,
-        noisy: torch.Tensor,
-        clean: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        prompt_length: int,
-        **options: object,
-    ) -> torch.Tensor:
+    def scoring_logits(self, *args: object, **options: object) -> torch.Tensor:
         raise UserError(NO_MASK.format(what="scoring a corrupted canvas (one-step, MC-ELBO, SPG/ESPO/BGPO)"))
 
-    def two_stream_logits(self, model: DiffusionLM, noisy: torch.Tensor, clean: torch.Tensor,
-                          attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def two_stream_logits(self, *args: object) -> torch.Tensor:
         raise UserError(NO_MASK.format(what="[x_t ; x_0] two-stream scoring"))
