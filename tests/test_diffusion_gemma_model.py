@@ -159,7 +159,7 @@ def test_uniform_noise_process() -> None:
     assert uniform_tokens((2, 5), 7).shape == (2, 5)
     for call in (lambda: process.noised(tokens), lambda: process.scoring_logits(None, tokens, tokens, None, 0),
                  lambda: process.two_stream_logits(None, tokens, tokens, None),
-                 lambda: tiny_diffusion_gemma(0).mask_token_id):  # fmt: skip
+                 lambda: tiny_diffusion_gemma(0).mask_token_id, lambda: tiny_diffusion_gemma(0)(PROMPT)):  # fmt: skip
         with pytest.raises(UserError, match="no mask token"):
             call()
     with pytest.raises(UserError, match="canvas_length"):

@@ -27,7 +27,7 @@ from transformers import (
     Gemma4VisionConfig,
 )
 
-from unmask.diffusion.uniform import UniformNoise
+from unmask.diffusion.uniform import NO_MASK, UniformNoise
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
 from unmask.models.native import CheckpointError
@@ -126,10 +126,7 @@ class DiffusionGemma(DiffusionLM):
 
     @property
     def mask_token_id(self) -> int:
-        raise UserError(
-            "DiffusionGemma has no mask token (uniform-token noise): use model.process, "
-            "and the renoise-replay estimator instead of mask-based ones"
-        )
+        raise UserError(NO_MASK.format(what="model.mask_token_id"))
 
     @property
     def process(self) -> UniformNoise:
@@ -154,10 +151,8 @@ class DiffusionGemma(DiffusionLM):
 
     # -- forwards --------------------------------------------------------------
     def logits(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise UserError(
-            "DiffusionGemma has no one-canvas forward: a causal encoder fills a cache (encode) and "
-            "the decoder denoises a canvas against it (decode)"
-        )
+        raise UserError(NO_MASK.format(what="a one-canvas forward (absorbing sampler, one-step/ELBO scoring)")
+                        + "; the family's entry points are encode and decode")
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.text_config)
