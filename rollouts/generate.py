@@ -146,11 +146,11 @@ def generate(
             in_reach = process.in_reach(rounds, block)
             round_steps = rule.start(BlockStart(block, rounds == block, in_reach, masked, hint_mask))
             forward.new_block(block)
-            plan = _plan(rule, (masked & ~in_reach).sum(1) if record_all else None)
+            plan = _plan(rule, (masked & ~rule.scope(masked, in_reach)).sum(1) if record_all else None)
             uniforms = draws.take(round_steps) if draws is not None and plan is not None else None
             for i in range(round_steps):
                 scope = rule.scope(masked, in_reach)
-                predict = masked if record_all else scope
+                predict = scope | masked if record_all else scope
                 if plan is None:  # a data-decided rule: one read of the step's work
                     n_rows, n_pred, any_scope = torch.stack([predict.any(1).sum(), predict.sum(), scope.any().long()]).tolist()
                     if rule.ends_when_done and not any_scope:
@@ -205,8 +205,8 @@ def _rule(config: SamplerConfig, conf_fn: ConfidenceFn, block_steps: int, model:
 def _plan(rule: DecodingRule, outside: torch.Tensor | None) -> list[tuple[int, int]] | None:
     """Per step of the round: (rows with work, positions to predict), read once; ``None`` without a plan.
 
-    ``outside`` ``[B]``: noised positions out of reach, predicted too when every noised
-    position is recorded (they do not change during the round).
+    ``outside`` ``[B]``: noised positions outside the scope, predicted too when every noised
+    position is recorded (they lie beyond the round's reach, so they do not change during it).
     """
     left = rule.planned()
     if left is None:

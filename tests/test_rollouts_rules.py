@@ -123,3 +123,25 @@ def test_a_rounds_draws_in_one_call_equal_step_by_step_draws():
     assert torch.equal(at_once, torch.cat([single.take(1) for _ in range(3)]))
     assert at_once.shape == (3, 2, 2, length)
     assert not torch.equal(at_once[:, :, 0], at_once[:, :, 1])  # each row has its own stream
+
+
+@pytest.mark.parametrize("overrides", [{}, {"threshold": 0.9}, {"dynamic_threshold": 0.9}, {"remasking": "rcr"}])
+def test_rule_decisions_never_read_the_device(model, overrides):
+    """On the meta device any host read (``.item()``, ``.tolist()``, a data-dependent shape) raises."""
+    from unmask.rollouts.rules.base import Step
+    from unmask.rollouts.rules.early_exit import EarlyExit
+
+    batch, meta = 3, torch.device("meta")
+    masks = [torch.empty(batch, GEN, dtype=torch.bool, device=meta) for _ in range(4)]
+    rule = registry.rule_for(settings(model.process, **overrides))
+    if "remasking" not in overrides:
+        rule = EarlyExit(rule, torch.empty(2, dtype=torch.long, device=meta), 1)
+    steps = rule.start(BlockStart(0, *masks))
+    tokens = torch.empty(batch, GEN, dtype=torch.long, device=meta)
+    conf = torch.empty(batch, GEN, dtype=torch.float64, device=meta)
+    for index in range(steps):
+        step = Step(index, tokens, masks[2], rule.scope(masks[2], masks[1]), masks[2], tokens, conf, conf)
+        assert rule.commits(step).shape == (batch, GEN)
+        remask = rule.remask(step)
+        assert remask is None or remask.shape == (batch, GEN)
+        assert rule.recorded_confidence(step).shape == (batch, GEN)
