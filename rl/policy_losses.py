@@ -28,7 +28,7 @@ class LossInputs:
     """One micro-batch as the parts see it."""
 
     traj: Trajectory
-    #: one per item ``[B]``
+    #: one per item ``[B]``, or per token ``[B, L]`` (a critic's, rl/critic.py)
     advantages: torch.Tensor
     scores: Scores
     #: θ_old's scores, or None when θ_old is θ (the first optimizer step)
@@ -44,6 +44,11 @@ class LossInputs:
     @property
     def length(self) -> int:
         return self.traj.gen_length
+
+    @property
+    def token_advantages(self) -> torch.Tensor:
+        """The advantages broadcast against tokens: ``[B, 1]`` per item, or a critic's ``[B, L]``."""
+        return self.advantages if self.advantages.dim() == 2 else self.advantages[:, None]
 
 
 @dataclass
@@ -74,14 +79,14 @@ def token_log_ratio(x: LossInputs) -> torch.Tensor:
 @POLICY_LOSSES.register("clip", level="token", ratio=True)
 def clip(x: LossInputs) -> PolicyTerms:
     """PPO's pessimistic ``−min(ρA, clip(ρ, 1−ε, 1+ε_high)A)`` per token (d1, MDPO, IGPO)."""
-    gain, clipped = clipped_surrogate(token_log_ratio(x), x.advantages[:, None], x.config.epsilon, x.config.epsilon_high)
+    gain, clipped = clipped_surrogate(token_log_ratio(x), x.token_advantages, x.config.epsilon, x.config.epsilon_high)
     return PolicyTerms(-gain, clipped)
 
 
 @POLICY_LOSSES.register("dual_clip", level="token", ratio=True, needs=("dual_clip",))
 def dual_clip(x: LossInputs) -> PolicyTerms:
     """PPO's clip, and for ``A < 0`` the term never below ``c·A`` (dual clip, ``c = dual_clip``)."""
-    advantages = x.advantages[:, None]
+    advantages = x.token_advantages
     gain, clipped = clipped_surrogate(token_log_ratio(x), advantages, x.config.epsilon, x.config.epsilon_high)
     floor = x.config.dual_clip * advantages
     lifted = (advantages < 0) & (floor > gain)
@@ -91,5 +96,5 @@ def dual_clip(x: LossInputs) -> PolicyTerms:
 @POLICY_LOSSES.register("surrogate", level="token", ratio=True)
 def surrogate(x: LossInputs) -> PolicyTerms:
     """The unclipped importance-weighted ``−ρA``."""
-    gain = torch.exp(token_log_ratio(x)) * x.advantages[:, None]
+    gain = torch.exp(token_log_ratio(x)) * x.token_advantages
     return PolicyTerms(-gain, torch.zeros_like(gain, dtype=torch.bool))

@@ -33,6 +33,7 @@ from unmask.rewards.batch import RewardState
 from unmask.rewards.registry import RewardSpec
 from unmask.rewards.runner import COUNTS, RewardRunner
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+from unmask.rl.critic import Critic
 from unmask.rl.distributed import (
     Preemption,
     any_process,
@@ -47,8 +48,10 @@ from unmask.rl.rollout import Rollouts, encode_prompts, local_sampler
 from unmask.rl.stream import PromptStream
 from unmask.rl.update import (
     FrozenScorer,
+    MicroBatches,
     UpdateRollback,
     behaviour_policy,
+    cut_batch,
     derive_seed,
     estimator_keys,
     frozen_passes,
@@ -98,9 +101,12 @@ class Trainer:
         model_factory: Callable[[], DiffusionLM] | None = None,
         rows: list[dict[str, Any]] | None = None,
         pool: Any = None,
+        critic: Critic | None = None,
     ) -> None:
-        """``pool``: an existing ``RolloutPool`` (LoRA-wrapped like this run) to reuse, e.g. across a sweep."""
+        """``pool``: an existing ``RolloutPool`` (LoRA-wrapped like this run) to reuse, e.g. across a sweep;
+        ``critic``: a value model the update engine asks for token advantages and a value loss (rl/critic.py)."""
         self.recipe = recipe
+        self.critic = critic
         self.eval_fn = eval_fn
         self.out = Path(recipe.output_dir)
         torch.manual_seed(recipe.seed)
@@ -206,30 +212,19 @@ class Trainer:
         return wrapper
 
     # -- the update --------------------------------------------------------------
-    def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
-        """Micro-batches on the training device (the buffered batch itself stays on the CPU).
-
-        Items are shuffled with the step's seed first: objectives lay items out prompt by
-        prompt (MDPO: answer by answer, step by step), so cutting them in order would
-        give each optimizer step the answers of a single prompt.
-        """
-        size, device = self.recipe.optim.per_device_train_batch_size, self.accelerator.device
-        order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(
-            derive_seed(self.recipe.seed, self.step, 2 << 20)))
-        return [batch.select(order[i : i + size]).to(device) for i in range(0, len(batch), size)]
-
-    def _windows(self, count: int) -> list[list[int]]:
-        """Micro-batch indices of each optimizer step of one pass over the batch.
-
-        ``optim.optimizer_steps_per_rollout`` splits the pass into that many steps (1: the
-        published MDPO trainer's one step per rollout batch); otherwise every
-        ``gradient_accumulation_steps`` micro-batches make one step.
-        """
+    def _cut(self, batch: TrainBatch) -> MicroBatches:
+        """This step's micro-batches of ``per_device_train_batch_size`` items and their optimizer steps
+        (``update.cut_batch``), padded to the busiest process's count."""
         o = self.recipe.optim
-        if o.optimizer_steps_per_rollout is not None:
-            return [w.tolist() for w in torch.arange(count).tensor_split(min(o.optimizer_steps_per_rollout, count))]
-        accumulate = o.gradient_accumulation_steps
-        return [list(range(i, min(i + accumulate, count))) for i in range(0, count, accumulate)]
+        cut = cut_batch(
+            len(batch), seed=self.recipe.seed, step=self.step, size=o.per_device_train_batch_size,
+            accumulate=o.gradient_accumulation_steps, steps_per_pass=o.optimizer_steps_per_rollout,
+        )
+        return cut.padded(max_over_processes(self.accelerator, len(cut.indices)))
+
+    def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
+        """Micro-batches on the training device (the buffered batch itself stays on the CPU)."""
+        return self._cut(batch).select(batch, self.accelerator.device)
 
     def _keys(self, micro: list[TrainBatch]) -> list[list[Any]]:
         """This process's estimator keys per inner iteration and micro-batch (``update.estimator_keys``)."""
@@ -304,11 +299,9 @@ class Trainer:
         """
         if any_process(self.accelerator, len(batch) == 0):  # processes skip together or DDP hangs
             return {"skipped": 1.0, "empty_batch": 1.0}
-        micro = self._micro_batches(batch)
-        real = len(micro)
-        micro += [micro[-1]] * (max_over_processes(self.accelerator, real) - real)  # zero-weight padding
+        cut = self._cut(batch)
+        micro, windows = cut.select(batch, self.accelerator.device), cut.windows
         keys = self._keys(micro)
-        windows = self._windows(len(micro))
         iterations = self.recipe.algorithm.num_iterations
         updates = iterations * len(windows)
         scorer = FrozenScorer(self.objective, self.model, self.reference, self.accelerator.unwrap_model)
@@ -322,17 +315,16 @@ class Trainer:
         count = 0
         for i in range(iterations):
             for window in windows:
-                items = max(1, sum(len(micro[j]) for j in window if j < real))
                 for j in window:
                     self.forward_passes += self.objective.estimator.passes_for(micro[j].traj)
                     loss, metrics = micro_batch_loss(
                         self.objective, self.model, micro[j], keys[i][j], old[i][j] if old else None,
-                        ref[i][j] if ref else None,
+                        ref[i][j] if ref else None, self.critic,
                     )
                     if any_process(self.accelerator, not bool(torch.isfinite(loss))):
                         return self._abandon(rollback, {"loss": float("nan") if torch.isfinite(loss) else float(loss.detach())})
-                    self.accelerator.backward(loss * (len(micro[j]) if j < real else 0) / items)
-                    if j >= real:
+                    self.accelerator.backward(cut.scaled(j, loss))
+                    if j >= cut.real:
                         continue
                     for key, value in {"loss": float(loss.detach()), **metrics}.items():
                         sums[key] = sums.get(key, 0.0) + value

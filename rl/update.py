@@ -1,10 +1,15 @@
-"""The update engine both front ends call: estimator keys, θ_old and reference scores, the
-micro-batch loss, the overlap behaviour policy and the all-or-nothing rollback.
+"""The update engine both front ends call: micro-batching, estimator keys, θ_old and reference
+scores, the micro-batch loss (with an optional critic), the overlap behaviour policy and the
+all-or-nothing rollback.
 
-``unmask.rl.trainer.Trainer`` and ``unmask.integrations.trl.DiffusionGRPOTrainer`` order
-and cut their batches differently (their own shuffles and accumulation), but every
-decision that makes ratios and masks meaningful is taken here once:
+``unmask.rl.trainer.Trainer`` and ``unmask.integrations.trl.DiffusionGRPOTrainer`` differ
+only in who runs the loop (unmask's own, or transformers' with TRL's buffering); every
+decision that makes ratios, masks and gradients agree is taken here once:
 
+- one cut of a rollout batch: items shuffled by the step's seed, then micro-batches of a
+  size (unmask's trainer) or a count (TRL's fixed steps per generation; the same cut when
+  the batch fills them), grouped into optimizer steps, each micro-batch's loss scaled by
+  its share of its step's items, so a step's gradient is the mean over its items;
 - one key per (inner iteration, micro-batch), shared by the θ, θ_old and reference
   passes, so the three see the same masks; micro-batches are numbered across
   processes, so each rank draws its own masks instead of repeating rank 0's;
@@ -12,19 +17,20 @@ decision that makes ratios and masks meaningful is taken here once:
   one step (or was sampled by an older policy), except where θ itself is θ_old;
 - the reference is the adapter-disabled policy (LoRA) or a frozen copy.
 
-A learned critic (TraceRL's value model) would be a third frozen role beside ``old``
-and ``ref``, scored here on the same keys, with its own loss part (docs/objectives.md).
+A learned critic (TraceRL's value model) plugs into the micro-batch loss (``rl/critic.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from unmask.rl.critic import Critic
 from unmask.rl.estimators import Key, Scores
 from unmask.rl.objective import Objective, TrainBatch
 
@@ -55,12 +61,93 @@ def estimator_keys(
     ]
 
 
+#: the purpose number in the seed of the micro-batch shuffle
+_SHUFFLE = 2 << 20
+
+
+def optimizer_windows(count: int, accumulate: int = 1, steps_per_pass: int | None = None) -> list[list[int]]:
+    """Micro-batch indices of each optimizer step of one pass over ``count`` micro-batches.
+
+    ``steps_per_pass`` splits the pass into that many steps (never more than micro-batches;
+    1: the published MDPO trainer's one step per rollout batch); otherwise every
+    ``accumulate`` micro-batches make one step.
+    """
+    if steps_per_pass is not None:
+        return [w.tolist() for w in torch.arange(count).tensor_split(min(steps_per_pass, count))]
+    return [list(range(i, min(i + accumulate, count))) for i in range(0, count, accumulate)]
+
+
+@dataclass(frozen=True)
+class MicroBatches:
+    """One process's cut of a rollout batch: the items of each micro-batch and the optimizer steps over them."""
+
+    #: item indices into the batch, per micro-batch
+    indices: list[torch.Tensor]
+    #: micro-batches past this one are zero-weight copies (``padded``)
+    real: int
+    accumulate: int = 1
+    steps_per_pass: int | None = None
+
+    @property
+    def windows(self) -> list[list[int]]:
+        return optimizer_windows(len(self.indices), self.accumulate, self.steps_per_pass)
+
+    def padded(self, count: int) -> MicroBatches:
+        """Copies of the last micro-batch up to ``count``, weighted 0: under DDP every process must run as
+        many backward passes as the busiest one, or the gradient all-reduce hangs."""
+        return replace(self, indices=self.indices + [self.indices[-1]] * (count - len(self.indices)))
+
+    def select(self, batch: TrainBatch, device: torch.device | str) -> list[TrainBatch]:
+        return [batch.select(rows).to(device) for rows in self.indices]
+
+    def scaled(self, j: int, loss: torch.Tensor) -> torch.Tensor:
+        """Micro-batch ``j``'s loss as it enters backward: times its share of its optimizer step's items.
+
+        A step's gradient is then the item-weighted mean of its micro-batch losses. For
+        aggregations that are item means (``sequence_mean``, ``constant``) that is the loss of
+        the step's items as one batch, so the cut changes nothing but float round-off; a
+        ``token_mean`` normalises within each micro-batch, as TRL and d1 do.
+        """
+        window = next(w for w in self.windows if j in w)
+        items = max(1, sum(len(self.indices[k]) for k in window if k < self.real))
+        return loss * (len(self.indices[j]) if j < self.real else 0) / items
+
+
+def cut_batch(
+    items: int, *, seed: int, step: int, size: int | None = None, count: int | None = None,
+    accumulate: int = 1, steps_per_pass: int | None = None,
+) -> MicroBatches:
+    """Shuffle ``items`` with the step's seed and cut them into micro-batches of ``size`` items, or
+    into ``count`` near-equal ones (TRL: one per step of a generation batch; equal to the cut by size
+    when ``items = size·count``). The shuffle comes first because objectives lay items out prompt by
+    prompt (MDPO: answer by answer, step by step): cut in order, each optimizer step would hold the
+    answers of a single prompt."""
+    if (size is None) == (count is None):
+        raise ValueError("cut_batch: give the micro-batch size or the micro-batch count, not both")
+    order = torch.randperm(items, generator=torch.Generator().manual_seed(derive_seed(seed, step, _SHUFFLE)))
+    parts = list(order.tensor_split(count)) if count is not None else [order[i : i + size] for i in range(0, items, size)]
+    return MicroBatches(parts, len(parts), accumulate, steps_per_pass)
+
+
 def micro_batch_loss(
-    objective: Objective, model: nn.Module, batch: TrainBatch, key: Key, old: Scores | None, ref: Scores | None
+    objective: Objective, model: nn.Module, batch: TrainBatch, key: Key, old: Scores | None, ref: Scores | None,
+    critic: Critic | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The policy's loss on one micro-batch: estimator scores under ``key``, then the objective's loss."""
+    """The loss of one micro-batch: estimator scores under ``key``, then the objective's loss.
+
+    With a ``critic``, its token advantages replace the batch's per-item ones and its value
+    loss is added (``value_loss`` in the metrics), so one backward trains both.
+    """
     scores = objective.estimator.token_logprobs(model, batch.traj, key)
-    return objective.loss(batch, scores, old, ref)
+    if critic is None:
+        return objective.loss(batch, scores, old, ref)
+    if objective.level != "token":
+        raise ValueError(f"a critic's token advantages need a token-level policy loss; {objective.config.policy_loss} "
+                         "gives one term per item")
+    advantages = critic.advantages(batch, key).detach()
+    loss, metrics = objective.loss(replace(batch, advantages=advantages), scores, old, ref)
+    value_loss = critic.loss(batch, key)
+    return loss + value_loss, {**metrics, "value_loss": float(value_loss.detach())}
 
 
 class FrozenScorer:

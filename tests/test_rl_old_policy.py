@@ -10,7 +10,7 @@ from unmask.errors import RecipeError
 from unmask.rl.checkpoint import trainable_state
 from unmask.rl.losses import clipped_surrogate, masked_mean
 from unmask.rl.trainer import Trainer
-from unmask.rl.update import derive_seed
+from unmask.rl.update import derive_seed, optimizer_windows
 
 
 def spy(trainer: Trainer) -> list[dict]:
@@ -78,8 +78,9 @@ def test_one_optimizer_step_per_rollout_needs_no_old_pass(tmp_path):
 def test_optimizer_steps_per_rollout_splits_each_pass_evenly(tmp_path):
     r = recipe(tmp_path, "diffu_grpo", optim={"gradient_accumulation_steps": 1, "optimizer_steps_per_rollout": 2})
     trainer = Trainer(r, model_factory=make_model, rows=ROWS)
-    assert trainer._windows(5) == [[0, 1, 2], [3, 4]]
-    assert trainer._windows(1) == [[0]]  # never more steps than micro-batches
+    o = trainer.recipe.optim
+    assert optimizer_windows(5, o.gradient_accumulation_steps, o.optimizer_steps_per_rollout) == [[0, 1, 2], [3, 4]]
+    assert optimizer_windows(1, o.gradient_accumulation_steps, o.optimizer_steps_per_rollout) == [[0]]  # never more steps than micro-batches
     with pytest.raises(RecipeError, match="not both"):
         recipe(tmp_path, "diffu_grpo", optim={"gradient_accumulation_steps": 2, "optimizer_steps_per_rollout": 1})
 

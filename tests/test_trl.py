@@ -111,8 +111,6 @@ def test_loss_equals_unmask_trainer(tmp_path: Path) -> None:
     rollout, _ = native.rollout()
     batch = native.objective.prepare(rollout, native.rollouts)
     assert batch.advantages.abs().sum() > 0
-    (micro,) = native._micro_batches(batch)  # the trainer's own micro-batch (its item order) and estimator key
-    key = native._keys([micro])[0][0]
     state = {k: v.clone() for k, v in trainable_state(native.unwrapped).items()}
 
     args = config(tmp_path, seed=3, beta=0.04, epsilon=0.5, p_mask=0.3, scale_rewards="none", max_steps=1)
@@ -122,11 +120,10 @@ def test_loss_equals_unmask_trainer(tmp_path: Path) -> None:
     )
     missing = trl.model.load_state_dict(state, strict=False)
     assert not missing.unexpected_keys and all("lora_" not in k for k in missing.missing_keys)
-    trl._batch = micro
-    trl._keys = [[key]]
-    trl._frozen = {"ref": [[trl._scorer(micro, key, "ref")]]}
+    trl._batch = batch  # the same prepared batch: the update engine cuts it, keys it and scores the reference
+    trl._plan_update()
     trl.model.train()
-    trl_loss = float(trl.compute_loss(trl.model, {"index": torch.arange(len(micro))}).detach())
+    trl_loss = float(trl.compute_loss(trl.model, trl._buffered_inputs[0]).detach())
 
     native_loss = native.update(batch)["loss"]
     assert trl_loss == pytest.approx(native_loss, rel=1e-6, abs=1e-9)

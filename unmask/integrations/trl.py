@@ -10,9 +10,10 @@ implementation behind two front ends:
 
 - rollouts: :class:`unmask.rl.rollout.Rollouts` over :func:`unmask.rollouts.generate`;
 - advantages and batch preparation: the unmask objective's ``prepare``;
-- log-probs and loss: the objective's estimator and ``loss``, micro-batch by micro-batch
-  through :mod:`unmask.rl.update`, the update engine unmask's trainer calls too (keys,
-  θ_old and reference scores, the micro-batch loss).
+- micro-batches, log-probs and loss: :mod:`unmask.rl.update`, the update engine unmask's
+  trainer calls too (the shuffle and cut of a generation batch, each micro-batch's loss
+  scale, keys, θ_old and reference scores, the micro-batch loss), so both front ends give
+  the same loss and gradient on the same batch.
 
 ``GRPOTrainer.__init__`` is bypassed on purpose: it builds an autoregressive
 generation stack (``generate``/vLLM, a fused LM head patched into the model) that
@@ -48,12 +49,15 @@ from unmask.models.base import DiffusionLM
 from unmask.models.lora import target_regex
 from unmask.recipe import ALGORITHMS, Recipe, validate_recipe
 from unmask.rewards.runner import RewardBatch
+from unmask.rl.critic import Critic
 from unmask.rl.estimators import Scores
 from unmask.rl.likelihoods import ESTIMATORS
 from unmask.rl.objective import Objective, Rollout, TrainBatch, build_objective
 from unmask.rl.rollout import Rollouts, decode_answers, encode_prompts, local_sampler
 from unmask.rl.update import (
     FrozenScorer,
+    MicroBatches,
+    cut_batch,
     derive_seed,
     estimator_keys,
     frozen_passes,
@@ -142,8 +146,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "grpo", "unmask", "diffusion"]
     _name = "DiffusionGRPO"
-    # compute_loss returns the plain micro-batch loss; transformers divides it for accumulation
-    loss_is_scaled_for_ga = False
+    # compute_loss returns the micro-batch loss already scaled by its share of the optimizer step's items
+    loss_is_scaled_for_ga = True
 
     def __init__(
         self,
@@ -156,6 +160,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         callbacks: list[Any] | None = None,
         optimizers: tuple[Any, Any] = (None, None),
         peft_config: PeftConfig | None = None,
+        critic: Critic | None = None,
     ) -> None:
         if args is None:
             args = DiffusionGRPOConfig("DiffusionGRPO")
@@ -165,6 +170,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             raise UserError("use_vllm: vLLM serves no masked diffusion LM that unmask trains; set use_vllm=False")
         if train_dataset is None:
             raise UserError("train_dataset: a dataset with a 'prompt' column is required")
+        if args.steps_per_generation % args.gradient_accumulation_steps:
+            raise UserError(
+                f"steps_per_generation ({args.steps_per_generation}) must be a multiple of gradient_accumulation_steps "
+                f"({args.gradient_accumulation_steps}): an optimizer step may not span two generation batches"
+            )
         recipe = args.recipe()
         torch.manual_seed(args.seed)
         base = load_model(model) if isinstance(model, str) else model
@@ -199,7 +209,10 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             device=self.accelerator.device,
         )
         self._scorer = FrozenScorer(self.objective, self.model, self.ref_model, self.accelerator.unwrap_model)
+        #: a value model the update engine asks for token advantages and a value loss (rl/critic.py)
+        self.critic = critic
         self._batch: TrainBatch | None = None
+        self._cut: MicroBatches | None = None
         self._frozen: dict[str, list[list[Scores | None]]] = {}
         self._keys: list[list[Any]] = []
 
@@ -276,8 +289,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """Roll out with unmask's sampler, grade with TRL's reward functions, let the objective build its batch.
 
-        Returns ``{"index": [N]}``: row numbers into the prepared ``TrainBatch`` kept on the
-        trainer, so TRL's own shuffling and splitting of generation batches applies unchanged.
+        Returns ``{"index": [N]}``: row numbers into the prepared ``TrainBatch`` kept on the trainer.
         """
         mode = "train" if self.model.training else "eval"
         prompts = [x["prompt"] for x in inputs]
@@ -313,31 +325,41 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
     # -- scoring and loss ------------------------------------------------------
     def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
-        """TRL's buffering, then θ_old and reference scores for every (iteration, micro-batch).
-
-        ``unmask.rl.update`` decides, as for unmask's trainer: the keys (this rank's own),
-        which θ_old passes the off-policy steps need, and the reference passes.
-        """
-        fresh = self.model.training and (
-            self._buffered_inputs is None or self._step % (self.args.steps_per_generation * self.num_iterations) == 0
-        )
-        inputs = super()._prepare_inputs(generation_batch)
+        """TRL's buffering (a generation batch feeds ``steps_per_generation × num_iterations`` micro-batch
+        steps), with the generation batch cut by the update engine (``_plan_update``)."""
         if not self.model.training:
-            return inputs
-        if fresh:
-            micro = [self._micro(b) for b in self._buffered_inputs]
-            self._keys = estimator_keys(
-                self.objective, micro, seed=self.args.seed, step=self.state.global_step,
-                iterations=self.num_iterations, process_index=self.accelerator.process_index,
-            )
-            accumulate = self.args.gradient_accumulation_steps
-            old, ref = frozen_passes(
-                self.objective, micro, self._keys, self._scorer,
-                optimizer_steps=self.num_iterations * math.ceil(len(micro) / accumulate),
-                first_step=list(range(min(accumulate, len(micro)))),
-            )
-            self._frozen = {name: scores for name, scores in (("old", old), ("ref", ref)) if scores is not None}
-        return inputs
+            return self._generate_and_score_completions(generation_batch)
+        steps = self.args.steps_per_generation
+        if self._buffered_inputs is None or self._step % (steps * self.num_iterations) == 0:
+            self._generate_and_score_completions(generation_batch)
+            self._plan_update()
+        return self._buffered_inputs[self._step % steps]
+
+    def _plan_update(self) -> None:
+        """Cut ``self._batch`` as unmask's trainer cuts it, then θ_old and reference scores.
+
+        ``unmask.rl.update`` decides: the shuffle and the ``steps_per_generation`` micro-batches
+        (``per_device_train_batch_size`` items each when the objective kept one item per
+        answer), each one's loss scale, the keys (this rank's own), which θ_old passes the
+        off-policy steps need, and the reference passes.
+        """
+        assert self._batch is not None
+        self._cut = cut_batch(
+            len(self._batch), seed=self.args.seed, step=self.state.global_step,
+            count=self.args.steps_per_generation, accumulate=self.args.gradient_accumulation_steps,
+        )
+        self._buffered_inputs = [{"index": rows} for rows in self._cut.indices]
+        micro = self._cut.select(self._batch, self.accelerator.device)
+        self._keys = estimator_keys(
+            self.objective, micro, seed=self.args.seed, step=self.state.global_step,
+            iterations=self.num_iterations, process_index=self.accelerator.process_index,
+        )
+        windows = self._cut.windows
+        old, ref = frozen_passes(
+            self.objective, micro, self._keys, self._scorer,
+            optimizer_steps=self.num_iterations * len(windows), first_step=windows[0],
+        )
+        self._frozen = {name: scores for name, scores in (("old", old), ("ref", ref)) if scores is not None}
 
     def _micro(self, inputs: dict[str, Any]) -> TrainBatch:
         assert self._batch is not None
@@ -349,7 +371,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if return_outputs:
             raise ValueError("DiffusionGRPOTrainer does not return outputs")
         mb = self._micro(inputs)
-        if len(mb) == 0:  # an objective may keep no items (e.g. every group tied): nothing to learn, no NaN
+        if len(mb) == 0:  # an objective may keep no items (e.g. every group dropped): nothing to learn, no NaN
             return torch.zeros((), device=self.accelerator.device, requires_grad=True)
         mode = "train" if model.training else "eval"
         if mode == "train":
@@ -361,11 +383,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         else:
             key = self.objective.key(mb, derive_seed(self.args.seed, self.state.global_step, 1))
             old, ref = None, (self._scorer(mb, key, "ref") if self.objective.needs_reference else None)
-        loss, metrics = micro_batch_loss(self.objective, model, mb, key, old, ref)
+        loss, metrics = micro_batch_loss(self.objective, model, mb, key, old, ref, self.critic)
         for name, value in metrics.items():
             if math.isfinite(value):
                 self._metrics[mode][name].append(value)
-        return loss
+        return self._cut.scaled(j, loss) if mode == "train" else loss
 
 
 def _scoped(config: PeftConfig, model: DiffusionLM) -> PeftConfig:
