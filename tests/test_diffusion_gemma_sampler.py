@@ -83,6 +83,12 @@ def test_per_row_generators_make_rows_independent_of_the_batch() -> None:
     # the global RNG (transformers' way) couples the rows: row 1 alone draws other noise than in the batch
     assert not torch.equal(ours(model, settings, 0).step_canvas[:, 1], ours_alone(model, settings, 0).step_canvas[:, 0])
 
+def row_major(recorded: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``[steps, B, ...]`` recorded tensors as ``[B · steps, ...]``, row b's steps consecutive (the cache's order)."""
+    picked = recorded[steps].transpose(0, 1)
+    return picked.reshape(-1, *picked.shape[2:])
+
+
 def test_trajectory_replays_to_the_recorded_log_probs() -> None:
     model = peaky()
     settings = UniformSettings(max_new_tokens=16, steps=12, entropy_bound=0.5)
@@ -92,25 +98,29 @@ def test_trajectory_replays_to_the_recorded_log_probs() -> None:
     assert torch.equal(run.step_n[: settings.steps], torch.arange(settings.steps, 0, -1)[: min(t, settings.steps)])
     assert (run.step_sc[0] == 0).all() and (run.step_sc[1] != 0).any()
     read = 0
-    for step in range(t):
-        block = int(run.step_block[step])
-        context = run.sequences[:, : run.prompt_length + block * length]
-        cache, _ = model.encode(context)
-        with torch.no_grad():
-            z = model.decode(run.step_canvas[step], cache, run.step_sc[step]) / run.step_temperature[step]
-        logp = z.log_softmax(-1).gather(-1, run.step_sample[step][..., None])[..., 0]
-        active = run.step_active[step]
-        torch.testing.assert_close(logp[active], run.step_logprob[step][active], atol=1e-5, rtol=0)
-        nxt = step + 1
-        if nxt < t and run.step_block[nxt] == block:  # accepted slots carry the draw into the next canvas
-            moving = active & run.step_active[nxt]
-            keep = run.step_accept[step] & moving[:, None]
-            assert torch.equal(run.step_canvas[nxt][keep], run.step_sample[step][keep])
+    for block in range(run.stop_step.shape[0]):  # the replay: one encoder pass and one decoder call per block
+        steps = (run.step_block == block).nonzero()[:, 0]
+        n_steps = len(steps)
+        cache, _ = model.encode(run.sequences[:, : run.prompt_length + block * length])  # with gradient
+        cache.batch_repeat_interleave(n_steps)  # row-major: row b's steps are consecutive
+        temperature = run.step_temperature[steps].repeat(b)[:, None, None]
+        z = (model.decode(row_major(run.step_canvas, steps), cache, row_major(run.step_sc, steps)) / temperature).view(b, n_steps, length, -1)
+        z = z.transpose(0, 1)  # [steps, B, L, V]
+        logp = z.log_softmax(-1).gather(-1, run.step_sample[steps][..., None])[..., 0]
+        active = run.step_active[steps]
+        torch.testing.assert_close(logp[active], run.step_logprob[steps][active], atol=1e-5, rtol=0)
+        if block == 0:
+            logp[active & run.step_accept[steps].any(-1)].sum().backward()
+            for name in ("decoder.layers.0.self_attn.q_proj.weight", "decoder.layers.1.experts.gate_up_proj",
+                         "decoder.self_conditioning.gate_proj.weight"):  # fmt: skip
+                assert model.model.get_parameter(name).grad.abs().sum() > 0
+        for i in range(n_steps - 1):  # accepted slots carry the draw into the next canvas
+            keep = run.step_accept[steps[i]] & (active[i] & active[i + 1])[:, None]
+            assert torch.equal(run.step_canvas[steps[i + 1]][keep], run.step_sample[steps[i]][keep])
         # the block is the argmax at the row's stop step
-        last = run.step_n[step] == run.stop_step[block]
-        rows = active & last
+        rows = active & (run.step_n[steps][:, None] == run.stop_step[block][None])
         got = run.sequences[:, run.prompt_length + block * length : run.prompt_length + (block + 1) * length]
-        assert torch.equal(z.argmax(-1)[rows], got[rows])
+        assert torch.equal(z.argmax(-1)[rows], got.expand(n_steps, -1, -1)[rows])
         read += int(rows.sum())
     assert read == b * run.stop_step.shape[0]  # every row-block's readout checked once
 
