@@ -17,10 +17,11 @@ process says what is noise, how to noise and what a round may touch.
 Host synchronisation. A step's rule decisions, the scatters and the bookkeeping
 are tensor ops. What the host must know is how many rows and positions the
 forward runs (shapes): a rule whose steps follow its schedule (top-k, RCR) fixes
-them for a whole round, read once per round with the round's draws (one copy per
-round); a data-decided rule (thresholds, early exit) costs one read of three
-integers per step, which also ends a threshold round. The step forwards themselves
-(``rollouts.cache``, ``rollouts.block_forward``) still read shapes and FLOP counts.
+them for a whole round, read once per round, and its random draws reach the device
+a chunk of steps at a time without a wait; a data-decided rule (thresholds, early
+exit) costs one read of three integers per step, which also ends a threshold
+round. The step forwards themselves (``rollouts.cache``,
+``rollouts.block_forward``) still read shapes and FLOP counts.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def generate(
             round_steps = rule.start(BlockStart(block, rounds == block, in_reach, masked, hint_mask))
             forward.new_block(block)
             plan = _plan(rule, (masked & ~rule.scope(masked, in_reach)).sum(1) if record_all else None)
-            uniforms = draws.take(round_steps) if draws is not None and plan is not None else None
+            if draws is not None:
+                draws.start(round_steps, ahead=plan is not None)
             for i in range(round_steps):
                 scope = rule.scope(masked, in_reach)
                 predict = scope | masked if record_all else scope
@@ -155,11 +157,12 @@ def generate(
                     n_rows, n_pred, any_scope = torch.stack([predict.any(1).sum(), predict.sum(), scope.any().long()]).tolist()
                     if rule.ends_when_done and not any_scope:
                         break
-                    work, step_draws = (n_rows, n_pred), None if draws is None else draws.take(1)[0]
+                    work = (n_rows, n_pred)
                 else:
-                    work, step_draws = plan[i], None if uniforms is None else uniforms[i]
+                    work = plan[i]
                 nfe += passes * scope.any(1)
-                step, cached = predictor(i, answer, masked, scope, predict, work, step_draws, span)
+                uniforms = None if draws is None else draws.next()
+                step, cached = predictor(i, answer, masked, scope, predict, work, uniforms, span)
                 commit = changed = rule.commits(step)
                 answer = torch.where(commit, step.pred, answer)
                 recorder.add(masked, step.pred, rule.recorded_confidence(step), step.logprob, cached)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from reference_sampler import random_tiny
 
+import unmask.rollouts.draws as draws_module
 import unmask.rollouts.rules.registry as registry
 from unmask.diffusion.uniform import UniformNoise
 from unmask.rollouts.confidence import resolve_confidence
@@ -116,13 +117,23 @@ def test_the_round_plan_is_what_each_step_predicts(model, remasking):
     assert any(rows < 3 for rows, _ in plans)  # a row really left the forward
 
 
-def test_a_rounds_draws_in_one_call_equal_step_by_step_draws():
+def test_a_rounds_draws_in_one_call_equal_step_by_step_draws(model, monkeypatch):
     seeds, length = [5, 9], 7
     at_once = RowDraws(seeds, length, torch.device("cpu")).take(3)
     single = RowDraws(seeds, length, torch.device("cpu"))
     assert torch.equal(at_once, torch.cat([single.take(1) for _ in range(3)]))
     assert at_once.shape == (3, 2, 2, length)
     assert not torch.equal(at_once[:, :, 0], at_once[:, :, 1])  # each row has its own stream
+    monkeypatch.setattr(draws_module, "CHUNK_VALUES", 2 * 2 * 2 * length)  # chunks of two steps
+    chunked = RowDraws(seeds, length, torch.device("cpu"))
+    chunked.start(3, ahead=True)
+    assert torch.equal(at_once, torch.stack([chunked.next() for _ in range(3)]))
+    # and a sampled rollout does not depend on the chunking
+    prompts = torch.randint(5, 100, (2, 5), generator=torch.Generator().manual_seed(1))
+    options = {"gen_length": GEN, "steps": STEPS, "block_length": BLOCK, "temperature": 0.8, "remasking": "random", "seed": 3}
+    small = generate(model, prompts, **options)
+    monkeypatch.undo()
+    assert torch.equal(small.tokens, generate(model, prompts, **options).tokens)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"threshold": 0.9}, {"dynamic_threshold": 0.9}, {"remasking": "rcr"}])
