@@ -21,6 +21,7 @@ from unmask.models.diffusion_gemma import (
     diffusion_gemma_config,
     tiny_diffusion_gemma,
 )
+from unmask.models.export import merge_and_save
 from unmask.models.loading import load_model, meta_model
 from unmask.models.lora import apply_lora, load_adapter
 
@@ -208,3 +209,17 @@ def test_saved_adapter_loads_tied(tmp_path) -> None:
         torch.testing.assert_close(fresh.decode(canvas, fresh.encode(PROMPT)[0]),
                                    model.decode(canvas, model.encode(PROMPT)[0]), atol=0, rtol=0)  # fmt: skip
     assert effective(fresh, ENCODER_LAYERS).keys() == effective(model, DECODER_LAYERS).keys()
+
+
+def test_export_merges_the_shared_adapters(tmp_path) -> None:
+    model = tiny_diffusion_gemma(0)
+    policy = apply_lora(model, r=4, alpha=8)
+    one_step(policy, lambda p: model.encode(p)[0], model.decode)
+    canvas = PROMPT.repeat(1, 2)[:, :8]
+    with torch.no_grad():
+        adapted = model.decode(canvas, model.encode(PROMPT)[0])
+    merge_and_save(policy, tmp_path)
+    merged = load_model(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(merged.decode(canvas, merged.encode(PROMPT)[0]), adapted, atol=1e-5, rtol=0)
+    assert any(isinstance(m, BaseTunerLayer) for m in model.modules())  # the live policy is untouched

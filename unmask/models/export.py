@@ -16,23 +16,26 @@ from unmask.models.native import NativeLM
 
 
 def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
-    """Base-named tensors of ``model`` with the active adapter folded in."""
+    """Base-named tensors of ``model`` with the active adapter folded in.
+
+    Every name a wrapper is reachable under gets the same merged tensor (DiffusionGemma's
+    encoder and decoder share their adapters, docs/diffusion-gemma.md); peft's
+    ``ParamWrapper`` (3-D expert weights) names the parameter it adapts.
+    """
     base: NativeLM = model.get_base_model()
     adapter = model.active_adapter
-    state: dict[str, torch.Tensor] = {}
-    for name, module in base.named_modules():
+    state = {name.replace(".base_layer", ""): t for name, t in base.state_dict().items() if "lora_" not in name}
+    merged: dict[tuple[int, str], torch.Tensor] = {}
+    for name, module in base.named_modules(remove_duplicate=False):
         if isinstance(module, LoraLayer):
-            layer = module.get_base_layer()
-            weight = layer.weight.detach()
-            if not module.merged:  # a merged layer's base weight already holds the delta
-                weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
-            state[f"{name}.weight"] = weight
-            if layer.bias is not None:
-                state[f"{name}.bias"] = layer.bias.detach()
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name or ".base_layer." in name:
-            continue
-        state[name] = tensor
+            attr = getattr(module, "parameter_name", "weight")
+            key = (id(module), attr)
+            if key not in merged:
+                weight = getattr(module.get_base_layer(), attr).detach()
+                if not module.merged:  # a merged layer's base weight already holds the delta
+                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+                merged[key] = weight
+            state[f"{name.replace('.base_layer', '')}.{attr}"] = merged[key]
     return state
 
 
