@@ -22,9 +22,17 @@ import torch
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
 from unmask.rollouts.generate import generate, row_seeds
+from unmask.rollouts.sampler_config import split_settings
 from unmask.rollouts.trajectory import Trajectory
 
 ModelFactory = Callable[[], DiffusionLM]
+
+
+def _checked(job: dict[str, Any]) -> dict[str, Any]:
+    """A job whose sampler settings are a validated ``SamplerConfig``'s dict: a mistake is one line
+    in the driver, not an error from every actor."""
+    sampler, rest = split_settings(job)
+    return {**rest, **sampler.generate_kwargs()}
 
 
 def is_lora_tensor(name: str) -> bool:
@@ -180,6 +188,7 @@ class RolloutPool:
         return self._finish(self._start(jobs))
 
     def _start(self, jobs: list[dict[str, Any]]) -> PendingRollout:
+        jobs = [_checked(job) for job in jobs]
         return PendingRollout(jobs, dict(self._submit(i, job) for i, job in enumerate(jobs)), [None] * len(jobs), self.version)
 
     def _finish(self, pending: PendingRollout) -> list[Trajectory]:

@@ -35,7 +35,8 @@ Label = Callable[[str], str]
 
 #: the error type of this module's own sentences (they already name the setting)
 SAMPLER_ERROR = "sampler_setting"
-_CHOICES = {"remasking": REMASKING, "schedule": SCHEDULES, "cache": CACHE_MODES, "confidence": CONFIDENCE_NAMES}
+#: the named choices of the settings that take one (rollouts/options.py)
+CHOICES = {"remasking": REMASKING, "schedule": SCHEDULES, "cache": CACHE_MODES, "confidence": CONFIDENCE_NAMES}
 
 
 def cli_label(field: str) -> str:
@@ -113,7 +114,7 @@ class SamplerConfig(BaseModel):
         try:
             return handler(value)
         except ValidationError:
-            choices = ", ".join(_CHOICES[info.field_name])
+            choices = ", ".join(CHOICES[info.field_name])
             raise PydanticCustomError(SAMPLER_ERROR, f"unknown {cls._name(info, info.field_name)} {value!r}: choose from {choices}") from None
 
     @field_validator("gen_length", "steps", "block_length", "schedule_k")

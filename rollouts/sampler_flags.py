@@ -14,7 +14,7 @@ import typing
 from collections.abc import Collection
 from typing import Any
 
-from unmask.rollouts.sampler_config import SamplerConfig, cli_label
+from unmask.rollouts.sampler_config import CHOICES, SamplerConfig, cli_label
 
 #: the settings ``unmask eval`` takes as comma lists and sweeps (it adds those flags itself)
 GRID_SETTINGS = ("gen_length", "steps", "cache", "threshold")
@@ -25,11 +25,9 @@ def _argument(name: str) -> dict[str, Any]:
     help_text = (field.description or "").replace("%", "%%")
     if field.annotation is bool:
         return {"action": argparse.BooleanOptionalAction, "default": None, "help": help_text}
-    union = typing.get_origin(field.annotation) is not typing.Literal and typing.get_args(field.annotation)
-    kinds = union or (field.annotation,)
-    choices = next((typing.get_args(k) for k in kinds if typing.get_origin(k) is typing.Literal), None)
-    if choices:
-        return {"default": None, "metavar": "NAME", "help": f"{help_text} One of: {', '.join(choices)}."}
+    if name in CHOICES:
+        return {"default": None, "metavar": "NAME", "help": f"{help_text} One of: {', '.join(CHOICES[name])}."}
+    kinds = typing.get_args(field.annotation) or (field.annotation,)
     number = next((k for k in kinds if k in (int, float)), str)
     default = "" if field.is_required() or field.default is None else f" (default {field.default})"
     return {"type": number, "default": None, "help": help_text + default}

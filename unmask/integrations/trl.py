@@ -63,6 +63,17 @@ from unmask.rl.update import (
     frozen_passes,
     micro_batch_loss,
 )
+from unmask.rollouts.sampler_config import CHOICES, SamplerConfig
+
+
+def _sampler_field(name: str, default: Any = None) -> Any:
+    """A config field of the sampler setting ``name``: its default (unless given), help and choices are
+    ``SamplerConfig``'s, and ``recipe()`` checks it with SamplerConfig's rules."""
+    info = SamplerConfig.model_fields[name]
+    help_text = info.description or ""
+    if name in CHOICES:
+        help_text += f" One of: {', '.join(CHOICES[name])}."
+    return field(default=info.default if default is None else default, metadata={"help": help_text})
 
 
 @dataclass
@@ -76,18 +87,23 @@ class DiffusionGRPOConfig(GRPOConfig):
     do not apply: the loss is the chosen unmask objective's.
     """
 
-    steps: int = field(default=16, metadata={"help": "Denoising steps for the whole completion."})
+    # the sampler's settings (help and choices are SamplerConfig's; TRL's temperature and
+    # max_completion_length are its temperature and gen_length)
+    steps: int = _sampler_field("steps", 16)
     block_length: int | None = field(
         default=None, metadata={"help": "Semi-autoregressive block size; None = one block (max_completion_length)."}
     )
-    remasking: str = field(
-        default="low_confidence",
-        metadata={"help": "Which masked positions to commit: low_confidence, random, margin, entropy or rcr."},
-    )
-    threshold: float | None = field(
-        default=None, metadata={"help": "Confidence threshold for parallel decoding (Fast-dLLM); None = fixed steps."}
-    )
-    cache: str = field(default="none", metadata={"help": "KV cache during rollouts: none, prefix or dual."})
+    remasking: str = _sampler_field("remasking")
+    threshold: float | None = _sampler_field("threshold")
+    dynamic_threshold: float | None = _sampler_field("dynamic_threshold")
+    schedule: str = _sampler_field("schedule")
+    schedule_k: float = _sampler_field("schedule_k")
+    confidence: str | None = _sampler_field("confidence")
+    cfg_scale: float = _sampler_field("cfg_scale")
+    cache: str = _sampler_field("cache")
+    cache_refresh: int = _sampler_field("cache_refresh")
+    partial_head: bool = _sampler_field("partial_head")
+    early_exit: bool = _sampler_field("early_exit")
     algorithm: str = field(
         default="diffu_grpo",
         metadata={"help": f"unmask objective (a preset of parts): {', '.join(ALGORITHMS)}.", "choices": list(ALGORITHMS)},
@@ -125,12 +141,11 @@ class DiffusionGRPOConfig(GRPOConfig):
         if self.estimator is not None:
             algorithm["estimator"] = self.estimator
         algorithm.update(self.algorithm_kwargs or {})
-        rollout = {
-            "num_generations": self.num_generations, "max_completion_length": self.max_completion_length,
-            "steps": self.steps, "block_length": self.block_length or self.max_completion_length,
-            "temperature": self.temperature, "remasking": self.remasking, "threshold": self.threshold,
-            "cache": self.cache,
-        }
+        rollout = {name: getattr(self, name) for name in SamplerConfig.model_fields if hasattr(self, name)}
+        rollout.update(
+            num_generations=self.num_generations, max_completion_length=self.max_completion_length,
+            block_length=self.block_length or self.max_completion_length,
+        )
         return validate_recipe({"rollout": rollout, "algorithm": algorithm, "seed": self.seed}, "DiffusionGRPOConfig")
 
 
