@@ -222,10 +222,6 @@ class Trainer:
         )
         return cut.padded(max_over_processes(self.accelerator, len(cut.indices)))
 
-    def _micro_batches(self, batch: TrainBatch) -> list[TrainBatch]:
-        """Micro-batches on the training device (the buffered batch itself stays on the CPU)."""
-        return self._cut(batch).select(batch, self.accelerator.device)
-
     def _keys(self, micro: list[TrainBatch]) -> list[list[Any]]:
         """This process's estimator keys per inner iteration and micro-batch (``update.estimator_keys``)."""
         return estimator_keys(

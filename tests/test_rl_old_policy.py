@@ -94,9 +94,9 @@ def test_micro_batches_mix_prompts_and_follow_the_step_seed(tmp_path):
     # tag each item with its prompt through its advantage slot, then cut
     batch.advantages = torch.arange(len(batch), dtype=torch.float)
     prompt_of = (torch.arange(len(batch)) // (len(batch) // 4)).tolist()  # items are laid out prompt by prompt
-    cut = [mb.advantages.long().tolist() for mb in trainer._micro_batches(batch)]
+    cut = [mb.advantages.long().tolist() for mb in trainer._cut(batch).select(batch, "cpu")]
     assert sorted(i for mb in cut for i in mb) == list(range(len(batch)))  # a permutation, nothing lost
     assert any(len({prompt_of[i] for i in mb}) > 1 for mb in cut)
-    assert cut == [mb.advantages.long().tolist() for mb in trainer._micro_batches(batch)]  # same step, same order
+    assert cut == [mb.advantages.long().tolist() for mb in trainer._cut(batch).select(batch, "cpu")]  # same step, same order
     trainer.step = 1
-    assert cut != [mb.advantages.long().tolist() for mb in trainer._micro_batches(batch)]
+    assert cut != [mb.advantages.long().tolist() for mb in trainer._cut(batch).select(batch, "cpu")]
