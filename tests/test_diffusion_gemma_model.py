@@ -26,6 +26,7 @@ from unmask.models.loading import load_model, meta_model
 from unmask.models.lora import apply_lora, load_adapter
 
 PROMPT = torch.tensor([[2, 5, 9, 11, 40], [2, 7, 8, 30, 31]])
+CANVAS = PROMPT.repeat(1, 2)[:, :8]
 #: the spec's scoping pattern for peft on the HF model (keeps the vision tower out)
 HF_SCOPE = r"model\.(encoder\.language_model|decoder)\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -75,20 +76,19 @@ def test_real_config_on_meta_device_has_the_cards_parameter_counts() -> None:
 def test_decode_takes_soft_embeddings_and_equals_the_hf_forward() -> None:
     model = tiny_diffusion_gemma(0)
     gen = torch.Generator().manual_seed(0)
-    canvas = torch.randint(0, 128, (2, 8), generator=gen)
     sc_logits = torch.randn(2, 8, 128, generator=gen) * 3
     on = torch.tensor([False, True])
     cache, hidden = model.encode(PROMPT)
     keys = [layer.keys.clone() for layer in cache.layers]
-    ours = model.decode(canvas, cache, model.soft_embeddings(sc_logits), sc_mask=on)
+    ours = model.decode(CANVAS, cache, model.soft_embeddings(sc_logits), sc_mask=on)
     assert [torch.equal(a, layer.keys) for a, layer in zip(keys, cache.layers, strict=True)] == [True, True]
     assert cache.get_seq_length() == 5 and hidden.shape == (2, 5, 32)
-    reference = model.hf(input_ids=PROMPT, decoder_input_ids=canvas, self_conditioning_logits=sc_logits,
+    reference = model.hf(input_ids=PROMPT, decoder_input_ids=CANVAS, self_conditioning_logits=sc_logits,
                          self_conditioning_mask=on).logits  # fmt: skip
     assert ours.dtype == torch.float32 and ours.shape == (2, 8, 128)
     torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
-    plain = model.hf(input_ids=PROMPT, decoder_input_ids=canvas).logits
-    torch.testing.assert_close(model.decode(canvas, model.encode(PROMPT)[0]), plain, atol=1e-6, rtol=0)
+    plain = model.hf(input_ids=PROMPT, decoder_input_ids=CANVAS).logits
+    torch.testing.assert_close(model.decode(CANVAS, model.encode(PROMPT)[0]), plain, atol=1e-6, rtol=0)
     torch.testing.assert_close(ours[0], plain[0], atol=1e-6, rtol=0)  # SC masked off in row 0
     assert (ours[1] - plain[1]).abs().max() > 1e-3  # and used in row 1
 
@@ -105,6 +105,14 @@ def one_step(model: torch.nn.Module, encode, decode) -> None:
                 param -= 0.5 * param.grad
 
 
+def trained_policy() -> tuple[DiffusionGemma, torch.nn.Module]:
+    """A tiny model with LoRA after one step (every layer adapter non-zero)."""
+    model = tiny_diffusion_gemma(0)
+    policy = apply_lora(model, r=4, alpha=8)
+    one_step(policy, lambda p: model.encode(p)[0], model.decode)
+    return model, policy
+
+
 def effective(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     """Base weight + LoRA delta of every adapted module under ``prefix`` (names relative to it)."""
     out = {}
@@ -117,9 +125,7 @@ def effective(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def test_lora_keeps_encoder_and_decoder_tied_after_a_step() -> None:
-    model = tiny_diffusion_gemma(0)
-    policy = apply_lora(model, r=4, alpha=8)
-    one_step(policy, lambda p: model.encode(p)[0], model.decode)
+    model, policy = trained_policy()
     enc, dec = effective(model, ENCODER_LAYERS), effective(model, DECODER_LAYERS)
     # 2 layers × (q, k, o, gate, up, down) + v on the sliding layer + 2 expert tensors per layer
     assert len(dec) == 17 and enc.keys() == dec.keys()
@@ -177,49 +183,39 @@ def test_checkpoint_round_trip_by_model_type_and_family(tmp_path) -> None:
         assert isinstance(loaded, DiffusionGemma) and not loaded.training
         encoder = dict(loaded.model.encoder.language_model.named_parameters())
         assert all(p is loaded.model.decoder.get_parameter(name) for name, p in encoder.items())  # ties restored
-        canvas = PROMPT.repeat(1, 2)[:, :8]
-        torch.testing.assert_close(loaded.decode(canvas, loaded.encode(PROMPT)[0]),
-                                   model.decode(canvas, model.encode(PROMPT)[0]), atol=0, rtol=0)  # fmt: skip
+        torch.testing.assert_close(loaded.decode(CANVAS, loaded.encode(PROMPT)[0]),
+                                   model.decode(CANVAS, model.encode(PROMPT)[0]), atol=0, rtol=0)  # fmt: skip
     assert isinstance(meta_model(tmp_path), DiffusionGemma)
 
 
 def test_untied_adapters_merge_into_the_shared_weights() -> None:
-    model = tiny_diffusion_gemma(0)
-    policy = apply_lora(model, r=4, alpha=8)
-    one_step(policy, lambda p: model.encode(p)[0], model.decode)
-    canvas = PROMPT.repeat(1, 2)[:, :8]
+    model, policy = trained_policy()
     with torch.no_grad():
-        adapted = model.decode(canvas, model.encode(PROMPT)[0])
+        adapted = model.decode(CANVAS, model.encode(PROMPT)[0])
         model.untie_adapters()
         merged = policy.merge_and_unload()
         assert not any(isinstance(m, BaseTunerLayer) for m in merged.modules(remove_duplicate=False))
-        torch.testing.assert_close(merged.decode(canvas, merged.encode(PROMPT)[0]), adapted, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged.decode(CANVAS, merged.encode(PROMPT)[0]), adapted, atol=1e-5, rtol=0)
 
 
 def test_saved_adapter_loads_tied(tmp_path) -> None:
-    model = tiny_diffusion_gemma(0)
-    policy = apply_lora(model, r=4, alpha=8)
-    one_step(policy, lambda p: model.encode(p)[0], model.decode)
+    model, policy = trained_policy()
     policy.save_pretrained(tmp_path)
-    canvas = PROMPT.repeat(1, 2)[:, :8]
     fresh = tiny_diffusion_gemma(0)
     loaded = load_adapter(fresh, tmp_path)
     assert not any(p.requires_grad for p in loaded.parameters())
     with torch.no_grad():
-        torch.testing.assert_close(fresh.decode(canvas, fresh.encode(PROMPT)[0]),
-                                   model.decode(canvas, model.encode(PROMPT)[0]), atol=0, rtol=0)  # fmt: skip
+        torch.testing.assert_close(fresh.decode(CANVAS, fresh.encode(PROMPT)[0]),
+                                   model.decode(CANVAS, model.encode(PROMPT)[0]), atol=0, rtol=0)  # fmt: skip
     assert effective(fresh, ENCODER_LAYERS).keys() == effective(model, DECODER_LAYERS).keys()
 
 
 def test_export_merges_the_shared_adapters(tmp_path) -> None:
-    model = tiny_diffusion_gemma(0)
-    policy = apply_lora(model, r=4, alpha=8)
-    one_step(policy, lambda p: model.encode(p)[0], model.decode)
-    canvas = PROMPT.repeat(1, 2)[:, :8]
+    model, policy = trained_policy()
     with torch.no_grad():
-        adapted = model.decode(canvas, model.encode(PROMPT)[0])
+        adapted = model.decode(CANVAS, model.encode(PROMPT)[0])
     merge_and_save(policy, tmp_path)
     merged = load_model(tmp_path)
     with torch.no_grad():
-        torch.testing.assert_close(merged.decode(canvas, merged.encode(PROMPT)[0]), adapted, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged.decode(CANVAS, merged.encode(PROMPT)[0]), adapted, atol=1e-5, rtol=0)
     assert any(isinstance(m, BaseTunerLayer) for m in model.modules())  # the live policy is untouched
