@@ -35,16 +35,11 @@ SEARCH = 16
 
 
 def settings(args: argparse.Namespace, defaults: GenerationDefaults) -> dict[str, Any]:
-    """Sampler settings: the command line's, else the checkpoint's generation config, else fallbacks.
-
-    The checkpoint's steps and block belong to its own answer length, so they apply only
-    when that length is used (Dream declares 512 steps but no length); the fallback is one
-    token per step in a single block, and ``SamplerConfig``'s defaults (greedy, low-confidence).
+    """Sampler settings: the command line's, else the checkpoint's generation config, else fallbacks:
+    one token per step in a single block, and ``SamplerConfig``'s defaults (greedy, low-confidence).
     """
-    given, declared = given_settings(args), defaults.sampler_settings()
-    if "gen_length" in given or "gen_length" not in declared:
-        declared = {k: v for k, v in declared.items() if k not in ("steps", "block_length")}
-    chosen = {**declared, **given}
+    given = given_settings(args)
+    chosen = {**defaults.sampler_settings(own_length="gen_length" not in given), **given}
     gen_length = chosen.setdefault("gen_length", FALLBACK_LENGTH)
     chosen.setdefault("steps", gen_length)
     chosen["block_length"] = min(chosen.get("block_length", gen_length), gen_length)

@@ -121,17 +121,15 @@ def _progress(console: Console) -> Progress:
 
 
 def checkpoint_lengths(args: argparse.Namespace, family: str) -> tuple[list[int], list[int] | None, int | None]:
-    """Answer lengths, steps and block: the command line's, else the checkpoint's ``generation_config.json``.
-
-    The checkpoint's steps and block apply only to its own answer length (not to a ``--gen-length`` grid).
-    """
-    defaults = read_generation_defaults(args.model)
+    """Answer lengths, steps and block: the command line's, else the checkpoint's ``generation_config.json``
+    (whose steps and block apply only to its own answer length, not to a ``--gen-length`` grid)."""
     lengths = parse_int_list("--gen-length", args.gen_length)
     steps = parse_int_list("--steps", args.steps)
-    if lengths is not None or defaults.gen_length is None:
+    declared = read_generation_defaults(args.model).sampler_settings(own_length=lengths is None)
+    if lengths is not None or "gen_length" not in declared:
         return lengths or default_gen_lengths(family), steps, args.block_length
-    own = [defaults.steps] if defaults.steps is not None else None
-    return [defaults.gen_length], steps or own, args.block_length or defaults.block_length
+    own = [declared["steps"]] if "steps" in declared else None
+    return [declared["gen_length"]], steps or own, args.block_length or declared.get("block_length")
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -43,9 +43,15 @@ class GenerationDefaults(_Declared):
         declared = {k: v for k, v in data.items() if k in SamplerConfig.model_fields and v is not None}
         return {**data, **declared_settings(declared)}
 
-    def sampler_settings(self) -> dict[str, Any]:
-        """The declared sampler settings (``SamplerConfig`` keywords)."""
-        return {k: v for k in SamplerConfig.model_fields if (v := getattr(self, k)) is not None}
+    def sampler_settings(self, own_length: bool = True) -> dict[str, Any]:
+        """The declared sampler settings (``SamplerConfig`` keywords) that apply. Steps and block
+        belong to the declared answer length, so without ``own_length`` (another length is used,
+        or none is declared: Dream declares 512 steps but no length) they are left out."""
+        own_length = own_length and self.gen_length is not None
+        return {
+            k: v for k in SamplerConfig.model_fields
+            if (v := getattr(self, k)) is not None and (own_length or k not in ("steps", "block_length"))
+        }
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
