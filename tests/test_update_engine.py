@@ -84,10 +84,27 @@ def test_the_cut_leaves_the_gradient_unchanged(replayed):
             torch.testing.assert_close(cut[name], grad, rtol=1e-5, atol=1e-7, msg=f"size {size}: {name}")
 
 
-def test_trl_and_unmasks_trainer_give_one_loss_and_gradient(tmp_path: Path):
+class ToyCritic(nn.Module):
+    """One learned value for every token: ``A_j = R − V`` (TraceRL's with γ = λ = 1), loss ``½(V − R)²``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(0.3))
+        self.keys: list[object] = []
+
+    def advantages(self, batch: TrainBatch, key: object) -> torch.Tensor:
+        self.keys.append(key)
+        return (batch.advantages[:, None] - self.value).expand(len(batch), batch.traj.gen_length)
+
+    def loss(self, batch: TrainBatch, key: object) -> torch.Tensor:
+        return 0.5 * ((self.value - batch.advantages) ** 2).mean()
+
+
+@pytest.mark.parametrize("with_critic", [False, True], ids=["policy", "with_critic"])
+def test_trl_and_unmasks_trainer_give_one_loss_and_gradient(tmp_path: Path, with_critic: bool):
     """One prepared batch of 8 answers, micro-batches of 4, two accumulated into one optimizer step, the
-    same adapter: the TRL front end's scaled micro-batch losses sum to unmask's step loss, and its
-    gradients are the ones unmask's trainer steps with."""
+    same adapter (and a toy critic on both sides, or none): the TRL front end's scaled micro-batch losses
+    sum to unmask's step loss, and its gradients are the ones unmask's trainer steps with."""
     rows = countdown_rows(4)
     recipe = validate_recipe({
         "seed": 3, "output_dir": str(tmp_path / "unmask"), "model": {"name_or_path": MODEL},
@@ -100,7 +117,8 @@ def test_trl_and_unmasks_trainer_give_one_loss_and_gradient(tmp_path: Path):
                   "max_steps": 1},
         "logging": {"progress": False, "report_to": []}, "ray": {"address": None},
     }, "test")
-    native = Trainer(recipe, rows=rows)
+    critics = (ToyCritic(), ToyCritic()) if with_critic else (None, None)
+    native = Trainer(recipe, rows=rows, critic=critics[0])
     with torch.no_grad():  # a trained-looking adapter: policy and reference differ
         for name, param in native.unwrapped.named_parameters():
             if "lora_B" in name:
@@ -118,7 +136,8 @@ def test_trl_and_unmasks_trainer_give_one_loss_and_gradient(tmp_path: Path):
     args = config(tmp_path, seed=3, beta=0.04, epsilon=0.5, p_mask=0.3, scale_rewards="none", max_steps=1,
                   num_generations=4, per_device_train_batch_size=4, gradient_accumulation_steps=2)
     trl = DiffusionGRPOTrainer(load_model(MODEL), reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts),
-                               args=args, train_dataset=Dataset.from_list(rows), peft_config=LoraConfig(r=4, lora_alpha=8))
+                               args=args, train_dataset=Dataset.from_list(rows), peft_config=LoraConfig(r=4, lora_alpha=8),
+                               critic=critics[1])
     assert not trl.model.load_state_dict(state, strict=False).unexpected_keys
     trl._batch = batch
     trl._plan_update()
@@ -135,22 +154,9 @@ def test_trl_and_unmasks_trainer_give_one_loss_and_gradient(tmp_path: Path):
     assert stepped.keys() == grads.keys() and any(g.abs().sum() > 0 for g in grads.values())
     for name, grad in grads.items():
         torch.testing.assert_close(grad, stepped[name], rtol=1e-5, atol=1e-8, msg=name)
-
-
-class ToyCritic(nn.Module):
-    """One learned value for every token: ``A_j = R − V`` (TraceRL's with γ = λ = 1), loss ``½(V − R)²``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value = nn.Parameter(torch.tensor(0.3))
-        self.keys: list[object] = []
-
-    def advantages(self, batch: TrainBatch, key: object) -> torch.Tensor:
-        self.keys.append(key)
-        return (batch.advantages[:, None] - self.value).expand(len(batch), batch.traj.gen_length)
-
-    def loss(self, batch: TrainBatch, key: object) -> torch.Tensor:
-        return 0.5 * ((self.value - batch.advantages) ** 2).mean()
+    if with_critic:
+        assert len(critics[0].keys) == len(critics[1].keys) == 2
+        torch.testing.assert_close(critics[1].value.grad, critics[0].value.grad)
 
 
 def test_a_critic_gives_token_advantages_and_adds_its_value_loss(replayed):
