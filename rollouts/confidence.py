@@ -13,6 +13,7 @@ import torch
 
 from unmask.errors import UserError
 from unmask.kernels.sampling import StepSample
+from unmask.rollouts.options import DEFAULT_CONFIDENCE
 
 ConfidenceFn = Callable[[StepSample, torch.Tensor], torch.Tensor]
 
@@ -24,15 +25,6 @@ CONFIDENCES: dict[str, ConfidenceFn] = {
     "margin": lambda stats, rand: stats.margin,
     "entropy": lambda stats, rand: -stats.entropy,
     "random": lambda stats, rand: rand,
-}
-
-#: the confidence each remasking strategy uses unless ``confidence=`` overrides it
-DEFAULT_CONFIDENCE = {
-    "low_confidence": "probability",
-    "random": "random",
-    "margin": "margin",
-    "entropy": "entropy",
-    "rcr": "sampling_probability",
 }
 
 

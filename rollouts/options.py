@@ -15,3 +15,11 @@ REMASKING = ("low_confidence", "random", "margin", "entropy", "rcr")
 SCHEDULES = ("linear", "cosine", "pow_k", "log", "exp")
 #: confidence measures by name (``rollouts.confidence``); None picks the strategy's own
 CONFIDENCE_NAMES = ("probability", "sampling_probability", "margin", "entropy", "random")
+#: the confidence each remasking strategy uses unless ``confidence=`` overrides it
+DEFAULT_CONFIDENCE = {
+    "low_confidence": "probability",
+    "random": "random",
+    "margin": "margin",
+    "entropy": "entropy",
+    "rcr": "sampling_probability",
+}

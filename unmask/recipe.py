@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unmask.errors import RecipeError
-from unmask.rollouts.options import CACHE_MODES, CONFIDENCE_NAMES
+from unmask.rollouts.options import CACHE_MODES, CONFIDENCE_NAMES, DEFAULT_CONFIDENCE
 from unmask.rollouts.sampler_config import SAMPLER_ERROR, SamplerConfig
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -122,7 +122,7 @@ class RolloutConfig(Section, SamplerConfig):
     temperature: float = 0.7
     #: confidence function used by RCR unless ``confidence`` is given (rollouts/confidence.py); by default
     #: the probability of the sampled token under the sampling distribution softmax(logits / τ) (docs/sampling.md §3)
-    rcr_confidence: Literal[CONFIDENCE_NAMES] = "sampling_probability"
+    rcr_confidence: Literal[CONFIDENCE_NAMES] = DEFAULT_CONFIDENCE["rcr"]
     #: Ray actors roll out step k+1 with step k's adapter while the trainer updates on step k
     #: (one step off-policy; θ_old is the rollout policy, so the importance ratio corrects it)
     overlap: bool = False
@@ -138,7 +138,7 @@ class RolloutConfig(Section, SamplerConfig):
     def sampler(self) -> SamplerConfig:
         """The settings the rollouts are sampled with (``rcr_confidence`` resolved)."""
         settings = {name: getattr(self, name) for name in SamplerConfig.model_fields}
-        if self.remasking == "rcr" and self.confidence is None:
+        if self.remasking == "rcr" and self.confidence is None and self.rcr_confidence != DEFAULT_CONFIDENCE["rcr"]:
             settings["confidence"] = self.rcr_confidence
         return SamplerConfig.model_validate(settings)
 

@@ -68,7 +68,7 @@ def model_factory(config: ModelConfig, seed: int = 0) -> Callable[[], DiffusionL
 
 
 def eval_settings(recipe: Recipe) -> dict[str, EvalSettings]:
-    """Greedy decoding at each ``eval.steps_per_token`` tokens per step, plus the rollout sampler."""
+    """Greedy decoding at each ``eval.steps_per_token`` tokens per step, plus the rollout sampler (with ``eval.cache``)."""
     rollout = recipe.rollout
     length, cache = rollout.max_completion_length, recipe.eval.cache
     block = recipe.eval.block_length or rollout.block_length
@@ -84,7 +84,7 @@ def eval_settings(recipe: Recipe) -> dict[str, EvalSettings]:
         grid[f"greedy {per_step} tok/step"] = EvalSettings(
             length, length // per_step, block, recipe.eval.temperature, "low_confidence", cache
         )
-    grid[SAMPLED] = EvalSettings(length, rollout.steps, rollout.block_length, rollout.temperature, rollout.remasking, cache)
+    grid[SAMPLED] = EvalSettings(**{**rollout.generate_kwargs(), "cache": cache})
     return grid
 
 
