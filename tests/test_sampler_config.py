@@ -16,6 +16,7 @@ from unmask.assets import builtin_path
 from unmask.cli import build_parser, main
 from unmask.errors import RecipeError, UserError
 from unmask.evaluation.settings import settings_grid
+from unmask.evaluation.store import SAMPLES_FILE, read_samples
 from unmask.models import load_model
 from unmask.models.generation import GENERATION_CONFIG, read_generation_defaults
 from unmask.recipe import load_recipe
@@ -186,3 +187,15 @@ def test_eval_and_sample_flags_reach_the_settings():
     (setting,) = settings_grid([16], **given_settings(args, skip=GRID_SETTINGS))
     assert (setting.early_exit, setting.partial_head, setting.remasking) == (True, False, "margin")
     assert setting.label.endswith("-margin-t0-early_exit")
+
+
+def test_eval_early_exit_and_partial_head_reach_every_sample(tmp_path):
+    out = tmp_path / "eval"
+    flags = ["--gen-length", "32", "--steps", "32", "--block-length", "8", "--remasking", "margin"]
+    assert main(["eval", "--model", "builtin:tiny-countdown", "--limit", "2", *flags, "--early-exit",
+                 "--no-partial-head", "--out", str(out)]) == 0
+    records = read_samples(out / SAMPLES_FILE)
+    assert len(records) == 2
+    for record in records:
+        assert record["settings"]["early_exit"] is True and record["settings"]["partial_head"] is False
+        assert record["nfe"] < 32  # early exit ended these answers before their 32 steps
