@@ -175,7 +175,6 @@ def one_line(exc: ValidationError, label: Label) -> str:
     return f"{label(field)}: {err['msg']} (got {err.get('input')!r})"
 
 
-
 def split_settings(kwargs: dict[str, Any]) -> tuple[SamplerConfig, dict[str, Any]]:
     """``generate()`` keyword arguments as (the validated sampler settings, everything else: prompts, seeds, ...)."""
     fields = SamplerConfig.model_fields
