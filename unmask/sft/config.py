@@ -35,6 +35,9 @@ FAMILY_DEFAULTS: dict[str, tuple[str, str]] = {
     "llada": ("elbo", "sequence"),
     "dream": ("cart", "token"),
     "sdar": ("elbo", "token"),
+    # the published flat CE: no 1/t weight, mean over the step's supervised slots (unmask/sft/uniform_loss.py)
+    "diffusion_gemma": ("none", "token"),
+    "tiny-dgemma": ("none", "token"),
 }
 
 

@@ -21,20 +21,23 @@ count and resume leave them unchanged), or one generator for a whole batch (the
 stream ``unmask pretrain`` has always used). What a corrupted row looks like and
 how the model reads it is a ``Corruption``: by default the family's own diffusion
 process (``ProcessCorruption``), so a block-diffusion family trains on its
-two-stream input without a change here.
+two-stream input without a change here. A process whose published loss is not a
+masked CE brings its whole objective instead (an ``OwnLoss``): uniform noise
+(DiffusionGemma) trains with ``unmask.sft.uniform_loss``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from unmask.diffusion.process import DiffusionProcess
+from unmask.diffusion.uniform import UniformNoise
 from unmask.models.base import DiffusionLM
 
 Weighting = Literal["elbo", "cart", "none"]
@@ -134,8 +137,13 @@ class ProcessCorruption:
         return self.process.scoring_logits(model, noisy, clean, attention, plen, logits_at=columns)
 
 
-def family_corruption(model: DiffusionLM, full_logits: bool = False) -> ProcessCorruption:
-    """The corruption of ``model``'s own diffusion process."""
+def family_corruption(model: DiffusionLM, full_logits: bool = False) -> Corruption | OwnLoss:
+    """The SFT loss of ``model``'s own diffusion process: the masked CE of its corruption, or the
+    process's own objective (uniform noise: flat CE plus the encoder's next-token CE)."""
+    if isinstance(model.process, UniformNoise):
+        from unmask.sft.uniform_loss import UniformCanvasLoss
+
+        return UniformCanvasLoss()
     return ProcessCorruption(model.process, full_logits)
 
 
@@ -186,15 +194,37 @@ class LossTerms:
     noised: int
 
 
+@runtime_checkable
+class OwnLoss(Protocol):
+    """A process's whole SFT objective, when it is not the masked CE of a ``Corruption``."""
+
+    def terms(
+        self, model: nn.Module, batch: SFTBatch, rand: RowRandom, settings: LossSettings, t: torch.Tensor | None
+    ) -> LossTerms:
+        """Draw ``t`` (unless given, ``[B, 1]``) and the noise, run the model, return the step's terms."""
+        ...
+
+
+def row_sums(per_position: torch.Tensor, batch: SFTBatch, normalization: Normalization) -> torch.Tensor:
+    """Sum ``[B, L]`` per-position losses over the batch; ``sequence`` first divides each row by its supervised length."""
+    rows = per_position.sum(1)
+    if normalization == "sequence":
+        rows = rows / batch.supervised.sum(1).clamp(min=1)
+    return rows.sum()
+
+
 def loss_terms(
     model: nn.Module,
     batch: SFTBatch,
     rand: RowRandom,
     settings: LossSettings,
-    corruption: Corruption,
+    corruption: Corruption | OwnLoss,
     t: torch.Tensor | None = None,
 ) -> LossTerms:
-    """Draw ``t`` (unless given, ``[B, 1]``) and the noise, run the model, weight and sum the masked CE."""
+    """Draw ``t`` (unless given, ``[B, 1]``) and the noise, run the model, weight and sum the masked CE
+    (or the ``OwnLoss``'s objective)."""
+    if isinstance(corruption, OwnLoss):
+        return corruption.terms(model, batch, rand, settings, t)
     if t is None:
         t = sample_t(rand, settings.epsilon)
     t = t.to(batch.answer_ids.device)
@@ -210,14 +240,12 @@ def loss_terms(
         weighted = scored * cart_weights(batch, noised, settings.geo_p)
     else:
         weighted = scored
-    rows = weighted.sum(1)
-    if settings.normalization == "sequence":
-        rows = rows / batch.supervised.sum(1).clamp(min=1)
-    return LossTerms(rows.sum(), float(elbo.detach().sum()), float(scored.detach().sum()), int(noised.sum()))
+    total = row_sums(weighted, batch, settings.normalization)
+    return LossTerms(total, float(elbo.detach().sum()), float(scored.detach().sum()), int(noised.sum()))
 
 
 def sft_loss(
-    model: nn.Module, batch: SFTBatch, rand: RowRandom, settings: LossSettings, corruption: Corruption
+    model: nn.Module, batch: SFTBatch, rand: RowRandom, settings: LossSettings, corruption: Corruption | OwnLoss
 ) -> torch.Tensor:
     """The loss of one batch standing alone (numerator over its own denominator)."""
     terms = loss_terms(model, batch, rand, settings, corruption)

@@ -41,6 +41,7 @@ from unmask.sft.data import Example, collate, encode, records, to_pair
 from unmask.sft.loss import (
     Corruption,
     LossSettings,
+    OwnLoss,
     RowRandom,
     SFTBatch,
     denominator,
@@ -81,7 +82,7 @@ class SFTTrainer:
         weighting, normalization = loss_choice(recipe, base.family)
         s = recipe.sft
         self.settings = LossSettings(weighting, normalization, s.epsilon, s.geo_p)  # type: ignore[arg-type]
-        self.corruption: Corruption = family_corruption(base)
+        self.corruption: Corruption | OwnLoss = family_corruption(base)
         pairs = [to_pair(r, i, recipe) for i, r in enumerate(rows if rows is not None else records(recipe, self.fed))]
         encoded = encode(pairs, base, recipe, self.length)
         self.train_rows, self.val_rows = self._split(encoded.examples)
