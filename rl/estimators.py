@@ -10,7 +10,7 @@ same masks, which is what makes their ratios meaningful.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -38,6 +38,8 @@ class Scores:
     weight: torch.Tensor
     #: SPG's per-token upper-bound (EUBO) term ``(1/β) ln a_k`` where ``mask``, else 0; None elsewhere
     upper: torch.Tensor | None = None
+    #: the estimator's own diagnostics, logged with the micro-batch's loss metrics
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def sequence_elbo(scores: Scores) -> torch.Tensor:

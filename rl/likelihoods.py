@@ -5,7 +5,9 @@ Traits the parts' validation reads: ``record`` (needs the sampler's per-step rec
 trained step, or a chunk of replayed steps),
 ``elbo`` (``Σ weight·ℓ`` is a sequence ELBO), ``upper`` (carries SPG's EUBO term),
 ``pair`` (each answer token scored exactly once over two complementary passes),
-``needs`` (config fields it reads). Estimators themselves live in ``estimators`` and
+``needs`` (config fields it reads), ``uniform`` (scores uniform-noise rollouts, whose
+sampler decisions are the scored items: ``[B, steps·canvas]``, read with ``loss_mask: scored``;
+every other estimator corrupts a canvas with a mask token). Estimators themselves live in ``estimators`` and
 ``mc_estimators``; a new one is registered here.
 """
 
@@ -24,6 +26,7 @@ from unmask.rl.estimators import (
 )
 from unmask.rl.mc_estimators import BlockEstimator, ExactCountEstimator
 from unmask.rl.registry import Registry
+from unmask.rl.renoise_replay import RenoiseReplayEstimator
 from unmask.rl.tracerl import BlockReplayEstimator
 
 ESTIMATORS: Registry[Callable[[Any, DiffusionProcess, float], Estimator]] = Registry("likelihood estimator")
@@ -79,3 +82,15 @@ def _exact_count(config: Any, process: DiffusionProcess, temperature: float) -> 
 def _exact_count_pair(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
     """One exact-count draw and its complement: an item of GDSD's ``m`` separate draws."""
     return ExactCountEstimator(process, samples=1)
+
+
+@ESTIMATORS.register("renoise_replay", record=True, uniform=True)
+def _renoise_replay(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
+    """DiffusionGemma: every recorded transition rescored (``trajectory_steps`` of them per row, when set)."""
+    return RenoiseReplayEstimator(process, steps_per_row=getattr(config, "trajectory_steps", None))
+
+
+@ESTIMATORS.register("renoise_step", record=True, keyed_by="step", uniform=True)
+def _renoise_step(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
+    """DiffusionGemma for MDPO's (answer, step) items: the trained step's transition."""
+    return RenoiseReplayEstimator(process, per_step=True)

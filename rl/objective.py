@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from unmask.diffusion.process import DiffusionProcess
+from unmask.errors import UserError
 from unmask.rl.advantages import truncated
 from unmask.rl.estimators import Estimator, Key, Scores
 from unmask.rl.losses import KL_FORMS, masked_mean
@@ -149,6 +150,8 @@ def check_parts(config: Any) -> None:
          f"{chosen['batch']} batch builder's items carry {parts['batch'][chosen['batch']].item_key or 'no steps'}"),
         (trait("token_weight", "per_step") and not parts["batch"][chosen["batch"]].per_step, "token_weight",
          f"{chosen['token_weight']} weighs a trained step; it needs the steps batch builder"),
+        (trait("estimator", "uniform") and chosen["loss_mask"] != "scored", "loss_mask",
+         f"{chosen['estimator']} scores sampler decisions, not answer tokens; use scored"),
     ]
     for broken, kind, why in rules:
         if broken:
@@ -177,6 +180,12 @@ class Objective:
         self.token_weight = parts["token_weight"][config.token_weight]
         self.aggregate = parts["aggregation"][config.aggregation]
         self.group_filter = parts["group_filter"][config.group_filter]
+        if not process.mask_token and not parts["estimator"].trait(config.estimator, "uniform"):
+            raise UserError(
+                f"algorithm.estimator: {config.estimator} scores a canvas corrupted with a mask token, which the "
+                f"{process.name} process (DiffusionGemma) has none of; set algorithm.estimator: renoise_replay "
+                "(renoise_step with the steps batch builder) and algorithm.loss_mask: scored"
+            )
         self.estimator: Estimator = parts["estimator"][config.estimator](config, process, temperature)
         #: rollouts must keep the per-step record (docs/sampling.md §7)
         self.record_steps = bool(parts["estimator"].trait(config.estimator, "record"))

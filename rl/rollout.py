@@ -16,7 +16,7 @@ from unmask.diffusion.process import DiffusionProcess
 from unmask.recipe import RolloutConfig
 from unmask.rewards.runner import RewardBatch
 from unmask.rl.objective import RewardResult
-from unmask.rollouts.generate import generate
+from unmask.rollouts import samplers
 from unmask.rollouts.trajectory import Trajectory
 
 
@@ -43,7 +43,10 @@ def decode_answers(tokenizer: Any, answers: torch.Tensor, eos_ids: Sequence[int]
 
 
 def intermediate_answers(traj: Trajectory, process: DiffusionProcess) -> torch.Tensor:
-    """``[T, B, L]``: every step's canvas with its masked positions filled by that step's prediction."""
+    """``[T, B, L]``: every step's canvas with its masked positions filled by that step's prediction
+    (uniform-noise rollouts: the finished blocks and the step's argmax canvas)."""
+    if traj.renoise is not None:
+        return traj.renoise.intermediate_answers(traj.gen_length, int(traj.settings["pad_token_id"]))
     plen = traj.prompt_length
     return torch.stack([
         torch.where(traj.step_masked[t], traj.step_pred[t], traj.canvas(t, process)[:, plen:])
@@ -139,13 +142,14 @@ class Rollouts:
 
 
 def local_sampler(model: torch.nn.Module) -> Callable[..., Trajectory]:
-    """Sample in this process with the training model itself (the default on one CPU)."""
+    """Sample in this process with the training model itself (the default on one CPU), with the
+    sampler its diffusion process names."""
 
     def sample(prompt_ids: torch.Tensor, **kwargs: Any) -> Trajectory:
         was_training = model.training
         model.eval()
         try:
-            return generate(model, prompt_ids, **kwargs)
+            return samplers.sample(model, prompt_ids, **kwargs)
         finally:
             model.train(was_training)
 

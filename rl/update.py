@@ -140,14 +140,15 @@ def micro_batch_loss(
     """
     scores = objective.estimator.token_logprobs(model, batch.traj, key)
     if critic is None:
-        return objective.loss(batch, scores, old, ref)
+        loss, metrics = objective.loss(batch, scores, old, ref)
+        return loss, {**scores.metrics, **metrics}
     if objective.level != "token":
         raise ValueError(f"a critic's token advantages need a token-level policy loss; {objective.config.policy_loss} "
                          "gives one term per item")
     advantages = critic.advantages(batch, key).detach()
     loss, metrics = objective.loss(replace(batch, advantages=advantages), scores, old, ref)
     value_loss = critic.loss(batch, key)
-    return loss + value_loss, {**metrics, "value_loss": float(value_loss.detach())}
+    return loss + value_loss, {**scores.metrics, **metrics, "value_loss": float(value_loss.detach())}
 
 
 class FrozenScorer:

@@ -21,8 +21,9 @@ import torch
 
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
-from unmask.rollouts.generate import generate, row_seeds
+from unmask.rollouts.generate import row_seeds
 from unmask.rollouts.sampler_config import split_settings
+from unmask.rollouts.samplers import sample
 from unmask.rollouts.trajectory import Trajectory
 
 ModelFactory = Callable[[], DiffusionLM]
@@ -66,7 +67,7 @@ class _Replica:
 
     def generate(self, kwargs: dict[str, Any]) -> Trajectory:
         moved = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-        return generate(self.model, **moved)
+        return sample(self.model, **moved)
 
     def load_adapter(self, state_dict: dict[str, torch.Tensor], version: int | None = None) -> None:
         load_adapter(self.model, state_dict)

@@ -9,11 +9,14 @@ step ``t`` is not stored but rebuilt from the masks and predictions
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unmask.diffusion.process import DiffusionProcess
+
+if TYPE_CHECKING:
+    from unmask.rollouts.uniform_sampler import UniformTrajectory
 
 #: fields with one entry per batch row, and per-step records ``[T, B, ...]``
 PER_ROW = ("tokens", "attention_mask", "answer_mask", "commit_step", "hint_mask", "nfe", "flops")
@@ -51,6 +54,9 @@ class Trajectory:
     step_logprob: torch.Tensor | None = None
     #: ``[T, B]`` bool: the row's forward at step t attended to cached keys/values (approximate)
     step_cached: torch.Tensor | None = None
+    #: uniform-noise rollouts (DiffusionGemma): the renoise sampler's own record, which the
+    #: renoise replay rescores (docs/diffusion-gemma.md); the masked per-step fields are then None
+    renoise: UniformTrajectory | None = None
 
     @property
     def batch_size(self) -> int:
@@ -104,7 +110,8 @@ class Trajectory:
             name: None if getattr(self, name) is None else getattr(self, name)[:, rows]
             for name in PER_STEP
         }
-        return replace(self, **per_row, **per_step)
+        renoise = None if self.renoise is None else self.renoise.select(rows)
+        return replace(self, **per_row, **per_step, renoise=renoise)
 
     @classmethod
     def cat(cls, parts: list[Trajectory]) -> Trajectory:
@@ -134,7 +141,8 @@ class Trajectory:
                 padded.append(torch.cat([value, extra]))
             per_step[name] = torch.cat(padded, dim=1)
         seeds = [seed for part in parts for seed in part.settings.get("seed", [])]
-        return replace(first, **per_row, **per_step, settings={**first.settings, "seed": seeds})
+        renoise = None if first.renoise is None else type(first.renoise).cat([part.renoise for part in parts])
+        return replace(first, **per_row, **per_step, renoise=renoise, settings={**first.settings, "seed": seeds})
 
     def to(self, device: torch.device | str) -> Trajectory:
         moved = {
@@ -142,4 +150,5 @@ class Trajectory:
             for name, value in vars(self).items()
             if isinstance(value, torch.Tensor)
         }
-        return replace(self, **moved)
+        renoise = None if self.renoise is None else self.renoise.to(device)
+        return replace(self, **moved, renoise=renoise)

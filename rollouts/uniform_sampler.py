@@ -17,7 +17,7 @@ with one ``torch.Generator`` per row, a row's tokens do not depend on the rest o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.distributions import Categorical
@@ -60,7 +60,8 @@ class UniformTrajectory:
     soft embeddings (zeros at a block's first step), ``step_accept[t]`` the accepted set
     A_n, ``step_sample[t]`` the draw s_n; x_{n-1} = where(A_n, s_n, uniform). ``step_active
     [t, b]``: row b was still denoising (not frozen by the stop rule, not finished at EOS).
-    ``step_logprob[t]`` = log softmax(z_n) at s_n. ``stop_step[k, b]``: the step n* whose
+    ``step_logprob[t]`` = log softmax(z_n) at s_n. ``step_argmax[t]`` the argmax canvas y_n
+    (frozen rows keep theirs: MDPO grades it). ``stop_step[k, b]``: the step n* whose
     argmax became block k (the last n run when the rule never fired).
     """
 
@@ -76,7 +77,41 @@ class UniformTrajectory:
     step_block: torch.Tensor
     step_active: torch.Tensor
     stop_step: torch.Tensor
+    step_argmax: torch.Tensor
 
+    def select(self, rows: torch.Tensor) -> UniformTrajectory:
+        """Only the given batch rows (``[T]`` step fields are shared by all rows)."""
+        per_step = {name: getattr(self, name)[:, rows] for name in PER_STEP_ROW}
+        return replace(self, sequences=self.sequences[rows], stop_step=self.stop_step[:, rows], **per_step)
+
+    def to(self, device: torch.device | str) -> UniformTrajectory:
+        return replace(self, **{k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
+
+    def intermediate_answers(self, answer_length: int, pad_token_id: int) -> torch.Tensor:
+        """``[T, B, answer_length]``: at step t of block k, the blocks before k, then y_n, then padding (MDPO's grading)."""
+        length = self.step_argmax.shape[-1]
+        answers = self.sequences.new_full((len(self.step_n), self.sequences.shape[0], answer_length), pad_token_id)
+        done = self.sequences[:, self.prompt_length :]
+        for t, block in enumerate(self.step_block.tolist()):
+            answers[t, :, : block * length] = done[:, : block * length]
+            answers[t, :, block * length : (block + 1) * length] = self.step_argmax[t]
+        return answers
+
+    @classmethod
+    def cat(cls, parts: list[UniformTrajectory]) -> UniformTrajectory:
+        """Rows of rollouts that ran the same steps (per-step fields are shared by all rows)."""
+        first = parts[0]
+        if any(not torch.equal(part.step_n, first.step_n) or not torch.equal(part.step_block, first.step_block)
+               for part in parts):  # fmt: skip
+            raise UserError("uniform-noise rollouts that stopped at different steps cannot be joined; "
+                            "sample them in one batch (ray.address: null)")
+        per_step = {name: torch.cat([getattr(part, name) for part in parts], 1) for name in PER_STEP_ROW}
+        return replace(first, sequences=torch.cat([part.sequences for part in parts]),
+                       stop_step=torch.cat([part.stop_step for part in parts], 1), **per_step)  # fmt: skip
+
+
+#: the recorded ``[T, B, ...]`` fields (``step_temperature``, ``step_n``, ``step_block`` are ``[T]``)
+PER_STEP_ROW = ("step_canvas", "step_sample", "step_accept", "step_logprob", "step_sc", "step_active", "step_argmax")
 
 @dataclass
 class _Recorder:
@@ -154,6 +189,7 @@ def generate_uniform(
                 keep = frozen[:, None]
                 canvas = torch.where(keep, canvas, torch.where(accept, sample, noise))
                 argmax = torch.where(keep, argmax, new_z.argmax(-1))
+                rec.add(step_argmax=argmax)
                 z = new_z if z is None else torch.where(keep[..., None], z, new_z)
                 stable = (history == argmax[None]).all(-1).all(0)
                 if settings.stability_threshold:
@@ -185,5 +221,5 @@ def generate_uniform(
         sequences=sequences, prompt_length=p, step_canvas=get("step_canvas"), step_sample=get("step_sample"),
         step_accept=get("step_accept"), step_logprob=get("step_logprob"), step_sc=get("step_sc"),
         step_temperature=get("step_temperature"), step_n=get("step_n"), step_block=get("step_block"),
-        step_active=get("step_active"), stop_step=torch.stack(stops),
+        step_active=get("step_active"), stop_step=torch.stack(stops), step_argmax=get("step_argmax"),
     )  # fmt: skip

@@ -11,7 +11,7 @@ interface and a new process is one short file.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 
@@ -37,6 +37,11 @@ class DiffusionProcess(ABC):
     attention: Attention
     block_size: int | None = None
     two_stream: bool = False
+    #: the sampler family that decodes this process (``rollouts/samplers.py``)
+    sampler: ClassVar[str] = "masked"
+    #: noise is a token the model reads (absorbing); False for uniform noise, where the
+    #: estimators that corrupt a canvas with it are refused (``rl/objective.py``)
+    mask_token: ClassVar[bool] = True
 
     @abstractmethod
     def noised(self, tokens: torch.Tensor) -> torch.Tensor:

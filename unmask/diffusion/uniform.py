@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -47,6 +48,8 @@ class UniformNoise(DiffusionProcess):
     block_size: int
     attention: Attention = "block_causal"
     name: str = "uniform_noise"
+    sampler: ClassVar[str] = "uniform"
+    mask_token: ClassVar[bool] = False
 
     def noised(self, tokens: torch.Tensor) -> torch.Tensor:
         raise UserError(NO_MASK.format(what="reading which positions hold noise from the tokens"))

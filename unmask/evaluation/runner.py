@@ -22,7 +22,7 @@ from unmask.evaluation.settings import EvalSettings
 from unmask.evaluation.store import SampleLog, sample_key
 from unmask.models.base import DiffusionLM
 from unmask.rewards.grading import Grader
-from unmask.rollouts.generate import generate
+from unmask.rollouts.samplers import sample
 from unmask.rollouts.trajectory import Trajectory
 
 GenerateFn = Callable[..., Trajectory]
@@ -92,7 +92,7 @@ def evaluate(
     chat_template: bool = True,
     log: SampleLog | None = None,
     progress: Progress | None = None,
-    generate_fn: GenerateFn = generate,
+    generate_fn: GenerateFn = sample,
     grader: Grader | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``rows`` (each with a ``prompt``) of benchmark ``task``.
@@ -100,7 +100,7 @@ def evaluate(
     With a ``log``, (problem, sample, setting) keys already in it are skipped and
     new records are appended after every batch, which is what makes an interrupted
     run resumable. ``chat_template=False`` feeds the raw prompts (recipes with
-    ``data.chat_template: false``). ``generate_fn`` defaults to the in-process sampler; a rollout
+    ``data.chat_template: false``). ``generate_fn`` defaults to the in-process sampler the model's process names; a rollout
     pool's ``generate`` with the same signature spreads batches over workers.
     ``grader`` judges the answers (default: a ``Grader`` for this call, whose MATH
     verdicts run under a per-item deadline; a timeout counts as wrong and the record

@@ -1,0 +1,160 @@
+"""The renoise replay: the exact per-step likelihood of a uniform-noise (DiffusionGemma) rollout.
+
+The sampler's step n of block k is a transition from the state (context c_k, canvas x_n,
+SC input h_n) to x_{n-1}: each accepted slot i ∈ A_n draws x_{n-1}^i ~ softmax(z_n)^i with
+z_n = f_θ(state) / T_n, every other slot a uniform id (θ-free). So
+
+    log p_θ(x_{n-1} | state) = Σ_{i ∈ A_n} log softmax(z_n)^i[x_{n-1}^i] + const,
+
+and a decision is one accepted (step, slot). The replay rescores the recorded canvases,
+accepted sets and SC embeddings: per block one encoder pass over the committed context
+(with gradient: the encoder shares θ) and one decoder call over the block's recorded steps
+against that cache, repeated per step. At θ = θ_old it reproduces the rollout's log-probs.
+The transition at the stop step n* and the steps of rows that had already ended cannot
+change the answer and are not scored (docs/diffusion-gemma.md).
+
+Approximations (stated in the docs): the SC input, the accepted sets and the stop step are
+θ_old's. ``accept_changed`` logs the share of scored (step, slot) pairs whose entropy-bound
+set under θ differs from the recorded one: the part of the chain the replay holds fixed.
+
+``Scores`` are decision-major: ``[B, T·L]`` over the rollout's T recorded steps (flat over
+blocks) and the canvas' L slots, so objectives read their loss mask from ``scores.mask``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributions import Categorical
+
+from unmask.diffusion.process import DiffusionProcess
+from unmask.errors import UserError
+from unmask.rl.estimators import Estimator, Key, Scores, _generator
+from unmask.rollouts.trajectory import Trajectory
+from unmask.rollouts.uniform_sampler import UniformTrajectory, entropy_bound_accept
+
+
+def scorable_steps(run: UniformTrajectory) -> torch.Tensor:
+    """``[T, B]``: the row was live at the step and the step came before its block's stop step."""
+    return run.step_active & (run.step_n[:, None] > run.stop_step[run.step_block])
+
+
+class RenoiseReplayEstimator(Estimator):
+    """Renoise replay of every scorable step, or of ``steps_per_row`` of them drawn from the key.
+
+    With ``steps_per_row = m`` a row's decisions get weight ``T_b / m`` (``T_b`` its scorable
+    steps), which keeps the sum over decisions unbiased. ``per_step=True`` takes the key as a
+    ``[B]`` tensor of trained steps instead (MDPO's (answer, step) items).
+    """
+
+    varies_per_iteration = False
+
+    def __init__(self, process: DiffusionProcess, steps_per_row: int | None = None, per_step: bool = False) -> None:
+        if process.mask_token:
+            raise UserError(
+                f"the renoise replay rescores uniform-noise rollouts (DiffusionGemma); the {process.name} process "
+                "has a mask token: use one_step, trajectory, step or block_replay"
+            )
+        super().__init__(process, 1.0)
+        self.steps_per_row = None if per_step else steps_per_row
+        self.per_step = per_step
+        self.varies_per_iteration = self.steps_per_row is not None
+
+    def key_for(self, traj: Trajectory, seed: int) -> Key:
+        if self.per_step:
+            raise TypeError("per-step renoise replay keys are the trained steps; the objective provides them")
+        return seed
+
+    def passes_for(self, traj: Trajectory) -> int:
+        """Two model calls (encoder, decoder) per block."""
+        return 2 * int(_record(traj).stop_step.shape[0])
+
+    def chosen_steps(self, run: UniformTrajectory, key: Key) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[T, B]`` steps to score and ``[B]`` each row's weight."""
+        scorable = scorable_steps(run)
+        weight = torch.ones(scorable.shape[1], device=scorable.device)
+        if self.per_step:
+            steps = torch.as_tensor(key, dtype=torch.long, device=scorable.device)
+            picked = torch.arange(scorable.shape[0], device=scorable.device)[:, None] == steps[None]
+            return scorable & picked, weight
+        if self.steps_per_row is None:
+            return scorable, weight
+        draw = torch.rand(scorable.shape, generator=_generator(int(key))).to(scorable.device)
+        rank = draw.masked_fill(~scorable, 2.0).argsort(0).argsort(0)
+        count = scorable.sum(0).float()
+        return scorable & (rank < self.steps_per_row), (count / self.steps_per_row).clamp(min=1.0)
+
+    def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
+        run = _record(traj)
+        chosen, row_weight = self.chosen_steps(run, key)
+        steps, batch, length = run.step_canvas.shape
+        logprobs = torch.zeros(steps, batch, length, device=chosen.device)
+        entropy = torch.zeros_like(logprobs)
+        changed = slots = 0
+        for block in range(int(run.stop_step.shape[0])):
+            at = ((run.step_block == block) & chosen.any(1)).nonzero()[:, 0]
+            if not len(at):
+                continue
+            rows = chosen[at].any(0).nonzero()[:, 0]
+            lp, ent = replay_block(model, traj, run, block, at, rows)  # [n, R, L]
+            logprobs = logprobs.index_put((at[:, None], rows[None]), lp)
+            entropy[at[:, None], rows[None]] = ent.detach()
+            picked = chosen[at][:, rows]
+            bound = float(traj.settings["entropy_bound"])
+            moved = entropy_bound_accept(ent.detach(), bound) != run.step_accept[at][:, rows]
+            changed += int(moved[picked].sum())
+            slots += int(picked.sum()) * length
+        mask = chosen[..., None] & run.step_accept
+        weight = row_weight[None, :, None].expand_as(logprobs)
+
+        def flat(values: torch.Tensor) -> torch.Tensor:  # [T, B, L] → decision-major [B, T·L]
+            return values.transpose(0, 1).reshape(batch, steps * length)
+
+        return Scores(
+            flat(logprobs.masked_fill(~mask, 0.0)), flat(entropy.masked_fill(~mask, 0.0)), flat(mask), flat(weight),
+            metrics={"accept_changed": changed / max(slots, 1)},
+        )
+
+
+def replay_block(
+    model: nn.Module, traj: Trajectory, run: UniformTrajectory, block: int, at: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the recorded draws and entropies, ``[len(at), len(rows), L]``, at steps ``at`` of ``block``.
+
+    One encoder pass over the rows' context (prompt ⊕ earlier blocks, as the sampler cached
+    it), its cache repeated row-major for the steps, one decoder call on the recorded canvases
+    with the recorded SC embeddings, logits divided by each step's temperature.
+    """
+    length = run.step_canvas.shape[-1]
+    end = run.prompt_length + block * length
+    context = run.sequences[rows, :end]
+    mask = traj.attention_mask[rows, :end].bool()
+    padded = None if mask.all() else mask
+    cache, _ = model.encode(context, None, padded, torch.arange(end, device=context.device)[None])
+    n = len(at)
+    cache.batch_repeat_interleave(n)
+
+    def row_major(recorded: torch.Tensor) -> torch.Tensor:  # [T, B, ...] → [R·n, ...], a row's steps adjacent
+        picked = recorded[at][:, rows].transpose(0, 1)
+        return picked.reshape(-1, *picked.shape[2:])
+
+    decoder_mask = None if padded is None else nn.functional.pad(padded, (0, length), value=True)
+    decoder_mask = None if decoder_mask is None else decoder_mask.repeat_interleave(n, 0)
+    positions = torch.arange(end, end + length, device=context.device)[None]
+    logits = model.decode(row_major(run.step_canvas), cache, row_major(run.step_sc), attention_mask=decoder_mask,
+                          position_ids=positions)  # fmt: skip
+    z = logits / run.step_temperature[at].repeat(len(rows))[:, None, None].to(logits.device)
+    logp = z.log_softmax(-1)
+    drawn = logp.gather(-1, row_major(run.step_sample)[..., None])[..., 0]
+    entropy = Categorical(logits=z.detach()).entropy()
+
+    def step_major(values: torch.Tensor) -> torch.Tensor:
+        return values.view(len(rows), n, length).transpose(0, 1)
+
+    return step_major(drawn), step_major(entropy)
+
+
+def _record(traj: Trajectory) -> UniformTrajectory:
+    if traj.renoise is None:
+        raise ValueError("the renoise replay needs uniform-noise rollouts sampled with record=True (DiffusionGemma)")
+    return traj.renoise
