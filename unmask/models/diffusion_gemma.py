@@ -13,6 +13,7 @@ which a replay cannot store), and LoRA that keeps encoder and decoder tied.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from transformers import (
     DiffusionGemmaTextConfig,
     DynamicCache,
     Gemma4VisionConfig,
+)
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    DiffusionGemmaGenerationConfig,
 )
 
 from unmask.diffusion.uniform import NO_MASK, UniformNoise
@@ -108,8 +112,16 @@ class DiffusionGemma(DiffusionLM):
     # -- checkpoint directory ----------------------------------------------------
     def load_checkpoint(self, path: Path, dtype: torch.dtype, device: torch.device | str) -> None:
         """Load a checkpoint through transformers, which restores the encoder/decoder ties
-        (a checkpoint stores each tied tensor once) and the non-persistent buffers."""
-        self._adopt(DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype, device_map=device))
+        (a checkpoint stores each tied tensor once) and the non-persistent buffers.
+
+        A ``generation_config.json`` with keys transformers' DiffusionGemma config does not know
+        (unmask's sampler defaults, written by ``unmask sft``) is left to unmask: ``self.hf``
+        then keeps transformers' default generation config."""
+        options: dict[str, Any] = {}
+        file = Path(path) / "generation_config.json"
+        if file.is_file() and set(json.loads(file.read_text())) - set(DiffusionGemmaGenerationConfig().to_dict()):
+            options["generation_config"] = DiffusionGemmaGenerationConfig()
+        self._adopt(DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype, device_map=device, **options))
 
     def save_pretrained(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """transformers' checkpoint layout (config.json with model_type ``diffusion_gemma``), plus the tokenizer."""

@@ -12,20 +12,22 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from unmask.models.native import CheckpointError, NativeLM
+from unmask.models.base import DiffusionLM
+from unmask.models.native import CheckpointError
 from unmask.models.tiny import TinyLM, fresh_model, user_config
 from unmask.models.tiny_block import TinyBlockLM
+from unmask.models.tiny_dgemma import TinyDiffusionGemma
 
 PREFIX = "new:"
 #: family name after ``new:`` → its model class
-BUILDABLE: dict[str, type[NativeLM]] = {cls.family: cls for cls in (TinyLM, TinyBlockLM)}
+BUILDABLE: dict[str, type[DiffusionLM]] = {cls.family: cls for cls in (TinyLM, TinyBlockLM, TinyDiffusionGemma)}
 
 
 def is_new(name_or_path: str) -> bool:
     return str(name_or_path).startswith(PREFIX)
 
 
-def buildable_class(name_or_path: str) -> type[NativeLM]:
+def buildable_class(name_or_path: str) -> type[DiffusionLM]:
     """The class ``new:FAMILY`` names (one clear line when it names none)."""
     family = str(name_or_path).removeprefix(PREFIX)
     if family not in BUILDABLE:
@@ -40,6 +42,6 @@ def check_new(name_or_path: str, config: dict[str, Any] | None) -> None:
     user_config(cls.config_class, config)
 
 
-def new_model_factory(name_or_path: str, config: dict[str, Any] | None, seed: int) -> Callable[[], NativeLM]:
+def new_model_factory(name_or_path: str, config: dict[str, Any] | None, seed: int) -> Callable[[], DiffusionLM]:
     """A picklable builder of the fresh model (weights from ``seed``)."""
     return functools.partial(fresh_model, buildable_class(name_or_path), dict(config or {}), seed)
