@@ -128,7 +128,7 @@ def generate(
         else StepForward(model, prompt_ids, full_mask, gen_length, cache=cache, cfg_scale=cfg_scale, partial_head=partial_head, refresh=cache_refresh)
     )
     block_steps = max(1, steps // (gen_length // block_length))
-    rule = _rule(config, conf_fn, block_steps, model, device)
+    rule = _rule(config, block_steps, model, device)
     # greedy low-confidence without a record reads only the token and its probability
     lean = partial_head and temperature == 0 and conf_fn is CONFIDENCES["probability"] and not record
     predictor = Predictor(forward, process, conf_fn, temperature, lean=lean)
@@ -191,11 +191,10 @@ def generate(
     )
 
 
-def _rule(config: SamplerConfig, conf_fn: ConfidenceFn, block_steps: int, model: DiffusionLM,
-          device: torch.device) -> DecodingRule:
+def _rule(config: SamplerConfig, block_steps: int, model: DiffusionLM, device: torch.device) -> DecodingRule:
     """The decoding rule the settings select, wrapped for early exit when asked."""
     rule = rule_for(RuleSettings(
-        process=model.process, remasking=config.remasking, confidence=conf_fn, threshold=config.threshold,
+        process=model.process, remasking=config.remasking, threshold=config.threshold,
         dynamic_threshold=config.dynamic_threshold, schedule=config.schedule, schedule_k=config.schedule_k,
         block_length=config.block_length, block_steps=block_steps,
     ))

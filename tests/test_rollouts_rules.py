@@ -14,7 +14,6 @@ from reference_sampler import random_tiny
 import unmask.rollouts.draws as draws_module
 import unmask.rollouts.rules.registry as registry
 from unmask.diffusion.uniform import UniformNoise
-from unmask.rollouts.confidence import resolve_confidence
 from unmask.rollouts.draws import RowDraws
 from unmask.rollouts.generate import _plan, generate
 from unmask.rollouts.rules.base import BlockStart, RuleSettings
@@ -31,7 +30,7 @@ def model():
 def settings(process, **overrides) -> RuleSettings:
     values = {"remasking": "low_confidence", "threshold": None, "dynamic_threshold": None, "schedule": "linear",
               "schedule_k": 2.0, "block_length": BLOCK, "block_steps": STEPS * BLOCK // GEN, **overrides}
-    return RuleSettings(process=process, confidence=resolve_confidence(values["remasking"], None), **values)
+    return RuleSettings(process=process, **values)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ import torch
 
 from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.diffusion.process import DiffusionProcess
-from unmask.rollouts.confidence import ConfidenceFn
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,6 @@ class RuleSettings:
 
     process: DiffusionProcess
     remasking: str
-    confidence: ConfidenceFn
     threshold: float | None
     dynamic_threshold: float | None
     schedule: str
