@@ -2,10 +2,12 @@
 
 The uniform-noise sampler (``uniform_sampler.generate_uniform``) has its own settings
 (temperature schedule, entropy bound, adaptive stop); of ``generate``'s keywords it reads
-``gen_length`` (``max_new_tokens``, a multiple of the canvas), ``steps`` (denoising steps
-per canvas), ``seed`` (one generator per row, so a row's tokens do not depend on its batch)
-and ``record``. The absorbing sampler's decoding rules (remasking, threshold, schedule,
-cache, CFG, temperature) have no meaning here and are not read (docs/diffusion-gemma.md).
+``gen_length`` (``max_new_tokens``), ``block_length`` (must be the canvas length), ``steps``
+(the total over all canvases, as ``generate`` counts them, so ``steps / blocks`` denoising
+steps per canvas), ``seed`` (one generator per row, so a row's tokens do not depend on its
+batch) and ``record``. The absorbing sampler's decoding rules (remasking, threshold,
+schedule, cache, CFG, temperature) have no meaning here and are not read
+(docs/diffusion-gemma.md).
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from unmask.rollouts.trajectory import Trajectory
 from unmask.rollouts.uniform_sampler import UniformSettings, UniformTrajectory, generate_uniform
 
 
-def rollout_settings(model: DiffusionGemma, gen_length: int, steps: int) -> UniformSettings:
-    """The family's sampler defaults with the rollout's length and steps, EOS padding on."""
+def rollout_settings(model: DiffusionGemma, gen_length: int, steps: int, block_length: int | None) -> UniformSettings:
+    """The family's sampler defaults with the rollout's length and steps per canvas, EOS padding on."""
     length = model.config.canvas_length
-    if gen_length % length:
-        raise UserError(f"gen_length ({gen_length}) must be a multiple of DiffusionGemma's canvas_length ({length})")
-    return UniformSettings(
-        max_new_tokens=gen_length, steps=steps, eos_token_id=model.eos_token_ids[0], pad_token_id=model.pad_token_id
-    )
+    if gen_length % length or block_length not in (None, length):
+        raise UserError(f"gen_length ({gen_length}) must be a multiple of DiffusionGemma's canvas_length ({length}), "
+                        f"and block_length equal to it (got {block_length})")  # fmt: skip
+    blocks = gen_length // length
+    if steps % blocks:
+        raise UserError(f"steps ({steps}) must be a multiple of the {blocks} canvases of {gen_length} tokens")
+    return UniformSettings(max_new_tokens=gen_length, steps=steps // blocks, eos_token_id=model.eos_token_ids[0],
+                           pad_token_id=model.pad_token_id)  # fmt: skip
 
 
 def generate_renoise(
@@ -39,6 +44,7 @@ def generate_renoise(
     *,
     gen_length: int,
     steps: int,
+    block_length: int | None = None,
     attention_mask: torch.Tensor | None = None,
     seed: Seed = None,
     record: bool = False,
@@ -48,7 +54,7 @@ def generate_renoise(
     """``generate`` for a uniform-noise family: one ``torch.Generator`` per row from ``seed``."""
     if hints is not None:
         raise UserError("DiffusionGemma's uniform sampler takes no hints (IGPO's inpainting needs a mask token)")
-    settings = rollout_settings(model, gen_length, steps)
+    settings = rollout_settings(model, gen_length, steps, block_length)
     seeds = row_seeds(seed, prompt_ids.shape[0])
     generators = [torch.Generator(device=prompt_ids.device).manual_seed(s) for s in seeds]
     run = generate_uniform(model, prompt_ids, settings, attention_mask, generators, record)

@@ -37,7 +37,7 @@ def peaky() -> DiffusionGemma:
 
 
 def rollout(model: DiffusionGemma) -> Trajectory:
-    return sample(model, PROMPT, attention_mask=PROMPT != 0, gen_length=24, steps=12, seed=[3, 4], record=True)
+    return sample(model, PROMPT, attention_mask=PROMPT != 0, gen_length=24, steps=36, seed=[3, 4], record=True)
 
 
 def decision_major(recorded: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,7 @@ def test_accept_changed_counts_the_slots_whose_accepted_set_moves_under_theta() 
 
 def test_subsampled_steps_are_weighted_by_scorable_over_drawn() -> None:
     model = tiny_diffusion_gemma(0)
-    traj = sample(model, PROMPT[1:], gen_length=16, steps=6, seed=[5], record=True)
+    traj = sample(model, PROMPT[1:], gen_length=16, steps=12, seed=[5], record=True)
     run = traj.renoise
     scorable = int(scorable_steps(run).sum())  # random weights never stop: every step but each block's last
     assert scorable == 2 * 5
