@@ -74,21 +74,24 @@ def test_new_tiny_dgemma_builds_from_its_seed_with_the_task_tokenizer() -> None:
 
 def test_model_config_keys_checked_in_one_line() -> None:
     check_new("new:tiny-dgemma", {"hidden_size": 32, "canvas_length": 8})
-    with pytest.raises(CheckpointError, match="tiny-dgemma model config: unknown key.*hidden"):
+    with pytest.raises(CheckpointError, match="unmask-tiny-dgemma model config: unknown key.*hidden"):
         check_new("new:tiny-dgemma", {"hiden_size": 32})
-    with pytest.raises(CheckpointError, match="tiny-dgemma model config: unknown key.*vocab_size"):
+    with pytest.raises(CheckpointError, match="unmask-tiny-dgemma model config: unknown key.*vocab_size"):
         check_new("new:tiny-dgemma", {"vocab_size": 5})  # token ids come from the tokenizer
 
 
 def test_sft_from_scratch_saves_a_diffusion_gemma_checkpoint(tmp_path: Path) -> None:
-    """Three steps of the build recipe: the loss runs, falls, and final/ loads back as DiffusionGemma."""
+    """Three steps of the build recipe: the loss runs and final/ loads back as the tiny family, same weights."""
     recipe = load_sft_recipe(BUILD, [f"output_dir={tmp_path}", "optim.max_steps=3", "optim.warmup_steps=0",
                                      "optim.per_device_train_batch_size=8", "logging.logging_steps=1",
                                      "model.config.hidden_size=32", "model.config.intermediate_size=32"])
     last = train_sft(recipe)
     assert last["skipped"] == 0.0 and torch.isfinite(torch.tensor(last["loss"]))
     model = load_model(tmp_path / "final")
-    assert type(model) is DiffusionGemma and model.config.canvas_length == 16
+    assert type(model) is TinyDiffusionGemma and model.family == "tiny-dgemma" and model.config.canvas_length == 16
+    fresh = tiny_dgemma(recipe.model.config, seed=recipe.seed)
+    assert fresh.lm_head.weight.shape == model.lm_head.weight.shape
+    assert not torch.equal(fresh.lm_head.weight, model.lm_head.weight)  # trained
     assert model.tokenizer.decode(model.tokenizer("<answer>1+2</answer>")["input_ids"]) == "<answer>1+2</answer>"
     out = generate_uniform(model, torch.tensor([[5, 6, 7]]), answer_settings(model, steps=4), record=False)
     assert out.sequences.shape == (1, 3 + 16)
@@ -98,7 +101,7 @@ def test_sft_from_scratch_saves_a_diffusion_gemma_checkpoint(tmp_path: Path) -> 
 def test_shipped_model_loads_and_its_hash_matches() -> None:
     assert (ASSET / HASH_FILE).read_text().split()[0] == sha256_file(ASSET / WEIGHTS)
     model = load_model(ASSET)
-    assert isinstance(model, DiffusionGemma) and not isinstance(model, TinyDiffusionGemma)
+    assert isinstance(model, TinyDiffusionGemma) and model.family == "tiny-dgemma"
     assert model.tokenizer is not None and len(model.tokenizer) == model.text_config.vocab_size
 
 

@@ -24,11 +24,12 @@ from unmask.models.native import CheckpointError, NativeLM
 from unmask.models.sdar import MOE_MODEL_TYPE, MOE_REFUSAL, SDAR
 from unmask.models.tiny import TinyLM
 from unmask.models.tiny_block import TinyBlockLM
+from unmask.models.tiny_dgemma import TinyDiffusionGemma
 
 #: ``config.json`` model_type (lower-cased) → family
 MODEL_TYPES: dict[str, type[NativeLM]] = {
     "llada": LLaDA, "dream": Dream, "sdar": SDAR, "unmask-tiny": TinyLM, "unmask-tiny-block": TinyBlockLM,
-    "diffusion_gemma": DiffusionGemma,
+    "diffusion_gemma": DiffusionGemma, "unmask-tiny-dgemma": TinyDiffusionGemma,
 }  # fmt: skip
 #: ``config.json`` model_type → why it is refused (families still to come)
 REFUSED = {MOE_MODEL_TYPE: MOE_REFUSAL}

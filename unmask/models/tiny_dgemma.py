@@ -3,21 +3,29 @@
 It is ``DiffusionGemma`` itself (encoder/decoder on one tied stack, SC as soft
 embeddings, tied LoRA), as ``TinyLM`` is LLaDA with a small config, so the uniform
 sampler, the SFT loss and the renoise replay run here on the code path of the 26B-A4B
-checkpoint. ``new:tiny-dgemma`` builds it from scratch; its checkpoints are plain
-``diffusion_gemma`` checkpoints (they load back as ``DiffusionGemma``).
+checkpoint. ``new:tiny-dgemma`` builds it from scratch; its checkpoints are transformers'
+DiffusionGemma layout with ``model_type: unmask-tiny-dgemma``, so they load back as this
+family (and are posed the tiny prompt) while transformers still reads them.
 ``builtin:tiny-countdown-dgemma`` is built from it by ``unmask sft`` (``make
 tiny-dgemma-model``, docs/diffusion-gemma.md).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from transformers import DiffusionGemmaForBlockDiffusion
+from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
-from unmask.models.diffusion_gemma import TINY_VISION, DiffusionGemma, diffusion_gemma_config
+from unmask.models.diffusion_gemma import (
+    TINY_VISION,
+    DiffusionGemma,
+    DiffusionGemmaConfigReader,
+    diffusion_gemma_config,
+)
 from unmask.models.tiny import fresh_model
 
 
@@ -29,7 +37,7 @@ class TinyDGemmaConfig:
     config needs them) are the mask token's, which no uniform-noise text contains.
     """
 
-    model_type: ClassVar[str] = "tiny-dgemma"
+    model_type: ClassVar[str] = "unmask-tiny-dgemma"
     tokenizer_fields: ClassVar[tuple[str, ...]] = (
         "vocab_size", "mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
     )  # fmt: skip
@@ -53,6 +61,9 @@ class TinyDGemmaConfig:
     eos_token_id: int = 0
     pad_token_id: int = 0
 
+    #: a checkpoint's config.json → transformers' config (the loader's ``config_class.from_dict``)
+    from_dict = staticmethod(DiffusionGemmaConfigReader.from_dict)
+
     def hf_config(self) -> Any:
         """transformers' ``DiffusionGemmaConfig`` of this architecture."""
         text = {k: v for k, v in asdict(self).items() if k not in ("canvas_length", "mask_token_id")}
@@ -72,15 +83,27 @@ class TinyDiffusionGemma(DiffusionGemma):
     #: the task-alphabet tokenizer has no chat turns
     end_of_turn_id = None
 
-    def __init__(self, config: TinyDGemmaConfig, tokenizer: Any = None) -> None:
+    def __init__(self, config: TinyDGemmaConfig | DiffusionGemmaConfig, tokenizer: Any = None) -> None:
+        """``config``: the architecture (a fresh model) or a checkpoint's transformers config."""
+        hf = config.hf_config() if isinstance(config, TinyDGemmaConfig) else config
         with torch.random.fork_rng(devices=[]):  # transformers initialises from the global RNG
-            super().__init__(config.hf_config(), tokenizer)
+            super().__init__(hf, tokenizer)
 
     def init_weights(self, seed: int = 0) -> None:
         """transformers' initialisation, drawn from ``seed`` (not from the global RNG)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._adopt(DiffusionGemmaForBlockDiffusion(self.config))
+
+
+    def save_pretrained(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """transformers' layout, with this family's ``model_type`` in config.json."""
+        out = super().save_pretrained(out_dir, state_dict)
+        file = out / "config.json"
+        raw = json.loads(file.read_text())
+        raw["model_type"] = TinyDGemmaConfig.model_type
+        file.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+        return out
 
 
 def tiny_dgemma(config: TinyDGemmaConfig | dict[str, Any] | None = None, seed: int = 0) -> TinyDiffusionGemma:
