@@ -18,7 +18,7 @@ from unmask.rl.aggregation import TOKEN_WEIGHTS
 from unmask.rl.estimators import Scores, TrajectoryEstimator
 
 
-@TOKEN_WEIGHTS.register("per_step")
+@TOKEN_WEIGHTS.register("per_step", answer_tokens=True)
 def per_step_weight(batch: Any, scores: Scores, mask: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
     commit = batch.traj.commit_step.clamp(min=0)
     steps = TrajectoryEstimator.steps(batch.traj)

@@ -152,6 +152,9 @@ def check_parts(config: Any) -> None:
          f"{chosen['token_weight']} weighs a trained step; it needs the steps batch builder"),
         (trait("estimator", "uniform") and chosen["loss_mask"] != "scored", "loss_mask",
          f"{chosen['estimator']} scores sampler decisions, not answer tokens; use scored"),
+        (trait("estimator", "uniform") and trait("token_weight", "answer_tokens"), "token_weight",
+         f"{chosen['token_weight']} weighs answer tokens and {chosen['estimator']} scores sampler decisions; "
+         "use estimator"),
     ]
     for broken, kind, why in rules:
         if broken:

@@ -12,8 +12,9 @@ from unmask.diffusion.absorbing import AbsorbingMask
 from unmask.errors import UserError
 from unmask.models.diffusion_gemma import DiffusionGemma, tiny_diffusion_gemma
 from unmask.recipe import ALGORITHMS
-from unmask.rl.objective import Objective
+from unmask.rl.objective import Objective, TrainBatch
 from unmask.rl.renoise_replay import RenoiseReplayEstimator, scorable_steps
+from unmask.rl.update import micro_batch_loss
 from unmask.rollouts.samplers import sample
 from unmask.rollouts.trajectory import Trajectory
 
@@ -115,7 +116,7 @@ def test_every_preset_default_estimator_needs_a_mask_token_and_is_refused_at_bui
 
 def test_presets_build_with_the_renoise_estimators() -> None:
     assert objective("diffu_grpo", estimator="renoise_replay", loss_mask="scored").record_steps
-    assert objective("cj_grpo", estimator="renoise_replay").estimator.steps_per_row is None
+    assert objective("cj_grpo", estimator="renoise_replay", token_weight="estimator").estimator.steps_per_row is None
     assert objective("tracerl", estimator="renoise_replay").record_steps
     assert objective("mdpo", estimator="renoise_step").estimator.per_step
     with pytest.raises(ValueError, match="algorithm.loss_mask: renoise_replay scores sampler decisions"):
@@ -124,3 +125,26 @@ def test_presets_build_with_the_renoise_estimators() -> None:
         objective("diffu_grpo", estimator="renoise_step", loss_mask="scored")
     with pytest.raises(UserError, match="has a mask token"):
         RenoiseReplayEstimator(AbsorbingMask(mask_token_id=3))
+
+
+@pytest.mark.parametrize(("preset", "parts"), [
+    ("diffu_grpo", {"estimator": "renoise_replay", "loss_mask": "scored"}),  # per-decision clipped ratio
+    ("tracerl", {"estimator": "renoise_replay"}),  # the trajectory's own transitions, constant normaliser
+    ("cj_grpo", {"estimator": "renoise_replay", "token_weight": "estimator"}),
+    ("mdpo", {"estimator": "renoise_step"}),  # one trained step per item
+])  # fmt: skip
+def test_presets_give_a_policy_gradient_through_the_replay(preset: str, parts: dict[str, str]) -> None:
+    model = tiny_diffusion_gemma(0)
+    built = Objective(ALGORITHMS[preset](**parts), process=model.process, temperature=1.0, gen_length=16)
+    traj = sample(model, PROMPT[1:].expand(2, -1), gen_length=16, steps=8, seed=[1, 2], record=True)
+    batch = TrainBatch(traj, torch.tensor([1.0, -1.0]), torch.tensor([1, 5]) if built.estimator.per_step else None)
+    key = built.key(batch, 0)
+    loss, metrics = micro_batch_loss(built, model, batch, key, None, None)
+    loss.backward()
+    grad = model.model.get_parameter("decoder.layers.0.self_attn.q_proj.weight").grad
+    assert torch.isfinite(loss) and grad.abs().sum() > 0 and metrics["accept_changed"] == 0.0
+
+
+def test_answer_token_weights_are_refused_with_the_replay() -> None:
+    with pytest.raises(ValueError, match="algorithm.token_weight: per_step weighs answer tokens"):
+        objective("cj_grpo", estimator="renoise_replay")
