@@ -21,14 +21,6 @@ from unmask.rollouts.trajectory import Trajectory
 PROMPT = torch.tensor([[0, 0, 9, 11, 40], [2, 7, 8, 30, 31]])  # row 0 left-padded
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def peaky() -> DiffusionGemma:
     """Confident logits, so the adaptive stop fires and some blocks stop early."""
     model = tiny_diffusion_gemma(0)
