@@ -1,6 +1,6 @@
 """DiffusionGemma on the RL path: the trainer's rollouts and ``unmask eval`` sample it with the
 uniform renoise sampler its process names, and ``unmask train`` runs the renoise-replay estimator
-end to end on a tiny random DiffusionGemma with the tiny Countdown tokenizer (docs/diffusion-gemma.md)."""
+end to end on a fresh tiny DiffusionGemma (``new:tiny-dgemma``) on tiny Countdown (docs/diffusion-gemma.md)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 
 from unmask.evaluation.runner import evaluate
 from unmask.evaluation.settings import EvalSettings
-from unmask.models.diffusion_gemma import DiffusionGemma, tiny_diffusion_gemma
-from unmask.models.tiny import build_tiny_tokenizer
+from unmask.models.diffusion_gemma import DiffusionGemma
+from unmask.models.tiny_dgemma import tiny_dgemma
 from unmask.rollouts.samplers import sample
 from unmask.rollouts.uniform_sampler import UniformSettings, generate_uniform
 
@@ -24,13 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Using the numbers {nums}, create an equation that equals {target}. Put the equation in <answer> </answer> tags."
 
 
-def tiny_countdown_gemma(seed: int = 0) -> DiffusionGemma:
-    """A random tiny DiffusionGemma over the tiny task alphabet (its ids, its tokenizer)."""
-    tok = build_tiny_tokenizer()
-    model = tiny_diffusion_gemma(seed, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)  # fmt: skip
-    model.tokenizer = tok
-    return model
+def tiny_countdown_gemma() -> DiffusionGemma:
+    """A random tiny DiffusionGemma over the tiny task alphabet, canvas 8 (two canvases per 16-token answer)."""
+    return tiny_dgemma({"canvas_length": 8})
 
 
 def test_sample_dispatches_on_the_process_and_keeps_the_uniform_sampler_tokens() -> None:
@@ -67,11 +63,11 @@ def digits(prompts, completions, **kwargs):
 
 @pytest.mark.slow
 def test_unmask_train_runs_two_rl_steps_with_the_renoise_replay(tmp_path: Path) -> None:
-    tiny_countdown_gemma().save_pretrained(tmp_path / "model")
     (tmp_path / "dgemma_reward.py").write_text(REWARD)
     recipe = {
         "seed": 0, "output_dir": str(tmp_path / "run"),
-        "model": {"name_or_path": str(tmp_path / "model"), "dtype": "float32", "device": "cpu"},
+        "model": {"name_or_path": "new:tiny-dgemma", "config": {"canvas_length": 8}, "dtype": "float32",
+                  "device": "cpu"},
         "lora": {"enabled": True, "r": 8, "alpha": 16},
         "data": {"task": "countdown", "chat_template": False, "prompt_template": PROMPT,
                  "generator": {"num_numbers": 3, "min_number": 1, "max_number": 10}},
