@@ -66,7 +66,7 @@ class Step:
 class DecodingRule(ABC):
     """Chooses commits (and optionally re-masks) from a step's predictions."""
 
-    #: the round ends at the first step where nothing in reach is noised (data-decided length)
+    #: the round ends at the first step whose scope is empty everywhere (a data-decided length)
     ends_when_done: bool = False
 
     @classmethod

@@ -2,7 +2,9 @@
 
 The count of step ``i`` comes from the block's schedule (``rollouts.schedules``);
 the confidence is any of ``rollouts.confidence`` (``low_confidence``, ``random``,
-``margin``, ``entropy`` or a callable). Ties go to the lower position.
+``margin``, ``entropy`` or a callable). Exact ties at the k-th confidence go to the
+lower position on every device (``torch.topk`` leaves that choice to its
+implementation; the CPU's depends on ``k``).
 """
 
 from __future__ import annotations
