@@ -21,7 +21,7 @@ NPROC ?= 1
 ACCELERATE_CONFIG ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock train sft sft-rl eval test test-slow bench lint tiny-model tiny-block-model clean
+.PHONY: help install lock train sft sft-rl eval test test-slow bench lint tiny-model tiny-block-model tiny-dgemma-model clean
 
 help:  ## list the targets (this text)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,12 @@ tiny-block-model: $(VENV)/.installed  ## rebuild the shipped tiny block-diffusio
 	rm -rf $(BLOCK_BUILD)
 	OMP_NUM_THREADS=1 $(VENV)/bin/unmask sft tiny/sft_countdown_block output_dir=$(BLOCK_BUILD)
 	$(PY) -m unmask.assets.ship $(BLOCK_BUILD)/final unmask/assets/tiny-countdown-block
+
+DGEMMA_BUILD := runs/tiny-countdown-dgemma-build
+tiny-dgemma-model: $(VENV)/.installed  ## rebuild the shipped tiny DiffusionGemma through `unmask sft` (~12 min, one thread)
+	rm -rf $(DGEMMA_BUILD)
+	OMP_NUM_THREADS=1 $(VENV)/bin/unmask sft tiny/sft_countdown_dgemma output_dir=$(DGEMMA_BUILD)
+	$(PY) -m unmask.assets.ship $(DGEMMA_BUILD)/final unmask/assets/tiny-countdown-dgemma
 
 clean:  ## remove .venv and build outputs
 	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info
