@@ -8,6 +8,8 @@ from unmask.errors import UserError
 
 PREFIX = "builtin:"
 ROOT = Path(__file__).resolve().parent
+#: shipped checkpoint → the make target that rebuilds it
+BUILD_TARGETS = {"tiny-countdown": "tiny-model", "tiny-countdown-block": "tiny-block-model"}
 
 
 def available() -> list[str]:
@@ -21,6 +23,7 @@ def builtin_path(name: str) -> Path:
     path = ROOT / name
     if not (path / "config.json").is_file():
         shipped = ", ".join(f"{PREFIX}{n}" for n in available()) or "none"
-        hint = " (run `make tiny-model` to build it)" if name == "tiny-countdown" else ""
+        target = BUILD_TARGETS.get(name)
+        hint = f" (run `make {target}` to build it)" if target else ""
         raise UserError(f"model {PREFIX}{name}: no such built-in checkpoint{hint}; shipped: {shipped}")
     return path
