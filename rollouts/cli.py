@@ -23,10 +23,10 @@ from unmask.errors import UserError
 from unmask.models import load_model
 from unmask.models.generation import GenerationDefaults, read_generation_defaults
 from unmask.rl.rollout import decode_answers, encode_prompts
-from unmask.rollouts.generate import generate
-from unmask.rollouts.render import denoising_frames, denoising_html, render_denoising
+from unmask.rollouts.render import denoising_html, render_denoising, step_frames
 from unmask.rollouts.sampler_config import SamplerConfig, cli_label
 from unmask.rollouts.sampler_flags import given_settings
+from unmask.rollouts.samplers import sample
 
 #: answer length where neither the command line nor the checkpoint gives one
 FALLBACK_LENGTH = 32
@@ -100,7 +100,7 @@ def run_sample(args: argparse.Namespace) -> int:
     prompt_ids, attention = encode_prompts(tokenizer, posed.texts, model.pad_token_id)
     chosen = settings(args, defaults)
     seeds = [args.seed] * len(posed.texts)  # each problem sampled as if alone
-    traj = generate(model, prompt_ids, attention_mask=attention, seed=seeds, record=True, **chosen)
+    traj = sample(model, prompt_ids, attention_mask=attention, seed=seeds, record=True, **chosen)
     answers = decode_answers(tokenizer, traj.answer_ids, model.eos_token_ids)
     verdicts = [_grade(posed.task, a, r) for a, r in zip(answers, posed.rows, strict=False)]
     row = next((i for i, v in enumerate(verdicts) if v.correct), 0)  # the first one solved, when searching
@@ -115,10 +115,7 @@ def run_sample(args: argparse.Namespace) -> int:
         )
         console.print(f"[bold]{posed.task} held-out problem {posed.first + row}[/bold]{how}")
     console.print(f"[bold]prompt[/bold] {escape(posed.texts[row])}")
-    console.print(
-        f"[dim]decoding: {chosen['gen_length']} tokens in {chosen['steps']} steps, block {chosen['block_length']}, "
-        f"{chosen['remasking']}, temperature {chosen['temperature']}[/dim]"
-    )
+    console.print(f"[dim]decoding: {decoding(chosen, traj.settings)}[/dim]")
     for line in render_denoising(traj, tokenizer, process=model.process, row=row):
         console.print(line)
     console.print(f"[bold]answer[/bold] {escape(answers[row])}")
@@ -129,10 +126,19 @@ def run_sample(args: argparse.Namespace) -> int:
         footer += f"  |  extracted: {verdict.extracted}  |  {'correct' if verdict.correct else 'wrong'}"
     console.print(f"forward passes: {int(traj.nfe[row])}")
     if args.save:
-        frames = denoising_frames(traj, tokenizer, process=model.process, row=row)
+        frames = step_frames(traj, tokenizer, process=model.process, row=row)
         page = denoising_html(frames, title=f"unmask sample: {args.model}", prompt=posed.texts[row], footer=footer)
         console.print(f"wrote {save_page(args.save, page)}")
     return 0
+
+
+def decoding(chosen: dict[str, Any], ran: dict[str, Any]) -> str:
+    """One line on how the answer was decoded (the uniform sampler's own settings for DiffusionGemma)."""
+    if ran.get("sampler") == "uniform":
+        return (f"{ran['max_new_tokens']} tokens, {ran['steps']} steps per canvas, uniform noise: entropy bound "
+                f"{ran['entropy_bound']}, temperature {ran['t_max']} -> {ran['t_min']}, argmax readout")
+    return (f"{chosen['gen_length']} tokens in {chosen['steps']} steps, block {chosen['block_length']}, "
+            f"{chosen['remasking']}, temperature {chosen['temperature']}")
 
 
 def _grade(task: str, answer: str, row: dict[str, Any]) -> Any:

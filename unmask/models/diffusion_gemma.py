@@ -121,7 +121,8 @@ class DiffusionGemma(DiffusionLM):
         file = Path(path) / "generation_config.json"
         if file.is_file() and set(json.loads(file.read_text())) - set(DiffusionGemmaGenerationConfig().to_dict()):
             options["generation_config"] = DiffusionGemmaGenerationConfig()
-        self._adopt(DiffusionGemmaForBlockDiffusion.from_pretrained(path, dtype=dtype, device_map=device, **options))
+        self._adopt(DiffusionGemmaForBlockDiffusion.from_pretrained(
+            path, config=self.config, dtype=dtype, device_map=device, **options))
 
     def save_pretrained(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """transformers' checkpoint layout (config.json with model_type ``diffusion_gemma``), plus the tokenizer."""
