@@ -136,12 +136,34 @@ def entropy_bound_accept(entropy: torch.Tensor, bound: float) -> torch.Tensor:
     return torch.zeros_like(keep).scatter(-1, order, keep)
 
 
-def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
-    """One token per slot from ``probs [B, L, V]`` (global RNG in one call, or one generator per row)."""
+def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | None, frozen: torch.Tensor) -> torch.Tensor:
+    """One token per slot from ``probs [B, L, V]``: every row in one call on the global RNG (transformers'
+    order), or one generator per row, where a stopped (``frozen``) row draws nothing and gets its argmax.
+
+    A stopped row's draws are discarded anyway; not making them keeps each row's generator stream
+    its own, whether the batch around it keeps denoising or stops (the per-row independence).
+    """
     b, length, vocab = probs.shape
     if generators is None:
         return torch.multinomial(probs.view(-1, vocab), 1).view(b, length)
-    return torch.stack([torch.multinomial(probs[i], 1, generator=g)[:, 0] for i, g in enumerate(generators)])
+    return torch.stack([
+        probs[i].argmax(-1) if stopped else torch.multinomial(probs[i], 1, generator=g)[:, 0]
+        for i, (g, stopped) in enumerate(zip(generators, frozen.tolist(), strict=True))
+    ])
+
+
+def noise_tokens(
+    canvas: torch.Tensor, vocab: int, generators: Sequence[torch.Generator] | None, frozen: torch.Tensor
+) -> torch.Tensor:
+    """Fresh uniform ids shaped like ``canvas``; with per-row generators a ``frozen`` row keeps its canvas (no draw)."""
+    if generators is None:
+        return uniform_tokens(tuple(canvas.shape), vocab, None, canvas.device)
+    live = (~frozen).nonzero()[:, 0]
+    noise = canvas.clone()
+    if len(live):
+        own = [generators[i] for i in live.tolist()]
+        noise[live] = uniform_tokens((len(own), canvas.shape[1]), vocab, own, canvas.device)
+    return noise
 
 
 def generate_uniform(
@@ -178,10 +200,10 @@ def generate_uniform(
                 temperature = settings.temperature(n)
                 new_z = model.decode(canvas, cache, sc, attention_mask=decoder_mask, position_ids=positions) / temperature
                 probs = new_z.softmax(-1, dtype=torch.float32)
-                sample = draw(probs, generators)
+                sample = draw(probs, generators, frozen)
                 entropy = Categorical(logits=new_z).entropy()
                 accept = entropy_bound_accept(entropy, settings.entropy_bound)
-                noise = uniform_tokens((b, length), vocab, generators, device)
+                noise = noise_tokens(canvas, vocab, generators, frozen)
                 rec.add(step_canvas=canvas, step_sample=sample, step_accept=accept,
                         step_sc=torch.zeros(b, length, hidden, dtype=model.dtype, device=device) if sc is None else sc,
                         step_logprob=probs.gather(-1, sample[..., None])[..., 0].log(), step_temperature=temperature,

@@ -15,7 +15,7 @@ import torch
 
 from unmask.evaluation.runner import evaluate
 from unmask.evaluation.settings import EvalSettings
-from unmask.models.diffusion_gemma import DiffusionGemma
+from unmask.models.diffusion_gemma import DiffusionGemma, tiny_diffusion_gemma
 from unmask.models.tiny_dgemma import tiny_dgemma
 from unmask.rollouts.samplers import sample
 from unmask.rollouts.uniform_sampler import UniformSettings, generate_uniform
@@ -90,3 +90,18 @@ def test_unmask_train_runs_two_rl_steps_with_the_renoise_replay(tmp_path: Path) 
     assert [s["step"] for s in steps] == [1, 2]
     assert all(s["grad_norm"] > 0 for s in steps)  # the replay's log-probs carry the policy gradient
     assert all(0 <= s["accept_changed"] <= 1 for s in steps)
+
+
+def test_a_row_is_independent_of_its_batch_when_rows_stop_at_different_steps() -> None:
+    """A pool splits a batch across workers: a stopped row draws nothing, so its generator's stream
+    (and the noise of its next canvases) does not depend on whether the rest of the batch stopped."""
+    model = tiny_diffusion_gemma(0)
+    with torch.no_grad():
+        model.model.decoder.norm.weight *= 60  # confident: the adaptive stop fires
+    prompt = torch.tensor([[2, 5, 9, 11, 40], [2, 7, 8, 30, 31]])
+    settings = UniformSettings(max_new_tokens=24, steps=48)
+    batch = generate_uniform(model, prompt, settings, generators=[torch.Generator().manual_seed(s) for s in (7, 8)])
+    alone = generate_uniform(model, prompt[1:], settings, generators=[torch.Generator().manual_seed(8)])
+    assert not torch.equal(batch.stop_step[:, 0], batch.stop_step[:, 1])  # the rows stop at different steps
+    assert torch.equal(batch.sequences[1], alone.sequences[0])
+    assert torch.equal(batch.stop_step[:, 1], alone.stop_step[:, 0])
