@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from unmask.diffusion.uniform import UniformNoise
 from unmask.errors import UserError
 from unmask.models.diffusion_gemma import DiffusionGemma, tiny_diffusion_gemma
-from unmask.sft.config import FAMILY_DEFAULTS
+from unmask.recipe import load_recipe
+from unmask.rl.objective import build_objective
+from unmask.rl.renoise_replay import RenoiseReplayEstimator
+from unmask.sft.config import (
+    FAMILY_DEFAULTS,
+    answer_length,
+    fed_recipe,
+    load_sft_recipe,
+    loss_choice,
+    rl_after_sft,
+)
 from unmask.sft.loss import (
     LossSettings,
     RowRandom,
@@ -169,3 +181,39 @@ def test_dispatch_defaults_and_refusals() -> None:
     odd = hand_batch(answers=[a[:6] for a in ANSWERS], supervised=[s[:6] for s in SUPERVISED])
     with pytest.raises(UserError, match="multiple of DiffusionGemma's canvas_length"):
         loss_terms(model, odd, RowRandom.keyed(odd.seeds), FLAT, UniformCanvasLoss())
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_real_sft_recipe_carries_the_published_settings_and_feeds_rl(tmp_path: Path) -> None:
+    recipe = load_sft_recipe(RECIPES / "diffusion_gemma/sft_gsm8k.yaml", [f"output_dir={tmp_path}"])
+    m, o, s = recipe.model, recipe.optim, recipe.sft
+    assert (m.name_or_path, m.family, m.device, m.dtype) == ("google/diffusiongemma-26B-A4B-it", "diffusion_gemma",
+                                                             "cuda", "bfloat16")
+    assert (recipe.lora.enabled, recipe.lora.r) == (True, 8)
+    assert (o.learning_rate, o.warmup_steps, o.max_steps, o.lr_scheduler_type) == (1.5e-4, 100, 2000, "cosine")
+    assert (o.adam_beta1, o.adam_beta2, o.max_grad_norm, o.weight_decay, o.per_device_train_batch_size) == (
+        0.95, 0.99, 1.0, 1e-4, 2)
+    assert loss_choice(recipe, m.family) == ("none", "token") and s.epsilon == 1e-4 and s.max_prompt_length == 256
+    fed = fed_recipe(recipe)
+    assert answer_length(recipe, fed) == fed.rollout.block_length == 256  # one canvas per example
+    assert fed.data.prompt_template == recipe.data.prompt_template
+    assert rl_after_sft(recipe).model.name_or_path == str(tmp_path / "final")
+
+
+@pytest.mark.parametrize("name", ["diffusion_gemma/gsm8k_diffu_grpo", "tiny/countdown_dgemma_diffu_grpo",
+                                  "tiny/countdown_dgemma_mdpo"])
+def test_rl_recipes_build_the_renoise_estimator(name: str) -> None:
+    recipe = load_recipe(RECIPES / f"{name}.yaml")
+    canvas = 256 if name.startswith("diffusion_gemma") else 16
+    assert recipe.rollout.block_length == canvas and recipe.rollout.max_completion_length % canvas == 0
+    assert recipe.eval.block_length == canvas
+    process = UniformNoise(262_144 if canvas == 256 else 124, canvas)
+    built = build_objective(recipe.algorithm, process=process, temperature=recipe.rollout.temperature,
+                            gen_length=recipe.rollout.max_completion_length)
+    assert isinstance(built.estimator, RenoiseReplayEstimator) and built.name == recipe.algorithm.name
+    if name.startswith("diffusion_gemma"):
+        assert (recipe.model.device, recipe.lora.r, recipe.rollout.steps) == ("cuda", 8, 48)  # transformers' N
+    else:
+        assert recipe.model.name_or_path == "builtin:tiny-countdown-dgemma"
