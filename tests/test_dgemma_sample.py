@@ -25,14 +25,6 @@ SMALL = {"hidden_size": 32, "intermediate_size": 32, "canvas_length": 8}
 PROMPT = "Using the numbers [1, 2, 3], create an equation that equals 6."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rollout(steps: int = 4) -> tuple[object, object]:
     model = tiny_dgemma(SMALL, seed=0)
     ids = torch.tensor([model.tokenizer(PROMPT)["input_ids"]])

@@ -40,14 +40,6 @@ ANSWERS = [[60, 61, 62, 63, 64, 65, 66, 1], [70, 71, 72, 1, 1, 1, 0, 0]]
 SUPERVISED = [[True] * 8, [True] * 6 + [False] * 2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def hand_batch(pad: int = 0, answers: list[list[int]] = ANSWERS, supervised: list[list[bool]] = SUPERVISED) -> SFTBatch:
     """The rows left-padded to the longest prompt plus ``pad`` extra columns."""
     width = max(map(len, PROMPTS)) + pad

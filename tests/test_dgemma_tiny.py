@@ -27,14 +27,6 @@ BUILD = "recipes/tiny/sft_countdown_dgemma.yaml"
 SHIPPED_ACCURACY = (0.10, 0.30)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def answer_settings(model: DiffusionGemma, steps: int = 16) -> UniformSettings:
     """The answer window (one canvas) with transformers' sampler defaults and EOS padding."""
     return UniformSettings(max_new_tokens=model.config.canvas_length, steps=steps,
