@@ -127,7 +127,7 @@ def replay_block(
     """
     length = run.step_canvas.shape[-1]
     end = run.prompt_length + block * length
-    context = run.sequences[rows, :end]
+    context = traj.tokens[rows, :end]
     mask = traj.attention_mask[rows, :end].bool()
     padded = None if mask.all() else mask
     cache, _ = model.encode(context, None, padded, torch.arange(end, device=context.device)[None])

@@ -46,7 +46,7 @@ def intermediate_answers(traj: Trajectory, process: DiffusionProcess) -> torch.T
     """``[T, B, L]``: every step's canvas with its masked positions filled by that step's prediction
     (uniform-noise rollouts: the finished blocks and the step's argmax canvas)."""
     if traj.renoise is not None:
-        return traj.renoise.intermediate_answers(traj.gen_length, int(traj.settings["pad_token_id"]))
+        return traj.renoise.intermediate_answers(traj.answer_ids, int(traj.settings["pad_token_id"]))
     plen = traj.prompt_length
     return torch.stack([
         torch.where(traj.step_masked[t], traj.step_pred[t], traj.canvas(t, process)[:, plen:])

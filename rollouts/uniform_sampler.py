@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch.distributions import Categorical
 
 from unmask.diffusion.uniform import uniform_tokens
@@ -87,27 +88,57 @@ class UniformTrajectory:
     def to(self, device: torch.device | str) -> UniformTrajectory:
         return replace(self, **{k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
 
-    def intermediate_answers(self, answer_length: int, pad_token_id: int) -> torch.Tensor:
-        """``[T, B, answer_length]``: at step t of block k, the blocks before k, then y_n, then padding (MDPO's grading)."""
+    def intermediate_answers(self, answers: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+        """``[T, B, G]`` from the final ``answers [B, G]``: at step t of block k, the blocks before k, then
+        that step's argmax canvas y_n, then padding (MDPO's grading)."""
         length = self.step_argmax.shape[-1]
-        answers = self.sequences.new_full((len(self.step_n), self.sequences.shape[0], answer_length), pad_token_id)
-        done = self.sequences[:, self.prompt_length :]
+        out = answers.new_full((len(self.step_n), *answers.shape), pad_token_id)
         for t, block in enumerate(self.step_block.tolist()):
-            answers[t, :, : block * length] = done[:, : block * length]
-            answers[t, :, block * length : (block + 1) * length] = self.step_argmax[t]
-        return answers
+            out[t, :, : block * length] = answers[:, : block * length]
+            out[t, :, block * length : (block + 1) * length] = self.step_argmax[t]
+        return out
 
     @classmethod
     def cat(cls, parts: list[UniformTrajectory]) -> UniformTrajectory:
-        """Rows of rollouts that ran the same steps (per-step fields are shared by all rows)."""
-        first = parts[0]
-        if any(not torch.equal(part.step_n, first.step_n) or not torch.equal(part.step_block, first.step_block)
-               for part in parts):  # fmt: skip
-            raise UserError("uniform-noise rollouts that stopped at different steps cannot be joined; "
-                            "sample them in one batch (ray.address: null)")
-        per_step = {name: torch.cat([getattr(part, name) for part in parts], 1) for name in PER_STEP_ROW}
-        return replace(first, sequences=torch.cat([part.sequences for part in parts]),
-                       stop_step=torch.cat([part.stop_step for part in parts], 1), **per_step)  # fmt: skip
+        """Rows of several rollouts (e.g. pool workers), whose canvases may have stopped at other steps.
+
+        The joined steps run, per canvas, from N down to the last step any part ran; a part's
+        rows are inactive (``step_active`` False) at steps it did not run, which the replay skips.
+        ``sequences`` are right-padded with 0 where a part ended early (``Trajectory.tokens`` holds
+        the padded answers).
+        """
+        layout = sorted({key for part in parts for key in part.steps()}, key=lambda key: (key[0], -key[1]))
+        temperature = {int(n): part.step_temperature[t] for part in parts for t, n in enumerate(part.step_n.tolist())}
+        per_step: dict[str, list[torch.Tensor]] = {name: [] for name in PER_STEP_ROW}
+        for part in parts:
+            index, ran = part.gather_index(layout)
+            for name in PER_STEP_ROW:
+                per_step[name].append(getattr(part, name)[index])
+            per_step["step_active"][-1] = per_step["step_active"][-1] & ran[:, None]
+        blocks = max(part.stop_step.shape[0] for part in parts)
+        width = max(part.sequences.shape[1] for part in parts)
+        return replace(
+            parts[0],
+            sequences=torch.cat([F.pad(part.sequences, (0, width - part.sequences.shape[1])) for part in parts]),
+            stop_step=torch.cat([F.pad(part.stop_step, (0, 0, 0, blocks - part.stop_step.shape[0]), value=1)
+                                 for part in parts], 1),
+            step_n=torch.tensor([n for _, n in layout]), step_block=torch.tensor([k for k, _ in layout]),
+            step_temperature=torch.stack([temperature[n] for _, n in layout]),
+            **{name: torch.cat(values, 1) for name, values in per_step.items()},
+        )  # fmt: skip
+
+    def steps(self) -> list[tuple[int, int]]:
+        """``(block, n)`` of every recorded step, in order."""
+        return list(zip(self.step_block.tolist(), self.step_n.tolist(), strict=True))
+
+    def gather_index(self, layout: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each ``(block, n)`` of ``layout``: this rollout's step (its block's last one when it stopped
+        earlier, step 0 for a block it never ran) and whether it ran that step."""
+        own = {key: t for t, key in enumerate(self.steps())}
+        last = {block: t for t, (block, _) in enumerate(self.steps())}
+        index = [own.get(key, last.get(key[0], 0)) for key in layout]
+        device = self.step_n.device
+        return torch.tensor(index, device=device), torch.tensor([key in own for key in layout], device=device)
 
 
 #: the recorded ``[T, B, ...]`` fields (``step_temperature``, ``step_n``, ``step_block`` are ``[T]``)

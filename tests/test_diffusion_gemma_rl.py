@@ -17,7 +17,9 @@ from unmask.evaluation.runner import evaluate
 from unmask.evaluation.settings import EvalSettings
 from unmask.models.diffusion_gemma import DiffusionGemma, tiny_diffusion_gemma
 from unmask.models.tiny_dgemma import tiny_dgemma
+from unmask.rl.renoise_replay import RenoiseReplayEstimator
 from unmask.rollouts.samplers import sample
+from unmask.rollouts.trajectory import Trajectory
 from unmask.rollouts.uniform_sampler import UniformSettings, generate_uniform
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,3 +107,28 @@ def test_a_row_is_independent_of_its_batch_when_rows_stop_at_different_steps() -
     assert not torch.equal(batch.stop_step[:, 0], batch.stop_step[:, 1])  # the rows stop at different steps
     assert torch.equal(batch.sequences[1], alone.sequences[0])
     assert torch.equal(batch.stop_step[:, 1], alone.stop_step[:, 0])
+
+
+def test_rollouts_joined_from_workers_equal_one_batch_and_replay_alike() -> None:
+    """``Trajectory.cat`` (the pool's join) of rows sampled apart, whose canvases stopped at other
+    steps, is the batch rollout: same tokens, same step layout and activity, same replayed scores."""
+    model = tiny_diffusion_gemma(0)
+    with torch.no_grad():
+        model.model.decoder.norm.weight *= 60
+    prompt = torch.tensor([[2, 5, 9, 11, 40], [2, 7, 8, 30, 31]])
+    kwargs = {"gen_length": 24, "steps": 144, "block_length": 8, "record": True}
+    batch = sample(model, prompt, seed=[7, 8], **kwargs)
+    parts = [sample(model, prompt[i : i + 1], seed=[7 + i], **kwargs) for i in range(2)]
+    assert not torch.equal(parts[0].renoise.step_n, parts[1].renoise.step_n)  # the workers ran other steps
+    joined = Trajectory.cat(parts)
+    assert torch.equal(joined.tokens, batch.tokens)
+    for name in ("step_n", "step_block", "step_active", "stop_step"):
+        assert torch.equal(getattr(joined.renoise, name), getattr(batch.renoise, name)), name
+    estimator = RenoiseReplayEstimator(model.process)
+    ours, theirs = estimator.token_logprobs(model, joined, 0), estimator.token_logprobs(model, batch, 0)
+    assert torch.equal(ours.mask, theirs.mask) and ours.mask.any()
+    # the workers' own log-probs; batch shapes differ between sampling and replay and the logits are
+    # scaled x60, so fp32 rounding reaches 1e-5 here (tests/test_renoise_replay.py holds 1e-5 at x60 on 36 steps)
+    recorded = joined.renoise.step_logprob.transpose(0, 1).reshape(2, -1)
+    torch.testing.assert_close(ours.logprobs[ours.mask], recorded[ours.mask], atol=5e-5, rtol=0)
+    torch.testing.assert_close(ours.logprobs, theirs.logprobs, atol=5e-5, rtol=0)
