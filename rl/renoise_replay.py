@@ -15,7 +15,8 @@ change the answer and are not scored (docs/diffusion-gemma.md).
 
 Approximations (stated in the docs): the SC input, the accepted sets and the stop step are
 θ_old's. ``accept_changed`` logs the share of scored (step, slot) pairs whose entropy-bound
-set under θ differs from the recorded one: the part of the chain the replay holds fixed.
+set under θ differs from the recorded one: the part of the chain the replay holds fixed;
+``replay_drift`` and ``near_deterministic`` are the spec's parity and credit diagnostics.
 
 ``Scores`` are decision-major: ``[B, T·L]`` over the rollout's T recorded steps (flat over
 blocks) and the canvas' L slots, so objectives read their loss mask from ``scores.mask``.
@@ -112,8 +113,18 @@ class RenoiseReplayEstimator(Estimator):
 
         return Scores(
             flat(logprobs.masked_fill(~mask, 0.0)), flat(entropy.masked_fill(~mask, 0.0)), flat(mask), flat(weight),
-            metrics={"accept_changed": changed / max(slots, 1)},
+            metrics={"accept_changed": changed / max(slots, 1), **decision_metrics(logprobs.detach(), run, mask)},
         )
+
+
+def decision_metrics(logprobs: torch.Tensor, run: UniformTrajectory, mask: torch.Tensor) -> dict[str, float]:
+    """``replay_drift``: the largest |log-prob under θ − the rollout's| over scored decisions (about 1e-6
+    at θ = θ_old in fp32); ``near_deterministic``: their share with log-prob above −1e-3 (no gradient to speak of)."""
+    if not mask.any():
+        return {}
+    scored = logprobs[mask]
+    return {"replay_drift": float((scored - run.step_logprob.to(scored.device)[mask]).abs().max()),
+            "near_deterministic": float((scored > -1e-3).float().mean())}  # fmt: skip
 
 
 def replay_block(

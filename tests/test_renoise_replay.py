@@ -58,6 +58,9 @@ def test_replay_reproduces_the_rollout_and_scores_only_decisions_that_matter() -
     )
     assert (scores.logprobs[~scores.mask] == 0).all() and (scores.weight == 1).all()
     assert scores.metrics["accept_changed"] == 0.0  # θ = θ_old: the entropy-bound sets are the recorded ones
+    assert scores.metrics["replay_drift"] <= 1e-5
+    near = float((decision_major(run.step_logprob)[scores.mask] > -1e-3).float().mean())
+    assert scores.metrics["near_deterministic"] == near and 0 < near < 1  # peaky: some draws are near-certain
     scores.logprobs.sum().backward()
     for name in ("encoder.language_model.layers.0.self_attn.q_proj.weight", "decoder.layers.1.experts.down_proj",
                  "decoder.self_conditioning.gate_proj.weight"):  # fmt: skip
@@ -70,7 +73,7 @@ def test_accept_changed_counts_the_slots_whose_accepted_set_moves_under_theta() 
     with torch.no_grad():
         model.model.decoder.norm.weight /= 30  # much less confident: the bound admits fewer slots
     scores = RenoiseReplayEstimator(model.process).token_logprobs(model, traj, 0)
-    assert 0 < scores.metrics["accept_changed"] <= 1
+    assert 0 < scores.metrics["accept_changed"] <= 1 and scores.metrics["replay_drift"] > 1e-2
 
 
 def test_subsampled_steps_are_weighted_by_scorable_over_drawn() -> None:
