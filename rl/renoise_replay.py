@@ -86,6 +86,9 @@ class RenoiseReplayEstimator(Estimator):
         return scorable & (rank < self.steps_per_row), (count / self.steps_per_row).clamp(min=1.0)
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            raise UserError("the renoise replay calls DiffusionGemma's encode/decode, which bypass DDP's gradient "
+                            "sync: train this family in one process")  # fmt: skip
         run = _record(traj)
         chosen, row_weight = self.chosen_steps(run, key)
         steps, batch, length = run.step_canvas.shape
