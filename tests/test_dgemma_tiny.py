@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,9 +100,21 @@ def test_shipped_model_loads_and_its_hash_matches() -> None:
     assert model.tokenizer is not None and len(model.tokenizer) == model.text_config.vocab_size
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not (ASSET / WEIGHTS).exists(), reason="builtin:tiny-countdown-dgemma not built (make tiny-dgemma-model)")
 def test_shipped_model_leaves_room_for_rl() -> None:
     """Greedy held-out accuracy in the range the docs state: it answers, and is wrong often enough for RL."""
     low, high = SHIPPED_ACCURACY
     assert low <= heldout_accuracy(load_model(ASSET), limit=200) <= high
+
+
+@pytest.mark.slow
+def test_build_reproduces_byte_for_byte(tmp_path: Path) -> None:
+    """The build command (one thread, the recipe's seed) run twice, shortened: the same weights' bytes."""
+    hashes = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        subprocess.run([sys.executable, "-m", "unmask.cli", "sft", BUILD, f"output_dir={out}", "optim.max_steps=20",
+                        "optim.per_device_train_batch_size=16", "model.config.hidden_size=32"],
+                       check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+        hashes.append(sha256_file(out / "final" / WEIGHTS))
+    assert hashes[0] == hashes[1]
