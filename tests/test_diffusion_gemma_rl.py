@@ -132,3 +132,19 @@ def test_rollouts_joined_from_workers_equal_one_batch_and_replay_alike() -> None
     recorded = joined.renoise.step_logprob.transpose(0, 1).reshape(2, -1)
     torch.testing.assert_close(ours.logprobs[ours.mask], recorded[ours.mask], atol=5e-5, rtol=0)
     torch.testing.assert_close(ours.logprobs, theirs.logprobs, atol=5e-5, rtol=0)
+
+
+def test_unmask_train_refuses_a_mask_token_estimator_before_any_rollout(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "unmask.cli", "train", "tiny/countdown_diffu_grpo", f"output_dir={tmp_path}",
+         "model.name_or_path=new:tiny-dgemma", "rollout.block_length=16", "rollout.steps=16", "eval.before=false",
+         "logging.progress=false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: algorithm.estimator: one_step scores a canvas corrupted with a mask token, which the uniform_noise "
+        "process (DiffusionGemma) has none of; set algorithm.estimator: renoise_replay (renoise_step with the steps "
+        "batch builder) and algorithm.loss_mask: scored"
+    ]
+    assert not (tmp_path / "metrics.jsonl").exists()  # refused when the trainer was built, nothing sampled
