@@ -90,6 +90,12 @@ def _renoise_replay(config: Any, process: DiffusionProcess, temperature: float) 
     return RenoiseReplayEstimator(process, steps_per_row=getattr(config, "trajectory_steps", None))
 
 
+@ESTIMATORS.register("renoise_exact", record=True, uniform=True)
+def _renoise_exact(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
+    """DiffusionGemma, slow and exact in the SC: θ's own SC inputs recomputed step by step."""
+    return RenoiseReplayEstimator(process, steps_per_row=getattr(config, "trajectory_steps", None), exact_sc=True)
+
+
 @ESTIMATORS.register("renoise_step", record=True, keyed_by="step", uniform=True)
 def _renoise_step(config: Any, process: DiffusionProcess, temperature: float) -> Estimator:
     """DiffusionGemma for MDPO's (answer, step) items: the trained step's transition."""

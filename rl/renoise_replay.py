@@ -24,6 +24,9 @@ blocks) and the canvas' L slots, so objectives read their loss mask from ``score
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 from torch.distributions import Categorical
@@ -45,12 +48,16 @@ class RenoiseReplayEstimator(Estimator):
 
     With ``steps_per_row = m`` a row's decisions get weight ``T_b / m`` (``T_b`` its scorable
     steps), which keeps the sum over decisions unbiased. ``per_step=True`` takes the key as a
-    ``[B]`` tensor of trained steps instead (MDPO's (answer, step) items).
+    ``[B]`` tensor of trained steps instead (MDPO's (answer, step) items). ``exact_sc=True``
+    recomputes the SC inputs under θ, step after step (``replay_block_exact``: a decoder pass
+    per step instead of one per block), instead of reading θ_old's recorded ones.
     """
 
     varies_per_iteration = False
 
-    def __init__(self, process: DiffusionProcess, steps_per_row: int | None = None, per_step: bool = False) -> None:
+    def __init__(
+        self, process: DiffusionProcess, steps_per_row: int | None = None, per_step: bool = False, exact_sc: bool = False
+    ) -> None:
         if process.mask_token:
             raise UserError(
                 f"the renoise replay rescores uniform-noise rollouts (DiffusionGemma); the {process.name} process "
@@ -59,6 +66,7 @@ class RenoiseReplayEstimator(Estimator):
         super().__init__(process, 1.0)
         self.steps_per_row = None if per_step else steps_per_row
         self.per_step = per_step
+        self.replay = replay_block_exact if exact_sc else replay_block
         self.varies_per_iteration = self.steps_per_row is not None
 
     def key_for(self, traj: Trajectory, seed: int) -> Key:
@@ -100,7 +108,7 @@ class RenoiseReplayEstimator(Estimator):
             if not len(at):
                 continue
             rows = chosen[at].any(0).nonzero()[:, 0]
-            lp, ent = replay_block(model, traj, run, block, at, rows)  # [n, R, L]
+            lp, ent = self.replay(model, traj, run, block, at, rows)  # [n, R, L]
             logprobs = logprobs.index_put((at[:, None], rows[None]), lp)
             entropy[at[:, None], rows[None]] = ent.detach()
             picked = chosen[at][:, rows]
@@ -130,42 +138,73 @@ def decision_metrics(logprobs: torch.Tensor, run: UniformTrajectory, mask: torch
             "near_deterministic": float((scored > -1e-3).float().mean())}  # fmt: skip
 
 
-def replay_block(
-    model: nn.Module, traj: Trajectory, run: UniformTrajectory, block: int, at: torch.Tensor, rows: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of the recorded draws and entropies, ``[len(at), len(rows), L]``, at steps ``at`` of ``block``.
+@dataclass
+class BlockContext:
+    """The cache of one block's committed context for some rows, and the decoder's mask and positions."""
 
-    One encoder pass over the rows' context (prompt ⊕ earlier blocks, as the sampler cached
-    it), its cache repeated row-major for the steps, one decoder call on the recorded canvases
-    with the recorded SC embeddings, logits divided by each step's temperature.
-    """
+    cache: Any
+    decoder_mask: torch.Tensor | None
+    positions: torch.Tensor
+
+
+def encode_context(model: nn.Module, traj: Trajectory, run: UniformTrajectory, block: int, rows: torch.Tensor) -> BlockContext:
+    """One encoder pass (with gradient) over the rows' prompt ⊕ earlier blocks, left padding as the sampler had it."""
     length = run.step_canvas.shape[-1]
     end = run.prompt_length + block * length
     context = traj.tokens[rows, :end]
     mask = traj.attention_mask[rows, :end].bool()
     padded = None if mask.all() else mask
     cache, _ = model.encode(context, None, padded, torch.arange(end, device=context.device)[None])
-    n = len(at)
-    cache.batch_repeat_interleave(n)
+    decoder_mask = None if padded is None else nn.functional.pad(padded, (0, length), value=True)
+    return BlockContext(cache, decoder_mask, torch.arange(end, end + length, device=context.device)[None])
+
+
+def drawn_logprobs(z: torch.Tensor, draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of ``draws`` under softmax(z) and (detached) entropies, from processed logits ``z [..., V]``."""
+    return z.log_softmax(-1).gather(-1, draws[..., None])[..., 0], Categorical(logits=z.detach()).entropy()
+
+
+def replay_block(
+    model: nn.Module, traj: Trajectory, run: UniformTrajectory, block: int, at: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the recorded draws and entropies, ``[len(at), len(rows), L]``, at steps ``at`` of ``block``.
+
+    The context's cache repeated row-major for the steps, one decoder call on the recorded
+    canvases with the recorded SC embeddings, logits divided by each step's temperature.
+    """
+    ctx, n, length = encode_context(model, traj, run, block, rows), len(at), run.step_canvas.shape[-1]
+    ctx.cache.batch_repeat_interleave(n)
 
     def row_major(recorded: torch.Tensor) -> torch.Tensor:  # [T, B, ...] → [R·n, ...], a row's steps adjacent
         picked = recorded[at][:, rows].transpose(0, 1)
         return picked.reshape(-1, *picked.shape[2:])
 
-    decoder_mask = None if padded is None else nn.functional.pad(padded, (0, length), value=True)
-    decoder_mask = None if decoder_mask is None else decoder_mask.repeat_interleave(n, 0)
-    positions = torch.arange(end, end + length, device=context.device)[None]
-    logits = model.decode(row_major(run.step_canvas), cache, row_major(run.step_sc), attention_mask=decoder_mask,
-                          position_ids=positions)  # fmt: skip
+    mask = None if ctx.decoder_mask is None else ctx.decoder_mask.repeat_interleave(n, 0)
+    logits = model.decode(row_major(run.step_canvas), ctx.cache, row_major(run.step_sc), attention_mask=mask,
+                          position_ids=ctx.positions)  # fmt: skip
     z = logits / run.step_temperature[at].repeat(len(rows))[:, None, None].to(logits.device)
-    logp = z.log_softmax(-1)
-    drawn = logp.gather(-1, row_major(run.step_sample)[..., None])[..., 0]
-    entropy = Categorical(logits=z.detach()).entropy()
+    drawn, entropy = drawn_logprobs(z, row_major(run.step_sample))
+    return tuple(values.view(len(rows), n, length).transpose(0, 1) for values in (drawn, entropy))
 
-    def step_major(values: torch.Tensor) -> torch.Tensor:
-        return values.view(len(rows), n, length).transpose(0, 1)
 
-    return step_major(drawn), step_major(entropy)
+def replay_block_exact(
+    model: nn.Module, traj: Trajectory, run: UniformTrajectory, block: int, at: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``replay_block`` with θ's own SC: the block's steps decoded one after another up to the last of
+    ``at``, each conditioned on the previous step's θ logits (gradient through the chain), as the
+    sampler ran them. Exact for the recorded accepted sets and stop step; one decoder pass per step."""
+    ctx = encode_context(model, traj, run, block, rows)
+    wanted = set(at.tolist())
+    steps = [t for t in (run.step_block == block).nonzero()[:, 0].tolist() if t <= max(wanted)]
+    sc, out = None, []
+    for t in steps:
+        logits = model.decode(run.step_canvas[t, rows], ctx.cache, sc, attention_mask=ctx.decoder_mask,
+                              position_ids=ctx.positions)  # fmt: skip
+        z = logits / run.step_temperature[t].to(logits.device)
+        if t in wanted:
+            out.append(drawn_logprobs(z, run.step_sample[t, rows]))
+        sc = model.soft_embeddings(z.to(model.dtype))
+    return torch.stack([lp for lp, _ in out]), torch.stack([ent for _, ent in out])
 
 
 def _record(traj: Trajectory) -> UniformTrajectory:

@@ -76,6 +76,24 @@ def test_accept_changed_counts_the_slots_whose_accepted_set_moves_under_theta() 
     assert 0 < scores.metrics["accept_changed"] <= 1 and scores.metrics["replay_drift"] > 1e-2
 
 
+def test_exact_sc_mode_recomputes_the_self_conditioning_under_theta() -> None:
+    model = peaky()
+    traj = rollout(model)
+    run = traj.renoise
+    stored, exact = RenoiseReplayEstimator(model.process), RenoiseReplayEstimator(model.process, exact_sc=True)
+    at_old = exact.token_logprobs(model, traj, 0)  # θ = θ_old: θ's SC is the recorded SC
+    torch.testing.assert_close(at_old.logprobs, stored.token_logprobs(model, traj, 0).logprobs, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        model.model.decoder.norm.weight *= 0.5
+    moved_stored, moved_exact = stored.token_logprobs(model, traj, 0), exact.token_logprobs(model, traj, 0)
+    first = decision_major((run.step_n == 12)[:, None, None].expand_as(run.step_accept))  # each block's first step
+    same = (moved_stored.logprobs - moved_exact.logprobs).abs() <= 1e-5
+    assert same[first & at_old.mask].all()  # no SC at a block's first step: both modes agree
+    assert not same[~first & at_old.mask].all()  # later steps read θ's SC, not θ_old's
+    moved_exact.logprobs.sum().backward()
+    assert model.model.get_parameter("decoder.self_conditioning.gate_proj.weight").grad.abs().sum() > 0
+
+
 def test_subsampled_steps_are_weighted_by_scorable_over_drawn() -> None:
     model = tiny_diffusion_gemma(0)
     traj = sample(model, PROMPT[1:], gen_length=16, steps=12, seed=[5], record=True)
@@ -127,6 +145,7 @@ def test_presets_build_with_the_renoise_estimators() -> None:
     ("tracerl", {"estimator": "renoise_replay"}),  # the trajectory's own transitions, constant normaliser
     ("cj_grpo", {"estimator": "renoise_replay", "token_weight": "estimator"}),
     ("mdpo", {"estimator": "renoise_step"}),  # one trained step per item
+    ("diffu_grpo", {"estimator": "renoise_exact", "loss_mask": "scored"}),  # θ's own SC, step by step
 ])  # fmt: skip
 def test_presets_give_a_policy_gradient_through_the_replay(preset: str, parts: dict[str, str]) -> None:
     model = tiny_diffusion_gemma(0)
