@@ -161,13 +161,15 @@ class StepEstimator(Estimator):
         steps = torch.as_tensor(key, dtype=torch.long, device=traj.tokens.device)
         rows = torch.arange(traj.batch_size, device=steps.device)
         canvas = _canvases(traj, rows, steps, self.process)
-        mask = traj.step_masked[steps, rows]
         targets = traj.step_pred[steps, rows]
+        # a block-cached rollout predicts only the current block: later blocks' masked positions
+        # hold the noise token, not a prediction, and are not scored
+        mask = traj.step_masked[steps, rows] & ~self.process.is_noise_token(targets)
         logprobs, entropy = _answer_scores(
             model, canvas, traj.attention_mask, targets, traj.prompt_length, self.temperature, self.process,
             exclude_noise=True,
         )
-        return Scores(logprobs * mask, entropy, mask, torch.ones_like(logprobs))
+        return Scores(logprobs.masked_fill(~mask, 0.0), entropy, mask, torch.ones_like(logprobs))
 
 
 class TrajectoryEstimator(Estimator):

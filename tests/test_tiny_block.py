@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from unmask.models import load_model, tiny_block
 from unmask.models.tiny_block import TinyBlockLM
 from unmask.pretrain import problem_key
 from unmask.recipe import load_recipe
-from unmask.run import eval_rows
+from unmask.rl.trainer import Trainer
+from unmask.run import eval_rows, model_factory, training_rows
 from unmask.sft.config import fed_recipe, load_sft_recipe
 from unmask.sft.data import records
 
@@ -109,3 +111,18 @@ def test_rl_recipes_sample_with_the_block_cache(name: str) -> None:
     recipe = load_recipe(recipes_dir() / f"tiny/{name}.yaml")
     assert recipe.model.name_or_path == ASSET
     assert recipe.rollout.cache == "block" and recipe.rollout.block_length == 4 and recipe.eval.block_length == 4
+
+
+def test_mdpo_trains_on_block_cached_rollouts(tmp_path: Path) -> None:
+    """A block-cached rollout predicts only the current block: MDPO's step scores skip later blocks
+    (their recorded prediction is the mask token, whose log-prob is -inf) instead of turning NaN."""
+    recipe = load_recipe(recipes_dir() / "tiny/countdown_block_mdpo.yaml", [
+        f"output_dir={tmp_path}", "ray.address=null", "rollout.prompts_per_step=2", "rollout.num_generations=8",
+        "optim.max_steps=1", "optim.per_device_train_batch_size=8", "eval.before=false", "eval.after=false",
+        "logging.progress=false", "checkpoint.save_final=false",
+    ])  # fmt: skip
+    trainer = Trainer(recipe, model_factory=model_factory(recipe.model, recipe.seed),
+                      rows=training_rows(recipe, eval_rows(recipe)))
+    (metrics,) = list(trainer.steps())
+    trainer.runner.close()
+    assert metrics["skipped"] == 0.0 and math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
