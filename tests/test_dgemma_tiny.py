@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from unmask.assets.ship import HASH_FILE, WEIGHTS, sha256_file
+from unmask.cli import main
 from unmask.evaluation.benchmarks import reference
 from unmask.evaluation.runner import encode_prompts
 from unmask.models import load_model
@@ -118,3 +120,12 @@ def test_build_reproduces_byte_for_byte(tmp_path: Path) -> None:
                        check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
         hashes.append(sha256_file(out / "final" / WEIGHTS))
     assert hashes[0] == hashes[1]
+
+
+@pytest.mark.skipif(not (ASSET / WEIGHTS).exists(), reason="builtin:tiny-countdown-dgemma not built (make tiny-dgemma-model)")
+def test_unmask_eval_runs_the_uniform_sampler(tmp_path: Path) -> None:
+    """unmask eval in process reaches the uniform sampler (sample dispatch) with the checkpoint's own lengths."""
+    assert main(["eval", "--model", "builtin:tiny-countdown-dgemma", "--bench", "countdown", "--limit", "40",
+                 "--out", str(tmp_path / "eval")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 40 and any(r["correct"] for r in records)

@@ -36,9 +36,9 @@ from unmask.evaluation.settings import (
 )
 from unmask.evaluation.store import SampleLog
 from unmask.models.generation import read_generation_defaults
-from unmask.rollouts.generate import generate
 from unmask.rollouts.pool import RolloutPool
 from unmask.rollouts.sampler_flags import GRID_SETTINGS, given_settings
+from unmask.rollouts.samplers import sample
 
 RUN_FILE = "run.json"
 
@@ -99,12 +99,12 @@ def _claim_out_dir(out: Path, identity: dict[str, Any]) -> None:
 
 @contextmanager
 def sampler(model: str, adapter: str | None, workers: int) -> Iterator[GenerateFn]:
-    """The in-process sampler, or a Ray ``RolloutPool`` of ``workers`` model replicas.
+    """The in-process sampler the model's process names, or a Ray ``RolloutPool`` of ``workers`` model replicas.
 
     Rows carry their own seeds, so both give the same answers; the pool only adds throughput.
     """
     if workers == 1:
-        yield generate
+        yield sample
         return
     pool = RolloutPool(functools.partial(load_eval_model, model, adapter), workers)
     try:
