@@ -129,3 +129,15 @@ def test_unmask_eval_runs_the_uniform_sampler(tmp_path: Path) -> None:
                  "--out", str(tmp_path / "eval")]) == 0
     records = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 40 and any(r["correct"] for r in records)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ASSET / WEIGHTS).exists(), reason="builtin:tiny-countdown-dgemma not built (make tiny-dgemma-model)")
+@pytest.mark.parametrize("recipe", ["tiny/countdown_dgemma_diffu_grpo", "tiny/countdown_dgemma_mdpo"])
+def test_rl_recipe_trains_the_shipped_model(recipe: str, tmp_path: Path) -> None:
+    """Two RL steps of each tiny DiffusionGemma recipe with the renoise estimators, end to end."""
+    assert main(["train", recipe, "optim.max_steps=2", "eval.before=false", "eval.after=false",
+                 f"output_dir={tmp_path}"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "accept_changed" in r]
+    assert len(steps) == 2 and all(0.0 <= r["accept_changed"] <= 1.0 for r in steps)
