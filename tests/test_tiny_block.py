@@ -25,6 +25,7 @@ from unmask.rl.trainer import Trainer
 from unmask.run import eval_rows, model_factory, training_rows
 from unmask.sft.config import fed_recipe, load_sft_recipe
 from unmask.sft.data import records
+from unmask.sft.trainer import train_sft
 
 ASSET = "builtin:tiny-countdown-block"
 BUILD = recipes_dir() / "tiny/sft_countdown_block.yaml"
@@ -126,3 +127,16 @@ def test_mdpo_trains_on_block_cached_rollouts(tmp_path: Path) -> None:
     (metrics,) = list(trainer.steps())
     trainer.runner.close()
     assert metrics["skipped"] == 0.0 and math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+
+
+def test_a_build_is_a_function_of_the_seed(tmp_path: Path) -> None:
+    """Same recipe and seed: the same weights, byte for byte; another seed: other weights."""
+    def build(name: str, seed: int) -> str:
+        recipe = load_sft_recipe(BUILD, [f"output_dir={tmp_path / name}", f"seed={seed}", "optim.max_steps=3",
+                                         "optim.warmup_steps=1", "data.generator.size=300", "eval.after=false",
+                                         "logging.progress=false", *SMALL])
+        train_sft(recipe)
+        return sha256_file(tmp_path / name / "final" / WEIGHTS)
+
+    first = build("a", 0)
+    assert build("b", 0) == first and build("c", 1) != first
