@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from unmask.assets import available
 from unmask.errors import UserError
+from unmask.models.fresh import BUILDABLE
 from unmask.pretrain import TINY_TEMPLATE, problem_key
 from unmask.recipe import load_recipe
 from unmask.report import compare, markdown_table, plot_curves
@@ -23,7 +25,8 @@ def test_tiny_recipes_validate_and_prompt_like_pretraining(path: Path) -> None:
     if recipe.data.task != "countdown":
         pytest.skip(f"a {recipe.data.task} recipe: pretraining's prompt is Countdown's (tinycode: tests/test_code_tasks.py)")
     assert recipe.data.prompt_template == TINY_TEMPLATE
-    assert recipe.model.name_or_path in ("builtin:tiny-countdown", "builtin:tiny-countdown-block", "new:tiny-block")
+    tiny_models = {f"builtin:{name}" for name in available()} | {f"new:{family}" for family in BUILDABLE}
+    assert recipe.model.name_or_path in tiny_models
 
 
 def test_eval_grid_is_greedy_per_tokens_per_step_plus_the_rollout_sampler() -> None:
