@@ -178,3 +178,13 @@ def test_ray_workers_give_the_same_answers(tiny_dir: Path, tmp_path: Path) -> No
     assert _eval(tiny_dir, tmp_path / "two", *args, "--workers", "2") == 0
     one, two = (read_samples(tmp_path / name / "samples.jsonl") for name in ("one", "two"))
     assert [r["completion"] for r in one] == [r["completion"] for r in two]
+
+
+def test_engine_switch_offers_only_tested_engines(capsys) -> None:
+    """vLLM is not shipped untested: asking for it is one argparse error listing what exists."""
+    from unmask.evaluation.engines import ENGINES
+
+    assert build_parser().parse_args(["eval", "--model", "m"]).engine == ENGINES[0] == "unmask"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--model", "m", "--engine", "vllm"])
+    assert "invalid choice: 'vllm'" in capsys.readouterr().err

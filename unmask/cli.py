@@ -110,6 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unmask.evaluation.engines import ENGINES  # torch-free
     from unmask.rollouts.sampler_flags import GRID_SETTINGS, add_sampler_flags  # torch-free
 
     parser = argparse.ArgumentParser(prog="unmask", description=__doc__.splitlines()[0])
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output directory (resumes if it exists)")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two eval runs")
+    p.add_argument("--engine", choices=ENGINES, default=ENGINES[0],
+                   help="generation engine (vLLM for DiffusionGemma is not built yet: docs/diffusion-gemma.md)")
     p.add_argument("--regrade", nargs="+", metavar="FILE", type=Path,
                    help="re-score generation files (d1 JSON, unmask samples.jsonl, completion JSONL) without a model")
     p.add_argument("--task", help="with --regrade: grader for files whose task cannot be inferred (math, gsm8k, ...)")

@@ -171,7 +171,7 @@ def run_eval(args: argparse.Namespace) -> int:
             records.extend(result.records)
     meta = {
         "model": args.model, "adapter": args.adapter, "benchmarks": benches, "data_dir": args.data_dir,
-        "limit": args.limit, "num_samples": args.num_samples, "seed": args.seed,
+        "limit": args.limit, "num_samples": args.num_samples, "seed": args.seed, "engine": args.engine,
         "settings": [s.as_dict() for s in grid],
     }  # fmt: skip
     summaries = write_report(out, records, meta)
