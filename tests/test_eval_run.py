@@ -182,7 +182,7 @@ def test_ray_workers_give_the_same_answers(tiny_dir: Path, tmp_path: Path) -> No
 
 def test_engine_switch_offers_only_tested_engines(capsys) -> None:
     """vLLM is not shipped untested: asking for it is one argparse error listing what exists."""
-    from unmask.evaluation.engines import ENGINES
+    from unmask.engines import ENGINES
 
     assert build_parser().parse_args(["eval", "--model", "m"]).engine == ENGINES[0] == "unmask"
     with pytest.raises(SystemExit):

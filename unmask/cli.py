@@ -110,7 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from unmask.evaluation.engines import ENGINES  # torch-free
+    from unmask.engines import ENGINES  # torch-free (unmask.evaluation imports torch)
     from unmask.rollouts.sampler_flags import GRID_SETTINGS, add_sampler_flags  # torch-free
 
     parser = argparse.ArgumentParser(prog="unmask", description=__doc__.splitlines()[0])
