@@ -15,6 +15,9 @@ from unmask.models.llada import LLaDA, LLaDAConfig
 from unmask.models.native import CheckpointError, NativeLM
 from unmask.models.tiny_tokenizer import build_tiny_tokenizer
 
+#: the token ids a Qwen-style tiny config (block, DiffusionGemma) takes from the task tokenizer
+QWEN_TOKENIZER_FIELDS = ("vocab_size", "mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
+
 
 @dataclass
 class TinyConfig(LLaDAConfig):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from unmask.models.sdar import SDAR, SDARConfig
-from unmask.models.tiny import fresh_model
+from unmask.models.tiny import QWEN_TOKENIZER_FIELDS, fresh_model
 
 
 @dataclass
@@ -21,9 +21,7 @@ class TinyBlockConfig(SDARConfig):
     """Architecture of a tiny block model (~0.4 M parameters by default); token ids come from the tokenizer."""
 
     model_type: ClassVar[str] = "unmask-tiny-block"
-    tokenizer_fields: ClassVar[tuple[str, ...]] = (
-        "vocab_size", "mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
-    )  # fmt: skip
+    tokenizer_fields: ClassVar[tuple[str, ...]] = QWEN_TOKENIZER_FIELDS
 
     hidden_size: int = 96
     intermediate_size: int = 256

@@ -26,7 +26,7 @@ from unmask.models.diffusion_gemma import (
     DiffusionGemmaConfigReader,
     diffusion_gemma_config,
 )
-from unmask.models.tiny import fresh_model
+from unmask.models.tiny import QWEN_TOKENIZER_FIELDS, fresh_model
 
 
 @dataclass
@@ -38,9 +38,7 @@ class TinyDGemmaConfig:
     """
 
     model_type: ClassVar[str] = "unmask-tiny-dgemma"
-    tokenizer_fields: ClassVar[tuple[str, ...]] = (
-        "vocab_size", "mask_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
-    )  # fmt: skip
+    tokenizer_fields: ClassVar[tuple[str, ...]] = QWEN_TOKENIZER_FIELDS
 
     hidden_size: int = 64
     intermediate_size: int = 128
