@@ -18,6 +18,11 @@ from unmask.diffusion.process import DiffusionProcess
 from unmask.models.kv_cache import KVCache
 
 
+def id_tuple(ids: int | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """A config's token id field (one id or a list of them, as HF configs write it) as a tuple."""
+    return tuple(int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]))
+
+
 class DiffusionLM(nn.Module):
     """Base class of every model family.
 
@@ -55,8 +60,7 @@ class DiffusionLM(nn.Module):
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         """Ids that end an answer; everything after the first one is padding."""
-        ids = self.config.eos_token_id
-        return tuple(int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]))
+        return id_tuple(self.config.eos_token_id)
 
     @property
     def pad_token_id(self) -> int:

@@ -33,7 +33,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
 
 from unmask.diffusion.uniform import NO_MASK, UniformNoise
 from unmask.errors import UserError
-from unmask.models.base import DiffusionLM
+from unmask.models.base import DiffusionLM, id_tuple
 from unmask.models.native import CheckpointError
 
 #: the text stack of google/diffusiongemma-26B-A4B-it: vocabulary, depth, experts, window and canvas from
@@ -147,8 +147,7 @@ class DiffusionGemma(DiffusionLM):
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        ids = self.text_config.eos_token_id
-        return tuple(int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids]))
+        return id_tuple(self.text_config.eos_token_id)
 
     @property
     def pad_token_id(self) -> int:
