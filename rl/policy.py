@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import get_scheduler
 
+from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
 from unmask.recipe import LoraConfig, ModelConfig, OptimConfig
 
@@ -39,4 +40,8 @@ def build_optimizer(model: nn.Module, optim: OptimConfig, total_steps: int, warm
     )
     # transformers' "constant" schedule ignores warmup; a recipe's warmup_steps must not be silently dropped
     schedule = "constant_with_warmup" if optim.lr_scheduler_type == "constant" and warmup_steps else optim.lr_scheduler_type
-    return optimizer, get_scheduler(schedule, optimizer, warmup_steps, total_steps)
+    try:
+        scheduler = get_scheduler(schedule, optimizer, warmup_steps, total_steps, optim.lr_scheduler_kwargs or None)
+    except TypeError as error:
+        raise UserError(f"optim.lr_scheduler_kwargs: {error}; see transformers' {schedule} schedule") from None
+    return optimizer, scheduler

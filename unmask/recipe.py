@@ -481,7 +481,10 @@ class OptimConfig(Section):
     adam_beta1: Probability = 0.9
     adam_beta2: Probability = 0.99
     max_grad_norm: NonNegFloat = 1.0
-    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
+    lr_scheduler_type: Literal["constant", "linear", "cosine", "warmup_stable_decay"] = "constant"
+    #: the schedule's own arguments (transformers' name); warmup_stable_decay needs
+    #: ``num_decay_steps`` and takes ``decay_type`` (linear, cosine, 1-sqrt)
+    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
     warmup_steps: NonNegInt = 0
     max_steps: PositiveInt = 20
     per_device_train_batch_size: PositiveInt = 8
@@ -490,6 +493,13 @@ class OptimConfig(Section):
     #: has (1: the published MDPO trainer's one step per rollout); replaces
     #: gradient_accumulation_steps, so set only one of the two
     optimizer_steps_per_rollout: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _schedule_arguments(self) -> OptimConfig:
+        if self.lr_scheduler_type == "warmup_stable_decay" and "num_decay_steps" not in self.lr_scheduler_kwargs:
+            raise ValueError("lr_scheduler_type warmup_stable_decay: set lr_scheduler_kwargs.num_decay_steps "
+                             "(the steps of the final decay)")
+        return self
 
     @model_validator(mode="after")
     def _one_step_rule(self) -> OptimConfig:
