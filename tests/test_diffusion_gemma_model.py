@@ -21,7 +21,7 @@ from unmask.models.diffusion_gemma import (
     diffusion_gemma_config,
     tiny_diffusion_gemma,
 )
-from unmask.models.export import merge_and_save
+from unmask.models.export import merge_adapter, merge_and_save
 from unmask.models.loading import load_model, meta_model
 from unmask.models.lora import apply_lora, load_adapter
 
@@ -192,9 +192,9 @@ def test_untied_adapters_merge_into_the_shared_weights() -> None:
     model, policy = trained_policy()
     with torch.no_grad():
         adapted = model.decode(CANVAS, model.encode(PROMPT)[0])
-        model.untie_adapters()
-        merged = policy.merge_and_unload()
+        merged = merge_adapter(policy)  # prepare_merge gives the encoder its base layers back first
         assert not any(isinstance(m, BaseTunerLayer) for m in merged.modules(remove_duplicate=False))
+        assert merged.state_dict().keys() == tiny_diffusion_gemma(0).state_dict().keys()  # no peft names left
         torch.testing.assert_close(merged.decode(CANVAS, merged.encode(PROMPT)[0]), adapted, atol=1e-5, rtol=0)
 
 

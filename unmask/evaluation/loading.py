@@ -17,10 +17,11 @@ def load_eval_model(name_or_path: str, adapter: str | None = None) -> DiffusionL
     except CheckpointError as exc:
         raise UserError(f"--model {name_or_path}: {exc}") from None
     if adapter is not None:
+        from unmask.models.export import merge_adapter
         from unmask.models.lora import load_adapter
 
         try:
-            model = load_adapter(model, adapter).merge_and_unload()
+            model = merge_adapter(load_adapter(model, adapter))
         except CheckpointError as exc:
             raise UserError(f"--adapter {adapter}: {exc}") from None
         except (ValueError, KeyError, RuntimeError) as exc:

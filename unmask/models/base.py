@@ -104,6 +104,15 @@ class DiffusionLM(nn.Module):
     ) -> torch.Tensor:
         return self.logits(input_ids, attention_mask=attention_mask, positions=positions, **fast)
 
+    # -- LoRA ----------------------------------------------------------------
+    def prepare_merge(self) -> None:
+        """Called by ``unmask.models.export.merge_adapter`` before peft's ``merge_and_unload``.
+
+        peft folds each adapter module once; a family that runs a module under two names
+        (DiffusionGemma's tied encoder/decoder) gives the second name its plain module back
+        here. Nothing to do for the others.
+        """
+
     # -- prompts -----------------------------------------------------------
     def format_prompt(self, text: str) -> str:
         """Wrap a user message in the family's chat template (identity if none)."""

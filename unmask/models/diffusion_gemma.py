@@ -256,8 +256,10 @@ class DiffusionGemma(DiffusionLM):
             tied += 1
         return tied
 
-    def untie_adapters(self) -> None:
-        """Give the encoder plain base layers again (before ``merge_and_unload``, which visits each module once)."""
+    def prepare_merge(self) -> None:
+        """Give the encoder plain base layers again: ``merge_and_unload`` replaces each shared wrapper
+        under one of its two names only, and a wrapper left under the other would put peft's names
+        (``base_layer``, ``lora_A``) into the merged model's state dict."""
         for name, module in list(self.named_modules()):
             if name.startswith(ENCODER_LAYERS) and isinstance(module, BaseTunerLayer) and "base_layer" not in name:
                 parent, _, attr = name.rpartition(".")

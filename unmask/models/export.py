@@ -1,7 +1,10 @@
-"""Merge a LoRA adapter into the base weights and write a plain checkpoint directory.
+"""Merge a LoRA adapter into the base weights: in place, or into a plain checkpoint directory.
 
-The merge is computed into a new state dict (base weight + peft's delta per
-adapted layer), so the live model is left untouched and training can go on.
+Every merge site calls one of the two: ``merge_adapter`` (``unmask eval --adapter``: the
+model is used merged and nothing else) folds the adapter in place after the family's
+``prepare_merge`` hook; ``merge_and_save`` (``unmask export``, the SFT trainer's final
+export) computes a new state dict (base weight + peft's delta per adapted layer), so the
+live model is left untouched and training can go on.
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from unmask.models.base import DiffusionLM
 from unmask.models.native import NativeLM
+
+
+def merge_adapter(model: PeftModel) -> DiffusionLM:
+    """The base model with the active adapter folded into its weights and no peft wrapper left (in place)."""
+    model.get_base_model().prepare_merge()
+    return model.merge_and_unload()
 
 
 def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
