@@ -76,8 +76,11 @@ bench: $(VENV)/.installed  ## run every benchmark script in bench/ (they print n
 lint: $(VENV)/.installed  ## ruff check
 	$(VENV)/bin/ruff check .
 
-tiny-model: $(VENV)/.installed  ## rebuild the shipped tiny model byte for byte (~35 min on one core)
-	$(VENV)/bin/unmask pretrain --task countdown --out unmask/assets/tiny-countdown --seed 0
+TINY_BUILD := runs/tiny-countdown-build
+tiny-model: $(VENV)/.installed  ## rebuild the shipped tiny model through `unmask pretrain` (= unmask sft; ~35 min, one thread)
+	rm -rf $(TINY_BUILD)
+	OMP_NUM_THREADS=1 $(VENV)/bin/unmask pretrain output_dir=$(TINY_BUILD)
+	$(PY) -m unmask.assets.ship $(TINY_BUILD)/final unmask/assets/tiny-countdown
 
 BLOCK_BUILD := runs/tiny-countdown-block-build
 # one thread: float sums then do not depend on the core count, so the bytes reproduce

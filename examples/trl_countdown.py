@@ -19,12 +19,12 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from unmask.data import load_rows
+from unmask.data.countdown import problem_key
 from unmask.evaluation.benchmarks import benchmark_rows
 from unmask.evaluation.runner import evaluate
 from unmask.evaluation.settings import EvalSettings
 from unmask.integrations.trl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from unmask.models import load_model
-from unmask.pretrain import problem_key
 from unmask.report import compare
 from unmask.rewards.functions import countdown_reward
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from unmask.assets import available
+from unmask.data.countdown import TINY_TEMPLATE, problem_key
 from unmask.errors import UserError
 from unmask.models.fresh import BUILDABLE
-from unmask.pretrain import TINY_TEMPLATE, problem_key
 from unmask.recipe import load_recipe
 from unmask.report import compare, markdown_table, plot_curves
 from unmask.run import SAMPLED, eval_rows, eval_settings, training_rows

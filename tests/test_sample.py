@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from unmask.assets import builtin_path
 from unmask.cli import main
 from unmask.errors import UserError
 from unmask.evaluation.cli import checkpoint_lengths
 from unmask.models import tiny
 from unmask.models.generation import GENERATION_CONFIG, GenerationDefaults, read_generation_defaults
-from unmask.pretrain import PretrainConfig, generation_defaults
 from unmask.rollouts.cli import settings
 
 SHIPPED = "builtin:tiny-countdown"
@@ -119,14 +117,6 @@ def test_generation_config_file(tmp_path: Path) -> None:
     (tmp_path / GENERATION_CONFIG).write_text(json.dumps({"steps": "many"}))
     with pytest.raises(UserError, match="generation_config.json: steps: Input should be a valid integer"):
         read_generation_defaults(tmp_path)
-
-
-def test_shipped_generation_config_is_what_pretraining_writes(tmp_path: Path) -> None:
-    """`make tiny-model` rebuilds the shipped generation_config.json byte for byte."""
-    from unmask.models.generation import write_generation_defaults
-
-    written = write_generation_defaults(tmp_path, generation_defaults(PretrainConfig(), "countdown"))
-    assert written.read_bytes() == (builtin_path(SHIPPED) / GENERATION_CONFIG).read_bytes()
 
 
 def test_command_line_beats_checkpoint_beats_fallback() -> None:

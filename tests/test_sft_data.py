@@ -10,10 +10,10 @@ import torch
 from real_files import DREAM, LLADA, SDAR, tokenizer_folder
 
 from unmask.cli import recipes_dir
+from unmask.data.countdown import problem_key
 from unmask.errors import RecipeError, UserError
 from unmask.models import tiny
 from unmask.models.loading import load_tokenizer, meta_model
-from unmask.pretrain import problem_key
 from unmask.recipe import validate_recipe
 from unmask.run import eval_rows
 from unmask.sft.config import SFTRecipe, fed_recipe, load_sft_recipe

@@ -19,9 +19,9 @@ from test_trainer import comparable, make_model
 from test_trainer import recipe as rl_recipe
 
 from unmask.cli import main, recipes_dir
+from unmask.data.countdown import TINY_TEMPLATE
 from unmask.errors import RecipeError
 from unmask.models import load_model
-from unmask.pretrain import TINY_TEMPLATE
 from unmask.recipe import validate_recipe
 from unmask.rl.checkpoint import trainable_state
 from unmask.rl.logging import read_metrics

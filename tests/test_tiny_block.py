@@ -15,11 +15,10 @@ import torch
 from unmask.assets import builtin_path
 from unmask.assets.ship import HASH_FILE, WEIGHTS, sha256_file, ship
 from unmask.cli import recipes_dir
-from unmask.data.countdown import careless_solution
+from unmask.data.countdown import careless_solution, problem_key
 from unmask.errors import RecipeError
 from unmask.models import load_model, tiny_block
 from unmask.models.tiny_block import TinyBlockLM
-from unmask.pretrain import problem_key
 from unmask.recipe import load_recipe
 from unmask.rl.trainer import Trainer
 from unmask.run import eval_rows, model_factory, training_rows

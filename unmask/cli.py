@@ -20,6 +20,8 @@ from unmask.errors import UserError
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_INSTALL = 3
 REPAIR_COMMAND = "make install  (in a checkout; elsewhere: pip install --force-reinstall unmask)"
+#: ``unmask pretrain`` is ``unmask sft`` on this recipe: the build of ``builtin:tiny-countdown``
+PRETRAIN_RECIPE = "tiny/sft_countdown_scratch"
 
 
 def recipes_dir() -> Path:
@@ -93,12 +95,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return run_sample(args)
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from unmask.pretrain import run_pretrain
-
-    return run_pretrain(args)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from unmask.models import load_model
     from unmask.models.export import merge_and_save
@@ -169,13 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chat-template", action="store_true")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("pretrain", help="masked-diffusion SFT of a tiny model on synthetic task data")
-    p.add_argument("--task", default="countdown")
-    p.add_argument("--out", required=True)
-    p.add_argument("--minutes", type=float, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("pretrain", help=f"unmask sft {PRETRAIN_RECIPE}: build the tiny start model from scratch")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. seed=1 output_dir=runs/tiny")
+    p.set_defaults(func=cmd_sft, recipe=PRETRAIN_RECIPE, then_train=False)
 
     p = sub.add_parser("export", help="merge a LoRA adapter into its base and write a checkpoint")
     p.add_argument("--model", required=True)

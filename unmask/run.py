@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unmask.data.countdown import problem_key
 from unmask.errors import UserError
 from unmask.evaluation.benchmarks import benchmark_rows
 from unmask.evaluation.runner import evaluate
 from unmask.evaluation.settings import EvalSettings
 from unmask.models.base import DiffusionLM
-from unmask.pretrain import problem_key
 from unmask.recipe import ModelConfig, Recipe, save_recipe
 from unmask.report import CURVE_FILE, Comparison, compare, markdown_table, plot_curves, print_table
 from unmask.rewards.registry import RewardSpec

@@ -144,6 +144,20 @@ def generate(
 
 
 #: the careless choices are drawn from the run seed plus this (apart from the problem draws)
+#: the tiny models' prompt: the standard Countdown prompt without its constant middle
+#: sentence, which costs 30 of 51 tokens and most of the compute; the tiny recipes set
+#: ``data.prompt_template`` to this string
+TINY_TEMPLATE = (
+    "Using the numbers {nums}, create an equation that equals {target}. "
+    "Put the equation in <answer> </answer> tags."
+)
+
+
+def problem_key(row: dict[str, Any]) -> tuple[tuple[int, ...], int]:
+    """Identity of a Countdown problem regardless of the order its numbers are shown in."""
+    return tuple(sorted(row["nums"])), int(row["target"])
+
+
 CARELESS_SEED_OFFSET = 2_000
 
 

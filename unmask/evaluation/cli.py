@@ -60,7 +60,7 @@ def family_template(family: str, bench: str) -> str | None:
     from unmask.models.fresh import BUILDABLE
 
     if family in BUILDABLE and bench == "countdown":
-        from unmask.pretrain import TINY_TEMPLATE
+        from unmask.data.countdown import TINY_TEMPLATE
 
         return TINY_TEMPLATE
     return None

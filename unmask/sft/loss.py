@@ -17,8 +17,7 @@ processes), so the accumulation layout cannot change the gradient:
 
 The random draws come from a ``RowRandom``: one generator per row, seeded from the
 row's position in the data stream (so left padding, micro-batching, the process
-count and resume leave them unchanged), or one generator for a whole batch (the
-stream ``unmask pretrain`` has always used). What a corrupted row looks like and
+count and resume leave them unchanged). What a corrupted row looks like and
 how the model reads it is a ``Corruption``: by default the family's own diffusion
 process (``ProcessCorruption``), so a block-diffusion family trains on its
 two-stream input without a change here. A process whose published loss is not a
@@ -71,20 +70,17 @@ class SFTBatch:
 
 
 class RowRandom:
-    """Uniform draws ``[B, *shape]``: from one generator per row, or from one shared generator."""
+    """Uniform draws ``[B, *shape]``, each row's from its own generator."""
 
-    def __init__(self, rows: int, generators: torch.Generator | Sequence[torch.Generator]) -> None:
-        self.rows = rows
-        self.generators = generators
+    def __init__(self, generators: Sequence[torch.Generator]) -> None:
+        self.generators = list(generators)
 
     @classmethod
     def keyed(cls, seeds: Sequence[int]) -> RowRandom:
         """A generator per row: a row's draws depend on its seed only, never on its batch."""
-        return cls(len(seeds), [torch.Generator().manual_seed(int(s)) for s in seeds])
+        return cls([torch.Generator().manual_seed(int(s)) for s in seeds])
 
     def uniform(self, *shape: int) -> torch.Tensor:
-        if isinstance(self.generators, torch.Generator):
-            return torch.rand(self.rows, *shape, generator=self.generators)
         return torch.stack([torch.rand(*shape, generator=g) for g in self.generators])
 
 
@@ -114,13 +110,10 @@ class ProcessCorruption:
     alone (LLaDA, Dream, tiny), or ``[x_t ; x_0]`` under the two-stream block mask
     (SDAR), where each noisy block is scored against clean earlier blocks. The LM
     head runs only at the answer columns (a long prompt's vocabulary-sized logits are
-    never built). ``full_logits=True`` runs the head over every column and slices the
-    answer: the same values, but not the same gradient bits, and the shipped tiny model
-    was trained on that path (``make tiny-model`` rebuilds it byte for byte).
+    never built).
     """
 
     process: DiffusionProcess
-    full_logits: bool = False
 
     def corrupt(self, batch: SFTBatch, t: torch.Tensor, rand: RowRandom) -> torch.Tensor:
         draws = rand.uniform(batch.answer_ids.shape[1]).to(t.device)
@@ -131,20 +124,18 @@ class ProcessCorruption:
         noisy = torch.cat([batch.prompt_ids, self.process.corrupt(batch.answer_ids, noised)], dim=1)
         clean = torch.cat([batch.prompt_ids, batch.answer_ids], dim=1)
         attention = torch.cat([batch.prompt_mask, batch.window_attention], dim=1)
-        if self.full_logits:
-            return self.process.scoring_logits(model, noisy, clean, attention, plen)[:, plen:]
         columns = torch.arange(plen, plen + length, device=noisy.device)
         return self.process.scoring_logits(model, noisy, clean, attention, plen, logits_at=columns)
 
 
-def family_corruption(model: DiffusionLM, full_logits: bool = False) -> Corruption | OwnLoss:
+def family_corruption(model: DiffusionLM) -> Corruption | OwnLoss:
     """The SFT loss of ``model``'s own diffusion process: the masked CE of its corruption, or the
     process's own objective (uniform noise: flat CE plus the encoder's next-token CE)."""
     if isinstance(model.process, UniformNoise):
         from unmask.sft.uniform_loss import UniformCanvasLoss
 
         return UniformCanvasLoss()
-    return ProcessCorruption(model.process, full_logits)
+    return ProcessCorruption(model.process)
 
 
 @dataclass(frozen=True)
