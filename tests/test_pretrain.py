@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from unmask.assets import builtin_path
+from unmask.assets.ship import HASH_FILE, WEIGHTS, sha256_file
 from unmask.cli import PRETRAIN_RECIPE, main, resolve_recipe_path
 from unmask.errors import UserError
 from unmask.models.generation import GENERATION_CONFIG
@@ -41,3 +42,7 @@ def test_the_build_recipe_trains_from_scratch_on_careless_demonstrations() -> No
 def test_builtin_path_names_the_shipped_checkpoints() -> None:
     with pytest.raises(UserError, match="no such built-in checkpoint"):
         builtin_path("builtin:nope")
+
+
+def test_shipped_weights_match_their_sha256() -> None:
+    assert (SHIPPED / HASH_FILE).read_text().split()[0] == sha256_file(SHIPPED / WEIGHTS)
