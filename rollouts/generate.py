@@ -8,11 +8,13 @@ step (``rollouts.draws``). A row's tokens therefore depend only on its prompt,
 hints and seed, not on the other rows of the batch, and are the same on every
 device up to the model's own numerics.
 
-The parts: a ``Predictor`` (``rollouts.predict``) runs the step's forward
-(``StepForward`` or the block cache's ``BlockStepForward``) on the rows with work;
-a decoding rule (``rollouts/rules/``, one file each, chosen by the settings)
-chooses commits and re-masks; a ``StepRecorder`` keeps the step. The diffusion
-process says what is noise, how to noise and what a round may touch.
+The loop is the driver's (``rollouts.driver``); this module assembles the absorbing
+parts (``rollouts/absorbing/``): a round starts with the rule's step budget and plan,
+a step predicts through a ``Predictor`` (``rollouts.predict``: ``StepForward`` or the
+block cache's ``BlockStepForward`` on the rows with work), a decoding rule
+(``rollouts/rules/``, one file each, chosen by the settings) decides commits and
+re-masks, ``CommitAndRemask`` applies them, a ``StepRecorder`` keeps the step. The
+diffusion process says what is noise, how to noise and what a round may touch.
 
 Host synchronisation. A step's rule decisions, the scatters and the bookkeeping
 are tensor ops. What the host must know is how many rows and positions the
@@ -34,14 +36,21 @@ import torch
 from unmask.diffusion.process import DiffusionProcess
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM
+from unmask.rollouts.absorbing.commit import CommitAndRemask
+from unmask.rollouts.absorbing.predict import MaskedPredict
+from unmask.rollouts.absorbing.record import MaskedRecord
+from unmask.rollouts.absorbing.round import MaskedRound
+from unmask.rollouts.absorbing.round import plan as _plan  # noqa: F401  (tests/test_rollouts_rules.py checks it under this name)
+from unmask.rollouts.absorbing.state import MaskedCanvas
 from unmask.rollouts.block_forward import BlockStepForward
 from unmask.rollouts.cache import StepForward
 from unmask.rollouts.confidence import CONFIDENCES, ConfidenceFn, resolve_confidence
 from unmask.rollouts.draws import RowDraws
+from unmask.rollouts.driver import SamplerParts, drive, never
 from unmask.rollouts.predict import Predictor
 from unmask.rollouts.progress import step_progress
 from unmask.rollouts.record import StepRecorder, answer_mask
-from unmask.rollouts.rules.base import BlockStart, DecodingRule, RuleSettings
+from unmask.rollouts.rules.base import DecodingRule, RuleSettings
 from unmask.rollouts.rules.early_exit import EarlyExit
 from unmask.rollouts.rules.registry import rule_for
 from unmask.rollouts.sampler_config import SamplerConfig
@@ -113,15 +122,16 @@ def generate(
     hint_mask, hint_tokens = _check_hints(hints, batch, gen_length, process, device)
     seeds = row_seeds(seed, batch)
 
-    answer = torch.where(hint_mask, hint_tokens, process.blank(hint_tokens))
-    masked = ~hint_mask  # the noised positions, tracked: a process need not be able to read them from the tokens
     full_mask = None
     if attention_mask is not None:
         full_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, gen_length)], dim=1)
     prompt_mask = torch.ones_like(prompt_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    rounds = process.answer_blocks(prompt_mask, gen_length, block_length)  # [B, L] decoding round of each position
-    commit_step = torch.full((batch, gen_length), -1, dtype=torch.long, device=device)
-    nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    canvas = MaskedCanvas(
+        answer=torch.where(hint_mask, hint_tokens, process.blank(hint_tokens)), masked=~hint_mask, hint_mask=hint_mask,
+        rounds=process.answer_blocks(prompt_mask, gen_length, block_length),
+        commit_step=torch.full((batch, gen_length), -1, dtype=torch.long, device=device),
+        nfe=torch.zeros(batch, dtype=torch.long, device=device),
+    )
     recorder = StepRecorder(record)
     forward = (
         BlockStepForward(model, prompt_ids, full_mask, gen_length, cfg_scale=cfg_scale) if cache == "block"
@@ -136,45 +146,18 @@ def generate(
     draws = RowDraws(seeds, gen_length, device) if temperature > 0 or conf_fn not in (
         CONFIDENCES[name] for name in ("probability", "margin", "entropy")) else None
     record_all = record and forward.predicts_all  # predict (and record) every noised position, not only the scope
-    passes = 2 if cfg_scale > 0 else 1
-
-    num_rounds = int(rounds.max()) + 1
-    total = None if rule.ends_when_done else num_rounds * block_steps
-    t = 0
+    rounds = MaskedRound(canvas, process, rule, forward, draws, block_length, record_all)
+    parts = SamplerParts(
+        rounds=int(canvas.rounds.max()) + 1, start_round=rounds.start,
+        predict=MaskedPredict(canvas, rule, predictor, draws, passes=2 if cfg_scale > 0 else 1, record_all=record_all),
+        decide=rule.decide, apply=CommitAndRemask(canvas, process), record=MaskedRecord(canvas, rule, recorder),
+        stop=never, end_round=rounds.end,
+    )
+    total = None if rule.ends_when_done else parts.rounds * block_steps
     with step_progress(progress, total) as advance:
-        for block in range(num_rounds):
-            span = (block * block_length, (block + 1) * block_length)
-            in_reach = process.in_reach(rounds, block)
-            round_steps = rule.start(BlockStart(block, rounds == block, in_reach, masked, hint_mask))
-            forward.new_block(block)
-            plan = _plan(rule, (masked & ~rule.scope(masked, in_reach)).sum(1) if record_all else None)
-            if draws is not None:
-                draws.start(round_steps, ahead=plan is not None)
-            for i in range(round_steps):
-                scope = rule.scope(masked, in_reach)
-                predict = scope | masked if record_all else scope
-                if plan is None:  # a data-decided rule: one read of the step's work
-                    n_rows, n_pred, any_scope = torch.stack([predict.any(1).sum(), predict.sum(), scope.any().long()]).tolist()
-                    if rule.ends_when_done and not any_scope:
-                        break
-                    work = (n_rows, n_pred)
-                else:
-                    work = plan[i]
-                nfe += passes * scope.any(1)
-                uniforms = None if draws is None else draws.next()
-                step, cached = predictor(i, answer, masked, scope, predict, work, uniforms, span)
-                commit = changed = rule.commits(step)
-                answer = torch.where(commit, step.pred, answer)
-                recorder.add(masked, step.pred, rule.recorded_confidence(step), step.logprob, cached)
-                masked = masked & ~commit
-                remask = rule.remask(step)
-                if remask is not None:
-                    answer = process.corrupt(answer, remask)
-                    changed, masked = commit & ~remask, masked | remask
-                commit_step = commit_step.masked_fill(changed, t)
-                t += 1
-                advance()
+        drive(parts, advance)
 
+    answer = canvas.answer
     tokens = torch.cat([prompt_ids, answer], dim=1)
     settings: dict[str, Any] = {**config.generate_kwargs(), "seed": seeds}
     return Trajectory(
@@ -182,9 +165,9 @@ def generate(
         attention_mask=(torch.ones_like(tokens, dtype=torch.bool) if full_mask is None else full_mask.bool()).cpu(),
         prompt_length=plen,
         answer_mask=answer_mask(answer, model.eos_token_ids).cpu(),
-        commit_step=commit_step.masked_fill(hint_mask, -1).cpu(),
+        commit_step=canvas.commit_step.masked_fill(hint_mask, -1).cpu(),
         hint_mask=hint_mask.cpu(),
-        nfe=nfe.cpu(),
+        nfe=canvas.nfe.cpu(),
         settings=settings,
         flops=forward.flops if forward.native else None,
         **recorder.tensors(),
@@ -202,20 +185,6 @@ def _rule(config: SamplerConfig, block_steps: int, model: DiffusionLM, device: t
         eos = model.eos_token_ids
         rule = EarlyExit(rule, torch.tensor(eos, device=device), eos[0])
     return rule
-
-
-def _plan(rule: DecodingRule, outside: torch.Tensor | None) -> list[tuple[int, int]] | None:
-    """Per step of the round: (rows with work, positions to predict), read once; ``None`` without a plan.
-
-    ``outside`` ``[B]``: noised positions outside the scope, predicted too when every noised
-    position is recorded (they lie beyond the round's reach, so they do not change during it).
-    """
-    left = rule.planned()
-    if left is None:
-        return None
-    predicted = left if outside is None else left + outside[:, None]
-    counts = torch.stack([(predicted > 0).sum(0), predicted.sum(0)], dim=1)
-    return [(int(rows), int(n)) for rows, n in counts.tolist()]
 
 
 def row_seeds(seed: Seed, batch: int) -> list[int]:

@@ -1,5 +1,6 @@
 """The uniform-noise block sampler of DiffusionGemma, recording what a renoise replay rescores.
 
+The loop is the driver's (``rollouts.driver``); the parts are in ``rollouts/uniform/``.
 Per canvas (block): encode the uncached context into the cache, start from uniform
 ids, then for n = N..1: logits = decode(x_n, SC = z_{n+1}); z_n = logits / T_n (linear
 temperature schedule); sample s_n ~ softmax(z_n) at every slot; accept the lowest-entropy
@@ -17,15 +18,25 @@ with one ``torch.Generator`` per row, a row's tokens do not depend on the rest o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Categorical
 
-from unmask.diffusion.uniform import uniform_tokens
 from unmask.errors import UserError
 from unmask.models.diffusion_gemma import DiffusionGemma
+from unmask.rollouts.driver import SamplerParts, drive
+from unmask.rollouts.uniform.adaptive_stop import AdaptiveStop
+from unmask.rollouts.uniform.entropy_bound import EntropyBound, entropy_bound_accept
+from unmask.rollouts.uniform.predict import SelfConditionedDecode
+from unmask.rollouts.uniform.readout import ArgmaxReadout
+from unmask.rollouts.uniform.record import UniformRecord
+from unmask.rollouts.uniform.renoise import Renoise
+from unmask.rollouts.uniform.round_start import EncodeAndSeed
+from unmask.rollouts.uniform.state import UniformCanvas
+
+#: ``entropy_bound_accept`` is imported from here by the renoise replay
+__all__ = ["UniformSettings", "UniformTrajectory", "entropy_bound_accept", "generate_uniform"]
 
 
 @dataclass(frozen=True)
@@ -144,59 +155,6 @@ class UniformTrajectory:
 #: the recorded ``[T, B, ...]`` fields (``step_temperature``, ``step_n``, ``step_block`` are ``[T]``)
 PER_STEP_ROW = ("step_canvas", "step_sample", "step_accept", "step_logprob", "step_sc", "step_active", "step_argmax")
 
-@dataclass
-class _Recorder:
-    """Per-step tensors, stacked at the end (nothing kept when ``record=False``)."""
-
-    on: bool
-    rows: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-
-    def add(self, **tensors: torch.Tensor) -> None:
-        if self.on:
-            for key, value in tensors.items():
-                self.rows.setdefault(key, []).append(value)
-
-    def stacked(self, key: str) -> torch.Tensor:
-        return torch.stack(self.rows[key])
-
-
-def entropy_bound_accept(entropy: torch.Tensor, bound: float) -> torch.Tensor:
-    """Accept the longest lowest-entropy prefix whose summed entropy minus its largest is <= ``bound``."""
-    ordered, order = entropy.sort(dim=-1)
-    keep = ordered.cumsum(-1) - ordered <= bound
-    return torch.zeros_like(keep).scatter(-1, order, keep)
-
-
-def draw(probs: torch.Tensor, generators: Sequence[torch.Generator] | None, frozen: torch.Tensor) -> torch.Tensor:
-    """One token per slot from ``probs [B, L, V]``: every row in one call on the global RNG (transformers'
-    order), or one generator per row, where a stopped (``frozen``) row draws nothing and gets its argmax.
-
-    A stopped row's draws are discarded anyway; not making them keeps each row's generator stream
-    its own, whether the batch around it keeps denoising or stops (the per-row independence).
-    """
-    b, length, vocab = probs.shape
-    if generators is None:
-        return torch.multinomial(probs.view(-1, vocab), 1).view(b, length)
-    return torch.stack([
-        probs[i].argmax(-1) if stopped else torch.multinomial(probs[i], 1, generator=g)[:, 0]
-        for i, (g, stopped) in enumerate(zip(generators, frozen.tolist(), strict=True))
-    ])
-
-
-def noise_tokens(
-    canvas: torch.Tensor, vocab: int, generators: Sequence[torch.Generator] | None, frozen: torch.Tensor
-) -> torch.Tensor:
-    """Fresh uniform ids shaped like ``canvas``; with per-row generators a ``frozen`` row keeps its canvas (no draw)."""
-    if generators is None:
-        return uniform_tokens(tuple(canvas.shape), vocab, None, canvas.device)
-    live = (~frozen).nonzero()[:, 0]
-    noise = canvas.clone()
-    if len(live):
-        own = [generators[i] for i in live.tolist()]
-        noise[live] = uniform_tokens((len(own), canvas.shape[1]), vocab, own, canvas.device)
-    return noise
-
-
 def generate_uniform(
     model: DiffusionGemma,
     prompt: torch.Tensor,
@@ -207,72 +165,21 @@ def generate_uniform(
 ) -> UniformTrajectory:
     """Sample ``ceil(max_new_tokens / canvas_length)`` canvases after ``prompt [B, P]`` (left padding in ``attention_mask``)."""
     b, p = prompt.shape
-    length, vocab, hidden = model.config.canvas_length, model.text_config.vocab_size, model.text_config.hidden_size
-    device = prompt.device
-    mask = torch.ones(b, p, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
-    padded = None if attention_mask is None else mask
-    eos = None if settings.eos_token_id is None else torch.tensor([settings.eos_token_id], device=device)
-    rec = _Recorder(record)
-    stops: list[torch.Tensor] = []
-    sequences, new_context, cache = prompt, prompt, model.new_cache()
-    finished = torch.zeros(b, dtype=torch.bool, device=device)
-    with torch.no_grad():
-        for block in range(-(-settings.max_new_tokens // length)):
-            start = sequences.shape[1] - new_context.shape[1]
-            model.encode(new_context, cache, padded, torch.arange(start, sequences.shape[1], device=device)[None])
-            positions = torch.arange(sequences.shape[1], sequences.shape[1] + length, device=device)[None]
-            decoder_mask = None if padded is None else torch.nn.functional.pad(padded, (0, length), value=True)
-            canvas = uniform_tokens((b, length), vocab, generators, device)
-            argmax, stop_at = canvas, torch.full((b,), 1, device=device)
-            z = sc = None
-            history = torch.full((settings.stability_threshold, b, length), -1, device=device)
-            frozen = torch.zeros(b, dtype=torch.bool, device=device)
-            for n in range(settings.steps, 0, -1):
-                temperature = settings.temperature(n)
-                new_z = model.decode(canvas, cache, sc, attention_mask=decoder_mask, position_ids=positions) / temperature
-                probs = new_z.softmax(-1, dtype=torch.float32)
-                sample = draw(probs, generators, frozen)
-                entropy = Categorical(logits=new_z).entropy()
-                accept = entropy_bound_accept(entropy, settings.entropy_bound)
-                noise = noise_tokens(canvas, vocab, generators, frozen)
-                rec.add(step_canvas=canvas, step_sample=sample, step_accept=accept,
-                        step_sc=torch.zeros(b, length, hidden, dtype=model.dtype, device=device) if sc is None else sc,
-                        step_logprob=probs.gather(-1, sample[..., None])[..., 0].log(), step_temperature=temperature,
-                        step_n=torch.tensor(n), step_block=torch.tensor(block), step_active=~(frozen | finished))  # fmt: skip
-                keep = frozen[:, None]
-                canvas = torch.where(keep, canvas, torch.where(accept, sample, noise))
-                argmax = torch.where(keep, argmax, new_z.argmax(-1))
-                rec.add(step_argmax=argmax)
-                z = new_z if z is None else torch.where(keep[..., None], z, new_z)
-                stable = (history == argmax[None]).all(-1).all(0)
-                if settings.stability_threshold:
-                    history = torch.cat([history[1:], argmax[None]])
-                confident = Categorical(logits=z).entropy().mean(-1) < settings.confidence_threshold
-                stop_at = torch.where(frozen, stop_at, torch.full_like(stop_at, n))
-                frozen = frozen | (stable & confident)
-                z = z.to(model.dtype)
-                sc = model.soft_embeddings(z)
-                if frozen.all():
-                    break
-            stops.append(stop_at)
-            readout = argmax.clone()
-            if settings.pad_token_id is not None:
-                readout[finished] = settings.pad_token_id
-            ended = torch.zeros_like(finished) if eos is None else torch.isin(readout, eos).any(-1)
-            if eos is not None and settings.pad_token_id is not None:
-                seen = torch.isin(readout, eos).cumsum(-1)
-                readout[(seen > 0) & ~((seen == 1) & torch.isin(readout, eos))] = settings.pad_token_id
-            finished = finished | ended
-            sequences, new_context = torch.cat([sequences, readout], 1), readout
-            if padded is not None:
-                padded = torch.nn.functional.pad(padded, (0, length), value=True)
-            if finished.all():
-                break
-    empty = torch.empty(0)
-    get = rec.stacked if record else (lambda key: empty)
-    return UniformTrajectory(
-        sequences=sequences, prompt_length=p, step_canvas=get("step_canvas"), step_sample=get("step_sample"),
-        step_accept=get("step_accept"), step_logprob=get("step_logprob"), step_sc=get("step_sc"),
-        step_temperature=get("step_temperature"), step_n=get("step_n"), step_block=get("step_block"),
-        step_active=get("step_active"), stop_step=torch.stack(stops), step_argmax=get("step_argmax"),
+    text = model.text_config
+    canvas = UniformCanvas(sequences=prompt, context=prompt, cache=model.new_cache(),
+                           padded=None if attention_mask is None else attention_mask.bool(),
+                           finished=torch.zeros(b, dtype=torch.bool, device=prompt.device))  # fmt: skip
+    recorder = UniformRecord(record, canvas, text.hidden_size, model.dtype)
+    parts = SamplerParts(
+        rounds=-(-settings.max_new_tokens // model.config.canvas_length),
+        start_round=EncodeAndSeed(model, canvas, settings.steps, settings.stability_threshold, generators),
+        predict=SelfConditionedDecode(model, canvas, settings.steps, settings.temperature, generators),
+        decide=EntropyBound(settings.entropy_bound), apply=Renoise(canvas, text.vocab_size, generators), record=recorder,
+        stop=AdaptiveStop(canvas, settings.stability_threshold, settings.confidence_threshold),
+        end_round=ArgmaxReadout(canvas, settings.eos_token_id, settings.pad_token_id),
     )  # fmt: skip
+    with torch.no_grad():
+        drive(parts)
+    steps = {f.name: torch.empty(0) for f in fields(UniformTrajectory) if f.name.startswith("step_")}
+    return UniformTrajectory(sequences=canvas.sequences, prompt_length=p, stop_step=torch.stack(canvas.stops),
+                             **{**steps, **recorder.tensors()})  # fmt: skip

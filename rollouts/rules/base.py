@@ -1,8 +1,9 @@
 """What a decoding rule is: the part of a denoising step that picks commits and re-masks (docs/sampling.md §9).
 
-The driver (``rollouts.generate``) predicts every position a step reads, then asks
-the rule which predictions to write (:meth:`DecodingRule.commits`) and which
-positions to noise again (:meth:`DecodingRule.remask`). A rule sees ``[B, L]``
+The absorbing-mask sampler (``rollouts.generate`` over ``rollouts.driver``) predicts
+every position a step reads, then asks the rule which predictions to write
+(:meth:`DecodingRule.commits`) and which positions to noise again
+(:meth:`DecodingRule.remask`). A rule sees ``[B, L]``
 tensors and answers with ``[B, L]`` bool masks built from tensor ops, so a step
 reads nothing back to the host. A new rule is one file in this folder: a subclass
 whose :meth:`DecodingRule.build` returns an instance for the settings that select it
@@ -63,6 +64,14 @@ class Step:
     logprob: torch.Tensor  # log-probability of the prediction at ``predict``, 0 elsewhere
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What a rule makes of a step: ``[B, L]`` bool commits, and re-masks (``None``: none)."""
+
+    commit: torch.Tensor
+    remask: torch.Tensor | None
+
+
 class DecodingRule(ABC):
     """Chooses commits (and optionally re-masks) from a step's predictions."""
 
@@ -96,6 +105,11 @@ class DecodingRule(ABC):
     @abstractmethod
     def commits(self, step: Step) -> torch.Tensor:
         """``[B, L]`` bool: positions whose prediction is written into the answer."""
+
+    def decide(self, step: Step) -> Decision:
+        """The step's commits, then its re-masks (the driver's ``decide``; a rule may re-mask by what it committed)."""
+        commit = self.commits(step)
+        return Decision(commit, self.remask(step))
 
     def remask(self, step: Step) -> torch.Tensor | None:
         """``[B, L]`` bool: positions to noise again after the commits (``None``: none)."""

@@ -1,0 +1,26 @@
+"""DiffusionGemma's adaptive stop: a row stops when its argmax canvas is stable and its entropy is low."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Categorical
+
+from unmask.rollouts.uniform.state import UniformCanvas, UniformStep
+
+
+class AdaptiveStop:
+    """After a step: the argmax canvas equals the last ``stability_threshold`` ones and the mean entropy of
+    softmax(z) is below ``confidence_threshold``; the round ends when every row has stopped."""
+
+    def __init__(self, canvas: UniformCanvas, stability_threshold: int, confidence_threshold: float) -> None:
+        self.canvas, self.stability, self.confidence = canvas, stability_threshold, confidence_threshold
+
+    def __call__(self, step: UniformStep, accept: torch.Tensor) -> bool:
+        c = self.canvas
+        stable = (c.history == c.argmax[None]).all(-1).all(0)
+        if self.stability:
+            c.history = torch.cat([c.history[1:], c.argmax[None]])
+        confident = Categorical(logits=c.z).entropy().mean(-1) < self.confidence
+        c.stop_at = torch.where(c.frozen, c.stop_at, torch.full_like(c.stop_at, step.n))
+        c.frozen = c.frozen | (stable & confident)
+        return bool(c.frozen.all())
