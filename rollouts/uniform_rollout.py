@@ -5,9 +5,10 @@ The uniform-noise sampler (``uniform_sampler.generate_uniform``) has its own set
 ``gen_length`` (``max_new_tokens``), ``block_length`` (must be the canvas length), ``steps``
 (the total over all canvases, as ``generate`` counts them, so ``steps / blocks`` denoising
 steps per canvas), ``seed`` (one generator per row, so a row's tokens do not depend on its
-batch) and ``record``. The absorbing sampler's decoding rules (remasking, threshold,
-schedule, cache, CFG, temperature) have no meaning here and are not read
-(docs/diffusion-gemma.md).
+batch) and ``record``. The absorbing sampler's settings (remasking, threshold, schedule,
+cache, CFG, temperature, ...) have no meaning here: the trainer and ``unmask eval`` pass
+every ``SamplerConfig`` field, so each may come at its default, and any other value is
+refused in one line rather than ignored (docs/diffusion-gemma.md).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch.nn.functional as F
 
 from unmask.errors import UserError
 from unmask.models.diffusion_gemma import DiffusionGemma
+from unmask.recipe import RolloutConfig
 from unmask.rollouts.generate import Seed, row_seeds
 from unmask.rollouts.record import answer_mask
+from unmask.rollouts.sampler_config import SamplerConfig
 from unmask.rollouts.trajectory import Trajectory
 from unmask.rollouts.uniform_sampler import UniformSettings, UniformTrajectory, generate_uniform
 
@@ -38,6 +41,20 @@ def rollout_settings(model: DiffusionGemma, gen_length: int, steps: int, block_l
                            pad_token_id=model.pad_token_id)  # fmt: skip
 
 
+def refuse_absorbing_settings(settings: dict[str, Any]) -> None:
+    """One ``UserError`` for the first of ``generate``'s settings that is not at ``SamplerConfig``'s default
+    (this sampler does not read them). ``temperature`` may also be the RL rollout's default, which the
+    trainer passes whether or not a recipe sets it."""
+    fields = SamplerConfig.model_fields
+    for name, value in settings.items():
+        if name not in fields:
+            raise UserError(f"unknown sampler setting {name}")
+        default = fields[name].default
+        if value != default and not (name == "temperature" and value == RolloutConfig.model_fields[name].default):
+            raise UserError(f"{name}={value!r}: DiffusionGemma's sampler does not use it (its temperature schedule, "
+                            f"entropy-bound accept and adaptive stop decide instead); leave it at {default!r}")  # fmt: skip
+
+
 def generate_renoise(
     model: DiffusionGemma,
     prompt_ids: torch.Tensor,
@@ -52,6 +69,7 @@ def generate_renoise(
     **absorbing: Any,
 ) -> Trajectory:
     """``generate`` for a uniform-noise family: one ``torch.Generator`` per row from ``seed``."""
+    refuse_absorbing_settings(absorbing)
     if hints is not None:
         raise UserError("DiffusionGemma's uniform sampler takes no hints (IGPO's inpainting needs a mask token)")
     settings = rollout_settings(model, gen_length, steps, block_length)
