@@ -155,6 +155,7 @@ class UniformTrajectory:
 #: the recorded ``[T, B, ...]`` fields (``step_temperature``, ``step_n``, ``step_block`` are ``[T]``)
 PER_STEP_ROW = ("step_canvas", "step_sample", "step_accept", "step_logprob", "step_sc", "step_active", "step_argmax")
 
+
 def generate_uniform(
     model: DiffusionGemma,
     prompt: torch.Tensor,
