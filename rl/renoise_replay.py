@@ -24,18 +24,30 @@ blocks) and the canvas' L slots, so objectives read their loss mask from ``score
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.distributions import Categorical
+from torch.utils.checkpoint import checkpoint
 
 from unmask.diffusion.process import DiffusionProcess
 from unmask.errors import UserError
+from unmask.kernels.sampling import row_chunks
+from unmask.models.diffusion_gemma import DiffusionGemma
 from unmask.rl.estimators import Estimator, Key, Scores, _generator
 from unmask.rollouts.trajectory import Trajectory
 from unmask.rollouts.uniform_sampler import UniformTrajectory, entropy_bound_accept
+
+#: fp32 logit elements (2^27: 512 MiB) that one chunk of the replay's vocabulary reductions holds. The
+#: replay decodes all of a block's recorded steps at once, and at the real size (canvas 256, vocabulary
+#: 262 144) one canvas' logits take 268 MB in fp32, a 48-step row-block's about 13 GB, several times over
+#: (soft-cap, log-softmax, their copies saved for backward). So the head, log-softmax and entropy run on
+#: a few canvases at a time under activation checkpointing: forward and backward each hold one chunk's
+#: logits, and the results equal the unchunked replay's (docs/diffusion-gemma.md).
+LOGIT_CHUNK_ELEMENTS = 1 << 27
 
 
 def scorable_steps(run: UniformTrajectory) -> torch.Tensor:
@@ -51,12 +63,14 @@ class RenoiseReplayEstimator(Estimator):
     ``[B]`` tensor of trained steps instead (MDPO's (answer, step) items). ``exact_sc=True``
     recomputes the SC inputs under θ, step after step (``replay_block_exact``: a decoder pass
     per step instead of one per block), instead of reading θ_old's recorded ones.
+    ``chunk_elements`` bounds the logits alive at once (``LOGIT_CHUNK_ELEMENTS``).
     """
 
     varies_per_iteration = False
 
     def __init__(
-        self, process: DiffusionProcess, steps_per_row: int | None = None, per_step: bool = False, exact_sc: bool = False
+        self, process: DiffusionProcess, steps_per_row: int | None = None, per_step: bool = False,
+        exact_sc: bool = False, chunk_elements: int = LOGIT_CHUNK_ELEMENTS,
     ) -> None:
         if process.mask_token:
             raise UserError(
@@ -67,6 +81,7 @@ class RenoiseReplayEstimator(Estimator):
         self.steps_per_row = None if per_step else steps_per_row
         self.per_step = per_step
         self.replay = replay_block_exact if exact_sc else replay_block
+        self.chunk_elements = chunk_elements
         self.varies_per_iteration = self.steps_per_row is not None
 
     def key_for(self, traj: Trajectory, seed: int) -> Key:
@@ -94,29 +109,14 @@ class RenoiseReplayEstimator(Estimator):
         return scorable & (rank < self.steps_per_row), (count / self.steps_per_row).clamp(min=1.0)
 
     def token_logprobs(self, model: nn.Module, traj: Trajectory, key: Key) -> Scores:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            raise UserError("the renoise replay calls DiffusionGemma's encode/decode, which bypass DDP's gradient "
-                            "sync: train this family in one process")  # fmt: skip
         run = _record(traj)
         chosen, row_weight = self.chosen_steps(run, key)
+        # one forward of whatever wraps the family, so DDP all-reduces the gradient of every block's calls
+        logprobs, entropy = model(within=functools.partial(self.replay_chosen, traj=traj, run=run, chosen=chosen))
         steps, batch, length = run.step_canvas.shape
-        logprobs = torch.zeros(steps, batch, length, device=chosen.device)
-        entropy = torch.zeros_like(logprobs)
-        changed = slots = 0
-        for block in range(int(run.stop_step.shape[0])):
-            at = ((run.step_block == block) & chosen.any(1)).nonzero()[:, 0]
-            if not len(at):
-                continue
-            rows = chosen[at].any(0).nonzero()[:, 0]
-            lp, ent = self.replay(model, traj, run, block, at, rows)  # [n, R, L]
-            logprobs = logprobs.index_put((at[:, None], rows[None]), lp)
-            entropy[at[:, None], rows[None]] = ent.detach()
-            picked = chosen[at][:, rows]
-            bound = float(traj.settings["entropy_bound"])
-            moved = entropy_bound_accept(ent.detach(), bound) != run.step_accept[at][:, rows]
-            changed += int(moved[picked].sum())
-            slots += int(picked.sum()) * length
         mask = chosen[..., None] & run.step_accept
+        moved = entropy_bound_accept(entropy, float(traj.settings["entropy_bound"])) != run.step_accept
+        changed = int(moved[chosen].sum()) / max(int(chosen.sum()) * length, 1)
         weight = row_weight[None, :, None].expand_as(logprobs)
 
         def flat(values: torch.Tensor) -> torch.Tensor:  # [T, B, L] → decision-major [B, T·L]
@@ -124,8 +124,26 @@ class RenoiseReplayEstimator(Estimator):
 
         return Scores(
             flat(logprobs.masked_fill(~mask, 0.0)), flat(entropy.masked_fill(~mask, 0.0)), flat(mask), flat(weight),
-            metrics={"accept_changed": changed / max(slots, 1), **decision_metrics(logprobs.detach(), run, mask)},
+            metrics={"accept_changed": changed, **decision_metrics(logprobs.detach(), run, mask)},
         )
+
+    def replay_chosen(
+        self, model: DiffusionGemma, traj: Trajectory, run: UniformTrajectory, chosen: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[T, B, L]`` log-probs of the recorded draws and (detached) entropies, 0 where not replayed:
+        per block one replay of its chosen steps, for the rows chosen at any of them."""
+        steps, batch, length = run.step_canvas.shape
+        logprobs = torch.zeros(steps, batch, length, device=chosen.device)
+        entropy = torch.zeros_like(logprobs)
+        for block in range(int(run.stop_step.shape[0])):
+            at = ((run.step_block == block) & chosen.any(1)).nonzero()[:, 0]
+            if not len(at):
+                continue
+            rows = chosen[at].any(0).nonzero()[:, 0]
+            lp, ent = self.replay(model, traj, run, block, at, rows, self.chunk_elements)  # [n, R, L]
+            logprobs = logprobs.index_put((at[:, None], rows[None]), lp)
+            entropy[at[:, None], rows[None]] = ent.detach()
+        return logprobs, entropy
 
 
 def decision_metrics(logprobs: torch.Tensor, run: UniformTrajectory, mask: torch.Tensor) -> dict[str, float]:
@@ -147,7 +165,7 @@ class BlockContext:
     positions: torch.Tensor
 
 
-def encode_context(model: nn.Module, traj: Trajectory, run: UniformTrajectory, block: int, rows: torch.Tensor) -> BlockContext:
+def encode_context(model: DiffusionGemma, traj: Trajectory, run: UniformTrajectory, block: int, rows: torch.Tensor) -> BlockContext:
     """One encoder pass (with gradient) over the rows' prompt ⊕ earlier blocks, left padding as the sampler had it."""
     length = run.step_canvas.shape[-1]
     end = run.prompt_length + block * length
@@ -159,18 +177,40 @@ def encode_context(model: nn.Module, traj: Trajectory, run: UniformTrajectory, b
     return BlockContext(cache, decoder_mask, torch.arange(end, end + length, device=context.device)[None])
 
 
-def drawn_logprobs(z: torch.Tensor, draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of ``draws`` under softmax(z) and (detached) entropies, from processed logits ``z [..., V]``."""
-    return z.log_softmax(-1).gather(-1, draws[..., None])[..., 0], Categorical(logits=z.detach()).entropy()
+def head_scores(
+    model: DiffusionGemma, hidden: torch.Tensor, temperature: torch.Tensor, draws: torch.Tensor, with_sc: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Log-probs of ``draws [N, L]`` under softmax(z) with z = head(hidden) / T, (detached) entropies and,
+    ``with_sc``, the next step's SC embeddings, for ``N`` canvases of decoder hidden states with temperatures ``[N]``."""
+    z = model.head(hidden) / temperature.to(hidden.device)[:, None, None]
+    scores = z.log_softmax(-1).gather(-1, draws[..., None])[..., 0], Categorical(logits=z.detach()).entropy()
+    return (*scores, model.soft_embeddings(z.to(model.dtype))) if with_sc else scores
+
+
+def chunked_head_scores(
+    model: DiffusionGemma, hidden: torch.Tensor, temperature: torch.Tensor, draws: torch.Tensor,
+    chunk_elements: int, with_sc: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """``head_scores`` of a chunk of canvases at a time, each under activation checkpointing when grad is on,
+    so at most ``chunk_elements`` logits (and their temporaries) exist at once in forward and in backward."""
+    score = functools.partial(head_scores, model, with_sc=with_sc)
+    parts = [
+        checkpoint(score, hidden[rows], temperature[rows], draws[rows], use_reentrant=False)
+        if torch.is_grad_enabled() else score(hidden[rows], temperature[rows], draws[rows])
+        for rows in row_chunks(hidden.shape[0], hidden.shape[1] * model.lm_head.out_features, chunk_elements)
+    ]
+    return tuple(torch.cat(field) for field in zip(*parts, strict=True))
 
 
 def replay_block(
-    model: nn.Module, traj: Trajectory, run: UniformTrajectory, block: int, at: torch.Tensor, rows: torch.Tensor
+    model: DiffusionGemma, traj: Trajectory, run: UniformTrajectory, block: int, at: torch.Tensor,
+    rows: torch.Tensor, chunk_elements: int = LOGIT_CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the recorded draws and entropies, ``[len(at), len(rows), L]``, at steps ``at`` of ``block``.
 
     The context's cache repeated row-major for the steps, one decoder call on the recorded
-    canvases with the recorded SC embeddings, logits divided by each step's temperature.
+    canvases with the recorded SC embeddings, logits divided by each step's temperature
+    (the head chunked over canvases).
     """
     ctx, n, length = encode_context(model, traj, run, block, rows), len(at), run.step_canvas.shape[-1]
     ctx.cache.batch_repeat_interleave(n)
@@ -180,15 +220,16 @@ def replay_block(
         return picked.reshape(-1, *picked.shape[2:])
 
     mask = None if ctx.decoder_mask is None else ctx.decoder_mask.repeat_interleave(n, 0)
-    logits = model.decode(row_major(run.step_canvas), ctx.cache, row_major(run.step_sc), attention_mask=mask,
-                          position_ids=ctx.positions)  # fmt: skip
-    z = logits / run.step_temperature[at].repeat(len(rows))[:, None, None].to(logits.device)
-    drawn, entropy = drawn_logprobs(z, row_major(run.step_sample))
-    return tuple(values.view(len(rows), n, length).transpose(0, 1) for values in (drawn, entropy))
+    hidden = model.decode_hidden(row_major(run.step_canvas), ctx.cache, row_major(run.step_sc), attention_mask=mask,
+                                 position_ids=ctx.positions)  # fmt: skip
+    scores = chunked_head_scores(model, hidden, run.step_temperature[at].repeat(len(rows)),
+                                 row_major(run.step_sample), chunk_elements)  # fmt: skip
+    return tuple(values.view(len(rows), n, length).transpose(0, 1) for values in scores)
 
 
 def replay_block_exact(
-    model: nn.Module, traj: Trajectory, run: UniformTrajectory, block: int, at: torch.Tensor, rows: torch.Tensor
+    model: DiffusionGemma, traj: Trajectory, run: UniformTrajectory, block: int, at: torch.Tensor,
+    rows: torch.Tensor, chunk_elements: int = LOGIT_CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``replay_block`` with θ's own SC: the block's steps decoded one after another up to the last of
     ``at``, each conditioned on the previous step's θ logits (gradient through the chain), as the
@@ -198,12 +239,12 @@ def replay_block_exact(
     steps = [t for t in (run.step_block == block).nonzero()[:, 0].tolist() if t <= max(wanted)]
     sc, out = None, []
     for t in steps:
-        logits = model.decode(run.step_canvas[t, rows], ctx.cache, sc, attention_mask=ctx.decoder_mask,
-                              position_ids=ctx.positions)  # fmt: skip
-        z = logits / run.step_temperature[t].to(logits.device)
+        hidden = model.decode_hidden(run.step_canvas[t, rows], ctx.cache, sc, attention_mask=ctx.decoder_mask,
+                                     position_ids=ctx.positions)  # fmt: skip
+        *scores, sc = chunked_head_scores(model, hidden, run.step_temperature[t].expand(len(rows)),
+                                          run.step_sample[t, rows], chunk_elements, with_sc=True)  # fmt: skip
         if t in wanted:
-            out.append(drawn_logprobs(z, run.step_sample[t, rows]))
-        sc = model.soft_embeddings(z.to(model.dtype))
+            out.append(scores)
     return torch.stack([lp for lp, _ in out]), torch.stack([ent for _, ent in out])
 
 

@@ -14,6 +14,7 @@ which a replay cannot store), and LoRA that keeps encoder and decoder tied.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,14 @@ class DiffusionGemma(DiffusionLM):
         raise UserError(NO_MASK.format(what="a one-canvas forward (absorbing sampler, one-step/ELBO scoring)")
                         + "; the family's entry points are encode and decode")
 
+    def forward(self, *args: Any, within: Callable[[DiffusionGemma], Any] | None = None, **kwargs: Any) -> Any:
+        """``model(within=fn)`` returns ``fn(self)``: several ``encode`` / ``decode`` calls as ONE forward
+        of whatever wraps the family (peft, DDP). DDP arms its gradient all-reduce for the backward
+        in its ``forward``; entry points called around it would leave each rank its own gradient."""
+        if within is None:
+            return super().forward(*args, **kwargs)
+        return within(self)
+
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.text_config)
 
@@ -210,6 +219,19 @@ class DiffusionGemma(DiffusionLM):
         processed logits), ``None`` = zeros (the first step); ``sc_mask [B]`` zeroes rows.
         ``attention_mask`` ``[B, cache + L]`` marks padded cache entries.
         """
+        return self.head(self.decode_hidden(canvas, cache, sc, sc_mask, attention_mask, position_ids))
+
+    def decode_hidden(
+        self,
+        canvas: torch.Tensor,
+        cache: DynamicCache,
+        sc: torch.Tensor | None = None,
+        sc_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``decode`` before the head: the decoder's normed hidden states ``[B, L, H]`` (a caller that
+        reduces over the vocabulary can apply ``head`` to a few canvases at a time)."""
         decoder = self.model.decoder
         embeds = decoder.embed_tokens(canvas)
         if sc is None:
@@ -228,7 +250,7 @@ class DiffusionGemma(DiffusionLM):
         for layer, kind in zip(decoder.layers, types, strict=True):
             hidden = layer(hidden, position_embeddings=rope[kind], attention_mask=masks[kind],
                            position_ids=position_ids, cache=cache)  # fmt: skip
-        return self.head(decoder.norm(hidden))
+        return decoder.norm(hidden)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head, then the fp32 tanh soft-cap of the HF forward."""
