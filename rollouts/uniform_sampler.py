@@ -173,7 +173,7 @@ def generate_uniform(
     recorder = UniformRecord(record, canvas, text.hidden_size, model.dtype)
     parts = SamplerParts(
         rounds=-(-settings.max_new_tokens // model.config.canvas_length),
-        start_round=EncodeAndSeed(model, canvas, settings.steps, settings.stability_threshold, generators),
+        start_round=EncodeAndSeed(model, canvas, settings.steps, generators),
         predict=SelfConditionedDecode(model, canvas, settings.steps, settings.temperature, generators),
         decide=EntropyBound(settings.entropy_bound), apply=Renoise(canvas, text.vocab_size, generators), record=recorder,
         stop=AdaptiveStop(canvas, settings.stability_threshold, settings.confidence_threshold),

@@ -14,12 +14,16 @@ class AdaptiveStop:
 
     def __init__(self, canvas: UniformCanvas, stability_threshold: int, confidence_threshold: float) -> None:
         self.canvas, self.stability, self.confidence = canvas, stability_threshold, confidence_threshold
+        self.block = -1  # the round whose argmax canvases ``history`` holds
+        self.history = torch.empty(0)  # [S, B, L] the last S argmax canvases (-1 before the round has S)
 
     def __call__(self, step: UniformStep, accept: torch.Tensor) -> bool:
         c = self.canvas
-        stable = (c.history == c.argmax[None]).all(-1).all(0)
+        if self.block != c.block:
+            self.block, self.history = c.block, torch.full((self.stability, *c.argmax.shape), -1, device=c.argmax.device)
+        stable = (self.history == c.argmax[None]).all(-1).all(0)
         if self.stability:
-            c.history = torch.cat([c.history[1:], c.argmax[None]])
+            self.history = torch.cat([self.history[1:], c.argmax[None]])
         confident = Categorical(logits=c.z).entropy().mean(-1) < self.confidence
         c.stop_at = torch.where(c.frozen, c.stop_at, torch.full_like(c.stop_at, step.n))
         c.frozen = c.frozen | (stable & confident)

@@ -16,10 +16,9 @@ class EncodeAndSeed:
     """The causal encoder writes the context (the prompt, then each committed block) into the KV cache;
     the canvas starts as uniform ids and runs ``steps`` denoising steps at most."""
 
-    def __init__(self, model: DiffusionGemma, canvas: UniformCanvas, steps: int, stability_threshold: int,
+    def __init__(self, model: DiffusionGemma, canvas: UniformCanvas, steps: int,
                  generators: Sequence[torch.Generator] | None) -> None:
         self.model, self.canvas, self.steps, self.generators = model, canvas, steps, generators
-        self.stability_threshold = stability_threshold
 
     def __call__(self, k: int) -> int:
         c, model = self.canvas, self.model
@@ -31,6 +30,5 @@ class EncodeAndSeed:
         c.decoder_mask = None if c.padded is None else F.pad(c.padded, (0, length), value=True)
         c.canvas = uniform_tokens((b, length), model.text_config.vocab_size, self.generators, device)
         c.argmax, c.stop_at, c.z = c.canvas, torch.full((b,), 1, device=device), None
-        c.history = torch.full((self.stability_threshold, b, length), -1, device=device)
         c.frozen = torch.zeros(b, dtype=torch.bool, device=device)
         return self.steps

@@ -27,7 +27,6 @@ class UniformCanvas:
     z: torch.Tensor | None = field(init=False)  # [B, L, V] the last tempered logits: the self-conditioning source
     frozen: torch.Tensor = field(init=False)  # [B] bool: the row stopped (it keeps canvas, argmax and z)
     stop_at: torch.Tensor = field(init=False)  # [B] the step n at which the row stopped (1 if it never did)
-    history: torch.Tensor = field(init=False)  # [S, B, L] the adaptive stop's window of argmax canvases
 
 
 @dataclass(frozen=True)
