@@ -19,6 +19,7 @@ import torch
 
 from unmask.errors import UserError
 from unmask.models.base import DiffusionLM, positions_from_mask
+from unmask.rollouts.cache import holds_rows
 from unmask.rollouts.flops import forward_flops
 
 
@@ -45,25 +46,35 @@ class BlockStepForward:
         self.pad = (~valid[:, : self.plen]).sum(1)  # [B] left padding per row
         self.first_block = (self.plen - self.pad) // self.size  # [B] block holding the first answer token
         self.positions = positions_from_mask(valid)
-        self.flops = torch.zeros(batch, dtype=torch.long)
-        self.columns_run = torch.zeros(batch, dtype=torch.long)
+        self._flops = torch.zeros(batch, dtype=torch.long, device=prompt_ids.device)
         self.cached = False
         self.round = 0
+        self._new_round = True
         self._cache = None
         self._rows: torch.Tensor | None = None
         self._blocks_cached = 0  # answer rounds appended after the prompt's whole blocks
 
+    @property
+    def flops(self) -> torch.Tensor:
+        """``[B]`` long on the CPU: each row's forward FLOPs so far (read from the device here, once)."""
+        return self._flops.cpu()
+
     def new_block(self, round_index: int = 0) -> None:
         """Enter decoding round ``round_index``; finished rounds are appended at the next call."""
-        self.round = round_index
+        self.round, self._new_round = round_index, True
 
     def __call__(self, answer: torch.Tensor, rows: torch.Tensor, predict: torch.Tensor,
-                 block: tuple[int, int]) -> torch.Tensor:
-        """``[N, V]`` logits of ``rows`` at the ``predict`` positions (all inside their current blocks)."""
+                 block: tuple[int, int], n_pred: int) -> torch.Tensor:
+        """``[N, V]`` logits of ``rows`` (ascending) at the ``N = n_pred`` ``predict`` positions (all inside
+        their current blocks), in row-major order.
+
+        Only a round's first call reads the device (whether the cache holds the round's rows).
+        """
         canvas = torch.cat([self.prompt_ids, answer], dim=1)
-        if self._rows is None or not torch.isin(rows, self._rows).all():
+        first, self._new_round = self._new_round, False
+        if not holds_rows(self._rows, rows, first):
             self._fill(canvas, rows)
-        elif not torch.equal(rows, self._rows):
+        elif len(rows) != len(self._rows):
             self._cache, self._rows = self._cache.select(torch.searchsorted(self._rows, rows)), rows
         while self._blocks_cached < self.round:
             ids, positions, valid = self._block(canvas, rows, self._blocks_cached)
@@ -71,11 +82,10 @@ class BlockStepForward:
             self._blocks_cached += 1
         ids, positions, valid = self._block(canvas, rows, self.round)
         logits = self._cache.logits(ids, positions, valid)  # [n, size, V]
-        local = torch.arange(predict.shape[1], device=predict.device) + self.plen - self._start(rows, self.round)[:, None]
         self._account(rows, int(valid.shape[1]), predict.sum(1))
         self.cached = self._cache.length > 0
-        row_index = torch.arange(len(rows), device=predict.device)[:, None].expand_as(predict)
-        return logits[row_index[predict], local[predict]]
+        row, column = torch.nonzero_static(predict, size=n_pred).unbind(1)
+        return logits[row, column + self.plen - self._start(rows, self.round)[row]]
 
     def _start(self, rows: torch.Tensor, round_index: int) -> torch.Tensor:
         """Canvas column where each row's block of answer round ``round_index`` starts."""
@@ -92,7 +102,7 @@ class BlockStepForward:
     def _fill(self, canvas: torch.Tensor, rows: torch.Tensor) -> None:
         """A new cache for ``rows``: the prompt's whole blocks, then every finished answer round."""
         self._cache, self._rows = self.model.new_block_cache(), rows
-        width = int(self.first_block[rows].max()) * self.size
+        width = int(self.first_block[rows].max()) * self.size  # a read per refill (a round's first call at most)
         if width:
             offsets = torch.arange(width, device=canvas.device)
             columns = (self.pad[rows][:, None] + offsets).clamp(max=self.plen - 1)
@@ -103,11 +113,9 @@ class BlockStepForward:
     def _append(self, rows: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> None:
         keys = self._cache.length + ids.shape[1]
         self._cache.append_block(ids, positions, valid)
-        self.flops[rows.cpu()] += forward_flops(self.model.dims, ids.shape[1], keys, 0)
-        self.columns_run[rows.cpu()] += ids.shape[1]
+        self._flops.index_add_(0, rows, torch.full_like(rows, forward_flops(self.model.dims, ids.shape[1], keys, 0)))
 
     def _account(self, rows: torch.Tensor, width: int, heads: torch.Tensor) -> None:
-        """Charge each row the block's forward over cache ⊕ block, and its LM-head columns."""
+        """Charge each row (on the device) the block's forward over cache ⊕ block, and its LM-head columns."""
         step = forward_flops(self.model.dims, width, self._cache.length + width, 0)
-        self.flops[rows.cpu()] += step + heads.cpu() * forward_flops(self.model.dims, 0, 0, 1)
-        self.columns_run[rows.cpu()] += width
+        self._flops.index_add_(0, rows, step + heads * forward_flops(self.model.dims, 0, 0, 1))

@@ -11,8 +11,8 @@ other columns — an approximation whose accuracy cost the benchmark reports.
 has been run with its token. ``block`` is the exact cache of block-causal families
 (``rollouts.block_forward``).
 With ``partial_head`` the LM head runs only where the sampler reads logits.
-Every call is accounted per batch row: FLOPs, columns run through the blocks,
-and whether the step used cached states.
+Every call is accounted per batch row, on the device: FLOPs, and whether the step
+used cached states.
 """
 
 from __future__ import annotations
@@ -69,48 +69,64 @@ class StepForward:
         self.prompt_ids, self.mask = prompt_ids, attention_mask  # mask covers the whole canvas
         batch, self.plen = prompt_ids.shape
         self.length = self.plen + gen_length
-        self.flops = torch.zeros(batch, dtype=torch.long)
-        #: canvas columns run through the blocks, summed over steps and passes
-        self.columns_run = torch.zeros(batch, dtype=torch.long)
+        self._flops = torch.zeros(batch, dtype=torch.long, device=prompt_ids.device)
         #: whether the last call attended to cached keys/values
         self.cached = False
         self._cache: KVCache | None = None
         self._cache_rows: torch.Tensor | None = None
+        self._new_round = True
         self._filled = prompt_ids.new_empty(0)  # answers of the cached rows when the cache was filled
+
+    @property
+    def flops(self) -> torch.Tensor:
+        """``[B]`` long on the CPU: each row's forward FLOPs so far (read from the device here, once)."""
+        return self._flops.cpu()
 
     def new_block(self, round_index: int = 0) -> None:
         """Drop the cache: the block's first step runs the full canvas again (the prompt's stays valid)."""
+        self._new_round = True
         if self.mode != "prompt":
             self._cache = self._cache_rows = None
 
     def __call__(
-        self, answer: torch.Tensor, rows: torch.Tensor, predict: torch.Tensor, block: tuple[int, int]
+        self, answer: torch.Tensor, rows: torch.Tensor, predict: torch.Tensor, block: tuple[int, int], n_pred: int
     ) -> torch.Tensor:
         """``[N, V]`` logits of ``rows`` at their predicted columns, in row-major order.
 
         ``answer`` is the full ``[B, L]`` answer canvas, ``rows`` the ``n`` batch rows
-        to run, ``predict`` ``[n, L]`` where the sampler reads logits (``N`` of them),
-        ``block`` the answer span. With the partial head the LM head runs on exactly
-        those ``N`` (row, column) pairs.
+        to run (ascending), ``predict`` ``[n, L]`` where the sampler reads logits,
+        ``n_pred`` their number ``N`` (the caller knows it), ``block`` the answer span.
+        With the partial head the LM head runs on exactly those ``N`` (row, column) pairs.
         """
-        need = predict.any(0).nonzero().squeeze(1)
-        select = predict[:, need]
         x = torch.cat([self.prompt_ids[rows], answer[rows]], dim=1)
         mask = None if self.mask is None else self.mask[rows]
         columns = self._columns(answer[rows], rows, block)
-        at = need + self.plen
-        if self.partial_head:
-            logits = self._guided(x, mask, at, columns, select if self.native else None)
-            logits = logits if self.native else logits[select]
-        else:  # the head on every computed column, as an uncached model does
-            at = torch.arange(self.length, device=x.device) if columns is None else torch.unique(torch.cat([columns, at]))
-            logits = self._guided(x, mask, at, columns, None)[:, torch.searchsorted(at, need + self.plen)][select]
-        heads = select.sum(1) if self.partial_head else torch.full_like(rows, len(at))
-        self._account(rows, columns, heads, self._outputs(columns, need + self.plen) if self.partial_head else None)
+        need = torch.cat([predict.new_zeros(self.plen), predict.any(0)])  # [P + L] columns some row reads
+        head = self.partial_head and self.native
+        # the shapes the host cannot know: one read of the step's column counts, none for a plain full forward
+        wanted = [need] if head else []
+        if columns is not None:
+            wanted += [columns, need & columns] if head else [columns, need | columns]
+        counts = torch.stack([m.sum() for m in wanted]).tolist() if wanted else []
+        run = self.length if columns is None else counts[-2]
+        computed = None if columns is None else torch.nonzero_static(columns, size=run).squeeze(1)
+        if head:
+            at = torch.nonzero_static(need, size=counts[0]).squeeze(1)
+            logits = self._guided(x, mask, at, computed, predict[:, at - self.plen])
+            heads = predict.sum(1)
+            outputs = self._outputs(columns is None, counts)
+        else:  # the head on every computed column, as an uncached model does; then the predicted pairs
+            at = None if columns is None else torch.nonzero_static(need | columns, size=counts[-1]).squeeze(1)
+            row, col = torch.nonzero_static(predict, size=n_pred).unbind(1)
+            col = col + self.plen if at is None else torch.searchsorted(at, col + self.plen)
+            logits = self._guided(x, mask, at, computed, None)[row, col]
+            heads, outputs = torch.full_like(rows, self.length if at is None else counts[-1]), None
+        self._account(rows, run, heads, outputs)
+        self.cached = columns is not None
         return logits
 
     def _columns(self, answer: torch.Tensor, rows: torch.Tensor, block: tuple[int, int]) -> torch.Tensor | None:
-        """Canvas columns to recompute (``None``: all, refilling the cache).
+        """``[P + L]`` bool: canvas columns to recompute (``None``: all, refilling the cache).
 
         The block (and for ``prefix`` its right side), plus any column whose token
         changed since the cache was filled (RCR re-masks committed tokens of earlier
@@ -119,44 +135,44 @@ class StepForward:
         """
         if self.mode == "none":
             return None
+        first, self._new_round = self._new_round, False
         stale = self.refresh and self._age >= self.refresh - 1 and self.mode != "prompt"
-        if stale or self._cache is None or self._cache_rows is None or not torch.isin(rows, self._cache_rows).all():
+        if stale or not holds_rows(self._cache_rows, rows, first):
             cache = self.model.new_cache(keep_hidden=self.mode != "prompt")  # prompt mode reads only answer columns
             self._cache, self._cache_rows, self._filled, self._age = cache, rows, answer, 0
             return None
         self._age += 1
-        if not torch.equal(rows, self._cache_rows):
+        if len(rows) != len(self._cache_rows):
             keep = torch.searchsorted(self._cache_rows, rows)
             self._filled = self._filled[keep]
             if self.cfg_scale > 0:
                 keep = torch.cat([keep, keep + len(self._cache_rows)])
             self._cache, self._cache_rows = self._cache.select(keep), rows
+        index = torch.arange(answer.shape[1], device=answer.device)
         if self.mode == "prompt":
-            return torch.arange(self.plen, self.length, device=rows.device)
-        if self.mode == "delayed":
-            return self._delayed(answer, block)
-        end = self.length if self.mode == "prefix" else self.plen + block[1]
-        span = torch.arange(self.plen + block[0], end, device=rows.device)
-        changed = (answer != self._filled).any(0).nonzero().squeeze(1) + self.plen
-        return torch.unique(torch.cat([span, changed]))
+            run = torch.ones_like(index, dtype=torch.bool)
+        elif self.mode == "delayed":
+            run = self._delayed(answer, block, index)
+        else:
+            end = answer.shape[1] if self.mode == "prefix" else block[1]
+            run = ((index >= block[0]) & (index < end)) | (answer != self._filled).any(0)
+        return torch.cat([run.new_zeros(self.plen), run])
 
-    def _delayed(self, answer: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
-        """The block's masked columns and every column whose token changed since it was last run.
+    def _delayed(self, answer: torch.Tensor, block: tuple[int, int], index: torch.Tensor) -> torch.Tensor:
+        """``[L]`` bool: the block's masked columns and every column whose token changed since it was last run.
 
         A committed token is run once more (its keys/values then show the token,
         not the mask) and afterwards read from the cache: fewer columns per step than
         ``dual``, at the price of committed columns no longer seeing later commits.
         """
-        masked = self.model.process.noised(answer[:, block[0] : block[1]]).any(0).nonzero().squeeze(1) + block[0]
-        changed = (answer != self._filled).any(0).nonzero().squeeze(1)
-        cols = torch.unique(torch.cat([masked, changed]))
-        if not len(cols):
-            cols = torch.arange(block[0], block[1], device=answer.device)
-        self._filled[:, cols] = answer[:, cols]
-        return cols + self.plen
+        in_block = (index >= block[0]) & (index < block[1])
+        run = (in_block & self.model.process.noised(answer).any(0)) | (answer != self._filled).any(0)
+        run = torch.where(run.any(), run, in_block)  # nothing to run: the block, without asking the host
+        self._filled = torch.where(run, answer, self._filled)
+        return run
 
     def _guided(
-        self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor, columns: torch.Tensor | None,
+        self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor | None, columns: torch.Tensor | None,
         select: torch.Tensor | None,
     ) -> torch.Tensor:
         """Model logits, guided (§1: ``un + (w + 1)(cond − un)``, prompt masked in ``un``)."""
@@ -171,31 +187,46 @@ class StepForward:
         return un + (self.cfg_scale + 1) * (cond - un)
 
     def _logits(
-        self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor, columns: torch.Tensor | None,
+        self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor | None, columns: torch.Tensor | None,
         select: torch.Tensor | None,
     ) -> torch.Tensor:
+        """``at`` ``None``: every column (no index for the model to read)."""
         if not self.native:
-            return self.model.logits(x, attention_mask=mask, prompt_length=self.plen)[:, at]
+            return self.model.logits(x, attention_mask=mask, prompt_length=self.plen)
         return self.model.logits(
             x, attention_mask=mask, logits_at=at, columns=columns, cache=self._cache, prompt_length=self.plen,
             select=select,
         )
 
-    def _outputs(self, columns: torch.Tensor | None, read: torch.Tensor) -> int | None:
-        """Columns the model's last block outputs (``NativeLM._last_queries``); ``None``: all it ran."""
-        if columns is None:
-            return None if self.mode not in ("none", "prompt") else len(read)  # a dual/prefix fill keeps every column
-        inside = int(torch.isin(read, columns).sum())
-        return inside or None
+    def _outputs(self, fill: bool, counts: list[int]) -> int | None:
+        """Columns the model's last block outputs (``NativeLM._last_queries``); ``None``: all it ran.
 
-    def _account(self, rows: torch.Tensor, columns: torch.Tensor | None, heads: torch.Tensor, outputs: int | None) -> None:
-        """Charge each row its step's FLOPs; ``heads`` ``[n]``: the row's LM-head columns."""
+        ``counts``: the read columns, then (unless ``fill``) the computed ones and those read among them.
+        """
+        if fill:
+            return None if self.mode not in ("none", "prompt") else counts[0]  # a dual/prefix fill keeps every column
+        return counts[2] or None
+
+    def _account(self, rows: torch.Tensor, run: int, heads: torch.Tensor, outputs: int | None) -> None:
+        """Charge each row its step's FLOPs on the device; ``heads`` ``[n]``: the row's LM-head columns."""
         if not self.native:
             return
         passes = 2 if self.cfg_scale > 0 else 1
-        run = self.length if columns is None else len(columns)
         dims = self.model.dims
-        step = forward_flops(dims, run, self.length, 0, outputs) + heads.cpu() * forward_flops(dims, 0, 0, 1)
-        self.flops[rows.cpu()] += passes * step
-        self.columns_run[rows.cpu()] += passes * run
-        self.cached = columns is not None
+        step = forward_flops(dims, run, self.length, 0, outputs) + heads * forward_flops(dims, 0, 0, 1)
+        self._flops.index_add_(0, rows, passes * step)
+
+
+def holds_rows(cached: torch.Tensor | None, rows: torch.Tensor, first_of_round: bool) -> bool:
+    """Whether a cache of the ascending batch rows ``cached`` holds every row of ``rows``.
+
+    Within a round the rows with work only leave (the driver's contract: a row's
+    noised positions in reach never grow back), which is checked on the device
+    without a wait; only a round's first call reads the answer back.
+    """
+    if cached is None:
+        return False
+    if not first_of_round:
+        torch._assert_async(torch.isin(rows, cached).all(), "a row with work joined during a round")
+        return True
+    return len(rows) <= len(cached) and bool(torch.isin(rows, cached).all())

@@ -3,7 +3,7 @@
 The rows to run and the number of positions to predict are given as host integers
 (the driver knows them from the round's plan or reads them once per step), so
 selecting them is ``nonzero_static`` and scattering the results back is
-``index_copy_``: neither waits for the device.
+``index_copy_``: neither waits for the device. The step forward gets the count too.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Predictor:
         if n_pred:  # rows with nothing to predict leave the forward
             rows = torch.nonzero_static(active, size=n_rows).squeeze(1)
             at = torch.nonzero_static(predict.reshape(-1), size=n_pred).squeeze(1)  # row-major, as the forward returns them
-            logits = self.process.forbid_noise_(self.forward(answer, rows, predict[rows], span))  # committed noise would break the schedule
+            logits = self.process.forbid_noise_(self.forward(answer, rows, predict[rows], span, n_pred))  # committed noise would break the schedule
             draws = None if uniforms is None else uniforms.reshape(2, -1)[:, at]
             stats = self._lean(logits) if self.lean else sample_step(logits, self.temperature, uniforms=None if draws is None else draws[0])
             scores = self.confidence(stats, torch.ones_like(stats.confidence) if draws is None else draws[1])
