@@ -1,0 +1,128 @@
+"""The step forwards wait for the device only where a shape is unknown to the host (issue 29 point 2).
+
+The driver hands each step forward the number of (row, column) pairs to predict, so
+the forwards select them with ``nonzero_static`` and keep their FLOP counters on the
+device. Two checks: a whole step forward runs on the ``meta`` device, where any host
+read raises; and real rollouts on the CPU under ``host_reads`` (a stand-in for
+``torch.cuda.set_sync_debug_mode``) read only where docs/sampling.md §9 says.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from host_reads import host_reads
+from reference_sampler import random_tiny
+
+from unmask.models.sdar import tiny_sdar
+from unmask.rollouts.block_forward import BlockStepForward
+from unmask.rollouts.cache import StepForward
+from unmask.rollouts.generate import generate
+
+SETTINGS = {"gen_length": 12, "steps": 9, "block_length": 4, "seed": 5}
+STRATEGIES = [
+    {},
+    {"temperature": 1.0, "threshold": 0.3},  # rows finish at different steps and leave the forward
+    {"temperature": 1.0, "remasking": "rcr"},
+    {"temperature": 1.0, "early_exit": True},
+]
+
+
+def left_padded(lengths: list[int], width: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(5, 60, (len(lengths), width), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask[row, width - n :] = 1
+    return ids, mask
+
+
+def traced_calls(monkeypatch, forward_class: type) -> list[tuple[bool, list[tuple[str, str]]]]:
+    """Per call of the step forward: (first call of its round, the host reads it made)."""
+    calls: list[tuple[bool, list[tuple[str, str]]]] = []
+    state = {"first": True}
+    call, new_block = forward_class.__call__, forward_class.new_block
+
+    def traced(self, *args):
+        with host_reads() as reads:
+            logits = call(self, *args)
+        calls.append((state["first"], reads))
+        state["first"] = False
+        return logits
+
+    def entered(self, *args):
+        state["first"] = True
+        return new_block(self, *args)
+
+    monkeypatch.setattr(forward_class, "__call__", traced)
+    monkeypatch.setattr(forward_class, "new_block", entered)
+    return calls
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.0])
+def test_full_canvas_step_forward_runs_on_the_meta_device(cfg_scale):
+    """The reference mode's step (whole canvas, head on every column) reads nothing back, model included."""
+    model = random_tiny(seed=3).to("meta")
+    meta, batch, plen, length = torch.device("meta"), 3, 8, 12
+    prompts = torch.empty(batch, plen, dtype=torch.long, device=meta)
+    mask = torch.empty(batch, plen + length, dtype=torch.long, device=meta)
+    forward = StepForward(model, prompts, mask, length, cfg_scale=cfg_scale, partial_head=False)
+    rows = torch.arange(2, device=meta)
+    predict = torch.empty(2, length, dtype=torch.bool, device=meta)
+    for _ in range(3):
+        logits = forward(torch.empty(batch, length, dtype=torch.long, device=meta), rows, predict, (0, 4), 5)
+        assert logits.shape == (5, model.dims.vocab)  # FLOPs were charged too: on the CPU that would raise
+
+
+@pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")
+def test_block_cache_reads_the_device_only_at_a_rounds_first_step(monkeypatch, settings):
+    calls = traced_calls(monkeypatch, BlockStepForward)
+    ids, mask = left_padded([8, 4, 7])
+    generate(tiny_sdar(seed=1), ids, attention_mask=mask, cache="block", **SETTINGS, **settings)
+    later = [reads for first, reads in calls if not first]
+    assert later and all(not reads for reads in later), later
+    for _, reads in calls:  # whether the cache holds the round's rows, and a refill's prompt width
+        assert len(reads) <= 2, reads
+        assert all(where.startswith(("rollouts/block_forward.py", "rollouts/cache.py")) for _op, where in reads), reads
+
+
+@pytest.mark.parametrize(("cache", "partial_head"), [("none", True), ("dual", True), ("dual", False), ("delayed", True)])
+@pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")
+def test_full_canvas_forward_reads_one_count_vector_per_step(monkeypatch, cache, partial_head, settings):
+    """Which columns some row reads (and, with a cache, recomputes) is data: one read per step.
+
+    Every other read left is the native model's own partial forward (``unmask/models/native.py``).
+    """
+    calls = traced_calls(monkeypatch, StepForward)
+    ids, mask = left_padded([8, 4, 7])
+    generate(random_tiny(seed=3, scale=0.3), ids, attention_mask=mask, cache=cache, partial_head=partial_head,
+             **SETTINGS, **settings)
+    assert calls
+    for _, reads in calls:
+        ours = [op for op, where in reads if where.startswith("rollouts/")]
+        assert ours in ([], ["tolist"]), reads
+        assert all(where.startswith(("rollouts/cache.py", "unmask/models/native.py")) for _, where in reads), reads
+
+
+@pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")
+def test_reference_mode_forward_reads_nothing(monkeypatch, settings):
+    calls = traced_calls(monkeypatch, StepForward)
+    ids, mask = left_padded([8, 4, 7])
+    generate(random_tiny(seed=3, scale=0.3), ids, attention_mask=mask, partial_head=False, **SETTINGS, **settings)
+    assert calls and Counter(len(reads) for _, reads in calls) == Counter({0: len(calls)})
+
+
+def test_host_reads_sees_every_kind_of_read():
+    """The detector itself: each of these waits for a GPU, and the non-waiting forms are not flagged."""
+    x = torch.arange(6).reshape(2, 3)
+    bools = x > 2
+    with host_reads() as reads:
+        x[0, 0].item(), bool(bools.any()), int(x.max()), x.tolist(), x.cpu(), torch.equal(x, x)
+        x.nonzero(), x[bools], torch.unique(x), x.masked_select(bools)
+        x.clone()[bools] = 0
+    assert len(reads) == 11
+    with host_reads() as reads:
+        torch.nonzero_static(bools, size=3), torch._assert_async(bools.any()), x[torch.tensor([0, 1])]
+        x.clone().index_add_(0, torch.tensor([0]), x[:1]), bools.sum(1)
+    assert reads == []
