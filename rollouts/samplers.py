@@ -1,7 +1,9 @@
 """The sampler a family's diffusion process names: ``sample(model, prompt_ids, **generate_kwargs)``.
 
 Absorbing-mask processes (one canvas or block-causal) decode through ``generate``; the
-uniform-noise process (DiffusionGemma) through its renoise sampler. The trainer's rollouts,
+uniform-noise process (DiffusionGemma) through its renoise sampler. Both entries assemble
+their process's parts and run them through the one driver loop (``rollouts.driver``); a new
+process adds its entry here under its ``DiffusionProcess.sampler`` name. The trainer's rollouts,
 the rollout pool and ``unmask eval`` call ``sample``, so none of them asks which family it has.
 """
 
