@@ -22,8 +22,16 @@ forward runs (shapes): a rule whose steps follow its schedule (top-k, RCR) fixes
 them for a whole round, read once per round, and its random draws reach the device
 a chunk of steps at a time without a wait; a data-decided rule (thresholds, early
 exit) costs one read of three integers per step, which also ends a threshold
-round. The step forwards themselves (``rollouts.cache``,
-``rollouts.block_forward``) still read shapes and FLOP counts.
+round. The step forwards take that count (``nonzero_static``) and keep their FLOP
+counters on the device, read once for the Trajectory. The block cache
+(``rollouts.block_forward``) then reads only at a round's first step (does its
+cache hold the round's rows; a refill's prompt width). A full-canvas forward
+(``rollouts.cache``) with the partial head or a ``prefix``/``dual``/``delayed``
+cache reads one vector of column counts per step (which columns some row reads or
+must recompute is data), and the native model's partial forward syncs inside
+(``NativeLM.logits``: ``unique``, bool-mask indexing); ``prompt`` also reads at a
+round's first step. The reference mode (``partial_head=False``, no cache) reads
+nothing more per step on a model without a logit shift.
 """
 
 from __future__ import annotations
