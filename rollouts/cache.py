@@ -218,15 +218,17 @@ class StepForward:
 
 
 def holds_rows(cached: torch.Tensor | None, rows: torch.Tensor, first_of_round: bool) -> bool:
-    """Whether a cache of the ascending batch rows ``cached`` holds every row of ``rows``.
+    """Whether a cache of the ascending batch rows ``cached`` holds every row of ``rows`` (ascending too).
 
     Within a round the rows with work only leave (the driver's contract: a row's
     noised positions in reach never grow back), which is checked on the device
-    without a wait; only a round's first call reads the answer back.
+    without a wait; only a round's first call reads the answer back. A binary search,
+    not ``torch.isin``: on a GPU that sorts with ``unique`` past a few dozen rows, a wait.
     """
     if cached is None:
         return False
+    held = (cached[torch.searchsorted(cached, rows).clamp(max=len(cached) - 1)] == rows).all()
     if not first_of_round:
-        torch._assert_async(torch.isin(rows, cached).all(), "a row with work joined during a round")
+        torch._assert_async(held, "a row with work joined the step forward during a round")
         return True
-    return len(rows) <= len(cached) and bool(torch.isin(rows, cached).all())
+    return len(rows) <= len(cached) and bool(held)

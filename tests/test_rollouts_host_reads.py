@@ -126,3 +126,18 @@ def test_host_reads_sees_every_kind_of_read():
         torch.nonzero_static(bools, size=3), torch._assert_async(bools.any()), x[torch.tensor([0, 1])]
         x.clone().index_add_(0, torch.tensor([0]), x[:1]), bools.sum(1)
     assert reads == []
+
+
+def test_a_row_joining_during_a_round_is_refused():
+    """The contract that spares the row check its read: without it the cache would serve another row's states."""
+    model = random_tiny(seed=3)
+    ids, mask = left_padded([8, 4, 7])
+    forward = StepForward(model, ids, torch.cat([mask, torch.ones(3, 12, dtype=torch.long)], 1), 12, cache="dual")
+    answer = model.process.blank(torch.zeros(3, 12, dtype=torch.long))
+    forward.new_block(0)
+    forward(answer, torch.tensor([0, 2]), torch.ones(2, 12, dtype=torch.bool), (0, 4), 24)
+    forward(answer, torch.tensor([2]), torch.ones(1, 12, dtype=torch.bool), (0, 4), 12)  # a row may leave
+    with pytest.raises(RuntimeError, match="joined"):
+        forward(answer, torch.tensor([1, 2]), torch.ones(2, 12, dtype=torch.bool), (0, 4), 24)
+    forward.new_block(1)  # at a round's start it may: the cache is refilled
+    assert forward(answer, torch.tensor([1, 2]), torch.ones(2, 12, dtype=torch.bool), (4, 8), 24).shape[0] == 24
