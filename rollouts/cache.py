@@ -102,15 +102,15 @@ class StepForward:
         mask = None if self.mask is None else self.mask[rows]
         columns = self._columns(answer[rows], rows, block)
         need = torch.cat([predict.new_zeros(self.plen), predict.any(0)])  # [P + L] columns some row reads
-        head = self.partial_head and self.native
+        partial = self.partial_head and self.native  # the model runs its head on the read pairs only
         # the shapes the host cannot know: one read of the step's column counts, none for a plain full forward
-        wanted = [need] if head else []
+        wanted = [need] if partial else []
         if columns is not None:
-            wanted += [columns, need & columns] if head else [columns, need | columns]
+            wanted += [columns, need & columns] if partial else [columns, need | columns]
         counts = torch.stack([m.sum() for m in wanted]).tolist() if wanted else []
         run = self.length if columns is None else counts[-2]
         computed = None if columns is None else torch.nonzero_static(columns, size=run).squeeze(1)
-        if head:
+        if partial:
             at = torch.nonzero_static(need, size=counts[0]).squeeze(1)
             logits = self._guided(x, mask, at, computed, predict[:, at - self.plen])
             heads = predict.sum(1)
