@@ -220,8 +220,8 @@ def replay_block(
         return picked.reshape(-1, *picked.shape[2:])
 
     mask = None if ctx.decoder_mask is None else ctx.decoder_mask.repeat_interleave(n, 0)
-    hidden = model.decode_hidden(row_major(run.step_canvas), ctx.cache, row_major(run.step_sc), attention_mask=mask,
-                                 position_ids=ctx.positions)  # fmt: skip
+    hidden = model.decode(row_major(run.step_canvas), ctx.cache, row_major(run.step_sc), attention_mask=mask,
+                          position_ids=ctx.positions, before_head=True)  # fmt: skip
     scores = chunked_head_scores(model, hidden, run.step_temperature[at].repeat(len(rows)),
                                  row_major(run.step_sample), chunk_elements)  # fmt: skip
     return tuple(values.view(len(rows), n, length).transpose(0, 1) for values in scores)
@@ -239,8 +239,8 @@ def replay_block_exact(
     steps = [t for t in (run.step_block == block).nonzero()[:, 0].tolist() if t <= max(wanted)]
     sc, out = None, []
     for t in steps:
-        hidden = model.decode_hidden(run.step_canvas[t, rows], ctx.cache, sc, attention_mask=ctx.decoder_mask,
-                                     position_ids=ctx.positions)  # fmt: skip
+        hidden = model.decode(run.step_canvas[t, rows], ctx.cache, sc, attention_mask=ctx.decoder_mask,
+                              position_ids=ctx.positions, before_head=True)  # fmt: skip
         *scores, sc = chunked_head_scores(model, hidden, run.step_temperature[t].expand(len(rows)),
                                           run.step_sample[t, rows], chunk_elements, with_sc=True)  # fmt: skip
         if t in wanted:

@@ -212,26 +212,16 @@ class DiffusionGemma(DiffusionLM):
         sc_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        before_head: bool = False,
     ) -> torch.Tensor:
         """fp32 soft-capped logits ``[B, L, V]`` of ``canvas`` against ``cache`` (read, never written).
 
         ``sc``: soft embeddings ``[B, L, H]`` (``soft_embeddings`` of the previous step's
         processed logits), ``None`` = zeros (the first step); ``sc_mask [B]`` zeroes rows.
-        ``attention_mask`` ``[B, cache + L]`` marks padded cache entries.
+        ``attention_mask`` ``[B, cache + L]`` marks padded cache entries. ``before_head``: the
+        normed hidden states ``[B, L, H]`` instead, for a caller that applies ``head`` to a few
+        canvases at a time (the logits of many canvases do not fit at the real vocabulary).
         """
-        return self.head(self.decode_hidden(canvas, cache, sc, sc_mask, attention_mask, position_ids))
-
-    def decode_hidden(
-        self,
-        canvas: torch.Tensor,
-        cache: DynamicCache,
-        sc: torch.Tensor | None = None,
-        sc_mask: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``decode`` before the head: the decoder's normed hidden states ``[B, L, H]`` (a caller that
-        reduces over the vocabulary can apply ``head`` to a few canvases at a time)."""
         decoder = self.model.decoder
         embeds = decoder.embed_tokens(canvas)
         if sc is None:
@@ -250,7 +240,8 @@ class DiffusionGemma(DiffusionLM):
         for layer, kind in zip(decoder.layers, types, strict=True):
             hidden = layer(hidden, position_embeddings=rope[kind], attention_mask=masks[kind],
                            position_ids=position_ids, cache=cache)  # fmt: skip
-        return decoder.norm(hidden)
+        hidden = decoder.norm(hidden)
+        return hidden if before_head else self.head(hidden)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head, then the fp32 tanh soft-cap of the HF forward."""
