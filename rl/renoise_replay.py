@@ -39,7 +39,8 @@ from unmask.kernels.sampling import row_chunks
 from unmask.models.diffusion_gemma import DiffusionGemma
 from unmask.rl.estimators import Estimator, Key, Scores, _generator
 from unmask.rollouts.trajectory import Trajectory
-from unmask.rollouts.uniform_sampler import UniformTrajectory, entropy_bound_accept
+from unmask.rollouts.uniform.entropy_bound import entropy_bound_accept
+from unmask.rollouts.uniform_sampler import UniformTrajectory
 
 #: fp32 logit elements (2^27: 512 MiB) that one chunk of the replay's vocabulary reductions holds. The
 #: replay decodes all of a block's recorded steps at once, and at the real size (canvas 256, vocabulary

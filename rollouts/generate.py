@@ -48,7 +48,6 @@ from unmask.rollouts.absorbing.commit import CommitAndRemask
 from unmask.rollouts.absorbing.predict import MaskedPredict
 from unmask.rollouts.absorbing.record import MaskedRecord
 from unmask.rollouts.absorbing.round import MaskedRound
-from unmask.rollouts.absorbing.round import plan as _plan  # noqa: F401  (tests/test_rollouts_rules.py checks it under this name)
 from unmask.rollouts.absorbing.state import MaskedCanvas
 from unmask.rollouts.block_forward import BlockStepForward
 from unmask.rollouts.cache import StepForward

@@ -27,16 +27,13 @@ from unmask.errors import UserError
 from unmask.models.diffusion_gemma import DiffusionGemma
 from unmask.rollouts.driver import SamplerParts, drive
 from unmask.rollouts.uniform.adaptive_stop import AdaptiveStop
-from unmask.rollouts.uniform.entropy_bound import EntropyBound, entropy_bound_accept
+from unmask.rollouts.uniform.entropy_bound import EntropyBound
 from unmask.rollouts.uniform.predict import SelfConditionedDecode
 from unmask.rollouts.uniform.readout import ArgmaxReadout
 from unmask.rollouts.uniform.record import UniformRecord
 from unmask.rollouts.uniform.renoise import Renoise
 from unmask.rollouts.uniform.round_start import EncodeAndSeed
 from unmask.rollouts.uniform.state import UniformCanvas
-
-#: ``entropy_bound_accept`` is imported from here by the renoise replay
-__all__ = ["UniformSettings", "UniformTrajectory", "entropy_bound_accept", "generate_uniform"]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import Entro
 
 from unmask.errors import UserError
 from unmask.models.diffusion_gemma import DiffusionGemma, tiny_diffusion_gemma
-from unmask.rollouts.uniform_sampler import UniformSettings, entropy_bound_accept, generate_uniform
+from unmask.rollouts.uniform.entropy_bound import entropy_bound_accept
+from unmask.rollouts.uniform_sampler import UniformSettings, generate_uniform
 
 PROMPT = torch.tensor([[2, 5, 9, 11, 40], [2, 7, 8, 30, 31]])
 

@@ -14,8 +14,9 @@ from reference_sampler import random_tiny
 import unmask.rollouts.draws as draws_module
 import unmask.rollouts.rules.registry as registry
 from unmask.diffusion.uniform import UniformNoise
+from unmask.rollouts.absorbing.round import plan
 from unmask.rollouts.draws import RowDraws
-from unmask.rollouts.generate import _plan, generate
+from unmask.rollouts.generate import generate
 from unmask.rollouts.rules.base import BlockStart, RuleSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,10 +110,10 @@ def test_the_round_plan_is_what_each_step_predicts(model, remasking):
         masked = traj.step_masked[block * per_round]
         in_reach = rounds <= block
         rule.start(BlockStart(block, rounds == block, in_reach, masked, traj.hint_mask))
-        plan = _plan(rule, (masked & ~in_reach).sum(1))
+        work = plan(rule, (masked & ~in_reach).sum(1))
         seen = traj.step_masked[block * per_round : (block + 1) * per_round]
-        assert plan == [(int(m.any(1).sum()), int(m.sum())) for m in seen]
-        plans += plan
+        assert work == [(int(m.any(1).sum()), int(m.sum())) for m in seen]
+        plans += work
     assert any(rows < 3 for rows, _ in plans)  # a row really left the forward
 
 
