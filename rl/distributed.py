@@ -15,7 +15,13 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
+
+
+def make_accelerator(cpu: bool, partly_used: bool = False) -> Accelerator:
+    """The trainers' accelerator; ``partly_used`` (``DiffusionLM.partly_used``) makes DDP find the
+    parameters a step left without gradient, where it would otherwise wait for them forever."""
+    return Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=partly_used)])
 
 
 def end_processes(accelerator: Accelerator) -> None:

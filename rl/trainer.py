@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 from unmask.errors import UserError
@@ -38,6 +37,7 @@ from unmask.rl.distributed import (
     Preemption,
     any_process,
     end_processes,
+    make_accelerator,
     max_over_processes,
     mean_over_processes,
 )
@@ -113,7 +113,7 @@ class Trainer:
         factory = model_factory or default_model_factory(recipe)
         base = factory()
         self.base_model = base
-        self.accelerator = Accelerator(cpu=recipe.model.device == "cpu")
+        self.accelerator = make_accelerator(recipe.model.device == "cpu", base.partly_used)
         self.model = build_policy(base, recipe.model, recipe.lora)
         #: None: LoRA's reference is the adapter disabled; full fine-tuning copies the base below if needed
         self.reference: nn.Module | None = None

@@ -34,6 +34,8 @@ class DiffusionLM(nn.Module):
     """
 
     family: str = "base"
+    #: some trainable parameters may get no gradient in a step (DDP must then look for them)
+    partly_used: bool = False
     #: names of the linear modules LoRA adapts by default (the family's own names)
     lora_targets: tuple[str, ...] = ()
 

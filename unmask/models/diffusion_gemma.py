@@ -99,6 +99,9 @@ class DiffusionGemma(DiffusionLM):
     #: (``tie_adapters``), and the vision tower's linears share the names
     lora_scope = r"model\.decoder\.(layers\.\d+\.(self_attn|mlp)|self_conditioning)"
     lm_head_name = "lm_head"
+    #: text training never reaches the vision tower, and a batch without self-conditioned rows
+    #: never reaches the SC block
+    partly_used = True
 
     def __init__(self, config: DiffusionGemmaConfig, tokenizer: Any = None) -> None:
         super().__init__(config, tokenizer)

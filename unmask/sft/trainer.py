@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 
 from unmask.errors import UserError
 from unmask.evaluation.settings import EvalSettings
@@ -31,7 +30,13 @@ from unmask.models.export import merge_and_save
 from unmask.models.generation import GenerationDefaults, write_generation_defaults
 from unmask.recipe import Recipe, save_recipe
 from unmask.rl.checkpoint import load_checkpoint, save_checkpoint
-from unmask.rl.distributed import Preemption, any_process, end_processes, mean_over_processes
+from unmask.rl.distributed import (
+    Preemption,
+    any_process,
+    end_processes,
+    make_accelerator,
+    mean_over_processes,
+)
 from unmask.rl.logging import MetricsLogger, drop_metrics_after, progress_bar
 from unmask.rl.policy import build_optimizer, build_policy
 from unmask.rl.stream import PromptStream
@@ -86,7 +91,7 @@ class SFTTrainer:
         pairs = [to_pair(r, i, recipe) for i, r in enumerate(rows if rows is not None else records(recipe, self.fed))]
         encoded = encode(pairs, base, recipe, self.length)
         self.train_rows, self.val_rows = self._split(encoded.examples)
-        self.accelerator = Accelerator(cpu=recipe.model.device == "cpu")
+        self.accelerator = make_accelerator(recipe.model.device == "cpu", base.partly_used)
         if self.accelerator.is_main_process:
             print(f"sft: {encoded.summary()}; {len(self.val_rows)} held out for the validation loss", flush=True)
         o = recipe.optim

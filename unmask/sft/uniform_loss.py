@@ -17,12 +17,12 @@ Positions count from each row's first real token, so left padding changes nothin
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from unmask.errors import UserError
 from unmask.models.base import positions_from_mask
@@ -44,9 +44,12 @@ class UniformCanvasLoss:
         if settings.weighting != "none":
             raise UserError(f"sft.weighting: {settings.weighting} does not apply to DiffusionGemma, whose published "
                             "loss is the unweighted canvas CE; set sft.weighting: none (or auto)")
-        if isinstance(model, DistributedDataParallel):
-            raise UserError("DiffusionGemma SFT runs in one process (its encode/decode entry points bypass DDP's "
-                            "gradient sync); launch without NPROC")
+        # every encode/decode call inside ONE forward of the wrapper, so DDP syncs their gradients
+        return model(within=functools.partial(self._terms, batch=batch, rand=rand, settings=settings, t=t))
+
+    def _terms(
+        self, model: nn.Module, batch: SFTBatch, rand: RowRandom, settings: LossSettings, t: torch.Tensor | None
+    ) -> LossTerms:
         length = batch.answer_ids.shape[1]
         if t is None:
             t = settings.epsilon + (1 - 2 * settings.epsilon) * rand.uniform(1)
