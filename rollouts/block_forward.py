@@ -59,6 +59,10 @@ class BlockStepForward:
         """``[B]`` long on the CPU: each row's forward FLOPs so far (read from the device here, once)."""
         return self._flops.cpu()
 
+    def read_ahead(self, predict: torch.Tensor) -> None:
+        """Nothing for a caller to read ahead: only a round's first call reads, and what depends on the cache."""
+        return None
+
     def new_block(self, round_index: int = 0) -> None:
         """Enter decoding round ``round_index``; finished rounds are appended at the next call."""
         self.round, self._new_round = round_index, True

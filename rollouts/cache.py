@@ -89,7 +89,8 @@ class StepForward:
             self._cache = self._cache_rows = None
 
     def __call__(
-        self, answer: torch.Tensor, rows: torch.Tensor, predict: torch.Tensor, block: tuple[int, int], n_pred: int
+        self, answer: torch.Tensor, rows: torch.Tensor, predict: torch.Tensor, block: tuple[int, int], n_pred: int,
+        ahead: int | None = None,
     ) -> torch.Tensor:
         """``[N, V]`` logits of ``rows`` at their predicted columns, in row-major order.
 
@@ -97,33 +98,65 @@ class StepForward:
         to run (ascending), ``predict`` ``[n, L]`` where the sampler reads logits,
         ``n_pred`` their number ``N`` (the caller knows it), ``block`` the answer span.
         With the partial head the LM head runs on exactly those ``N`` (row, column) pairs.
+        ``ahead``: the count ``read_ahead`` gave for this step, read by the caller.
         """
         x = torch.cat([self.prompt_ids[rows], answer[rows]], dim=1)
         mask = None if self.mask is None else self.mask[rows]
         columns = self._columns(answer[rows], rows, block)
         need = torch.cat([predict.new_zeros(self.plen), predict.any(0)])  # [P + L] columns some row reads
         partial = self.partial_head and self.native  # the model runs its head on the read pairs only
-        # the shapes the host cannot know: one read of the step's column counts, none for a plain full forward
-        wanted = [need] if partial else []
-        if columns is not None:
-            wanted += [columns, need & columns] if partial else [columns, need | columns]
-        counts = torch.stack([m.sum() for m in wanted]).tolist() if wanted else []
-        run = self.length if columns is None else counts[-2]
+        counted = None if ahead is not None else self._counted(need, columns, mask, partial)
+        counts = [ahead] if ahead is not None else [] if counted is None else counted.tolist()
+        run = self.length if columns is None else counts[0]
         computed = None if columns is None else torch.nonzero_static(columns, size=run).squeeze(1)
-        if partial:
-            at = torch.nonzero_static(need, size=counts[0]).squeeze(1)
-            logits = self._guided(x, mask, at, computed, predict[:, at - self.plen])
+        row, col = torch.nonzero_static(predict, size=n_pred).unbind(1)
+        last = counts[-1] if counts else None  # the model's last-block columns, where it runs part of them
+        if partial:  # the read columns, padded to a size the host knows: one per pair at most, inside the answer
+            at = self._padded(need, n_pred)
+            logits = self._guided(x, mask, at, computed, (row, torch.searchsorted(at, col + self.plen)), last)
             heads = predict.sum(1)
-            outputs = self._outputs(columns is None, counts)
+            outputs = self._outputs(columns is None, need, counts)
         else:  # the head on every computed column, as an uncached model does; then the predicted pairs
-            at = None if columns is None else torch.nonzero_static(need | columns, size=counts[-1]).squeeze(1)
-            row, col = torch.nonzero_static(predict, size=n_pred).unbind(1)
+            at = None if columns is None else torch.nonzero_static(need | columns, size=counts[1]).squeeze(1)
             col = col + self.plen if at is None else torch.searchsorted(at, col + self.plen)
-            logits = self._guided(x, mask, at, computed, None)[row, col]
-            heads, outputs = torch.full_like(rows, self.length if at is None else counts[-1]), None
+            logits = self._guided(x, mask, at, computed, None, last)[row, col]
+            heads, outputs = torch.full_like(rows, self.length if at is None else counts[1]), None
         self._account(rows, run, heads, outputs)
         self.cached = columns is not None
         return logits
+
+    def read_ahead(self, predict: torch.Tensor) -> torch.Tensor | None:
+        """``[1]`` long on the device: the count the step's call would read, for a caller reading the device anyway.
+
+        ``predict`` ``[B, L]`` over every row. ``None`` where the call reads nothing, or
+        with a cache (what it recomputes depends on its state at the call).
+        """
+        if self.mode != "none":
+            return None
+        need = torch.cat([predict.new_zeros(predict.shape[0], self.plen), predict], dim=1).any(0)
+        return self._counted(need, None, self.mask, self.partial_head and self.native, predict.any(1))
+
+    def _counted(self, need: torch.Tensor, columns: torch.Tensor | None, mask: torch.Tensor | None, partial: bool,
+                 rows: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The shapes the host cannot know, as one device vector (``None`` when they are known).
+
+        With a cache: the columns to recompute, and the columns the head runs on (with
+        the partial head the recomputed ones among those read, for the FLOP count; else
+        every read or recomputed column). Then, where the model runs its last block on
+        part of the columns, how many: those whose final state gives a read logit
+        (``NativeLM.read_columns`` of the batch ``rows``) among the computed ones.
+        Bounding these would not keep outputs identical: the last block's matrix
+        products change with their row count, and a bound on the recomputed columns
+        would run the whole canvas (RCR changes columns anywhere).
+        """
+        if not self.native:
+            return None
+        counted = [] if columns is None else [columns.sum(), (need & columns if partial else need | columns).sum()]
+        if columns is not None or (self.mode in ("none", "prompt") and (partial or self.model.logit_shift)):
+            wanted = need if partial else torch.ones_like(need) if columns is None else need | columns
+            read = self.model.read_columns(wanted, mask, rows)
+            counted.append(read.sum() if columns is None else (read & columns).sum())
+        return torch.stack(counted) if counted else None
 
     def _columns(self, answer: torch.Tensor, rows: torch.Tensor, block: tuple[int, int]) -> torch.Tensor | None:
         """``[P + L]`` bool: canvas columns to recompute (``None``: all, refilling the cache).
@@ -171,43 +204,55 @@ class StepForward:
         self._filled = torch.where(run, answer, self._filled)
         return run
 
+    def _padded(self, need: torch.Tensor, n_pred: int) -> torch.Tensor:
+        """The read columns, ascending, padded by repeating the last to a size the host knows.
+
+        One column per predicted pair at most, inside the answer; nothing waits for
+        the device (the model's logits are the same with a column repeated).
+        """
+        found = torch.nonzero_static(need, size=min(n_pred, self.length - self.plen), fill_value=-1).squeeze(1)
+        return torch.where(found < 0, found.max(), found)
+
     def _guided(
         self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor | None, columns: torch.Tensor | None,
-        select: torch.Tensor | None,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None, outputs: int | None,
     ) -> torch.Tensor:
         """Model logits, guided (§1: ``un + (w + 1)(cond − un)``, prompt masked in ``un``)."""
         if self.cfg_scale <= 0:
-            return self._logits(x, mask, at, columns, select)
+            return self._logits(x, mask, at, columns, pairs, outputs)
         uncond = x.clone()
         real = torch.ones_like(x[:, : self.plen], dtype=torch.bool) if mask is None else mask[:, : self.plen].bool()
         uncond[:, : self.plen] = self.model.process.corrupt(uncond[:, : self.plen], real)
         both_mask = None if mask is None else torch.cat([mask, mask])
-        both = self._logits(torch.cat([x, uncond]), both_mask, at, columns, None if select is None else torch.cat([select, select]))
+        if pairs is not None:  # the unguided rows follow the guided ones
+            pairs = (torch.cat([pairs[0], pairs[0] + len(x)]), torch.cat([pairs[1], pairs[1]]))
+        both = self._logits(torch.cat([x, uncond]), both_mask, at, columns, pairs, outputs)
         cond, un = both.chunk(2)
         return un + (self.cfg_scale + 1) * (cond - un)
 
     def _logits(
         self, x: torch.Tensor, mask: torch.Tensor | None, at: torch.Tensor | None, columns: torch.Tensor | None,
-        select: torch.Tensor | None,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None, outputs: int | None,
     ) -> torch.Tensor:
         """``at`` ``None``: every column (no index for the model to read)."""
         if not self.native:
             return self.model.logits(x, attention_mask=mask, prompt_length=self.plen)
         return self.model.logits(
             x, attention_mask=mask, logits_at=at, columns=columns, cache=self._cache, prompt_length=self.plen,
-            select=select,
+            pairs=pairs, outputs=outputs,
         )
 
-    def _outputs(self, fill: bool, counts: list[int]) -> int | None:
-        """Columns the model's last block outputs (``NativeLM._last_queries``); ``None``: all it ran.
+    def _outputs(self, fill: bool, need: torch.Tensor, counts: list[int]) -> int | torch.Tensor | None:
+        """Columns the model's last block outputs, for the FLOP count (``None``: all it ran).
 
-        ``counts``: the read columns, then (unless ``fill``) the computed ones and those read among them.
+        The read columns (counted on the device) without a cache or in a prompt-only
+        fill; a dual/prefix fill keeps every column; else the read recomputed ones.
         """
         if fill:
-            return None if self.mode not in ("none", "prompt") else counts[0]  # a dual/prefix fill keeps every column
-        return counts[2] or None
+            return None if self.mode not in ("none", "prompt") else need.sum()
+        return counts[1] or None
 
-    def _account(self, rows: torch.Tensor, run: int, heads: torch.Tensor, outputs: int | None) -> None:
+    def _account(self, rows: torch.Tensor, run: int, heads: torch.Tensor, outputs: int | torch.Tensor | None) -> None:
         """Charge each row its step's FLOPs on the device; ``heads`` ``[n]``: the row's LM-head columns."""
         if not self.native:
             return

@@ -2,9 +2,12 @@
 
 The driver hands each step forward the number of (row, column) pairs to predict, so
 the forwards select them with ``nonzero_static`` and keep their FLOP counters on the
-device. Two checks: a whole step forward runs on the ``meta`` device, where any host
-read raises; and real rollouts on the CPU under ``host_reads`` (a stand-in for
-``torch.cuda.set_sync_debug_mode``) read only where docs/sampling.md §9 says.
+device; the native model takes the counts of its partial forward from the caller.
+Two checks: a whole step forward runs on the ``meta`` device, where any host read
+raises; and real rollouts on the CPU under ``host_reads`` (a stand-in for
+``torch.cuda.set_sync_debug_mode``) read only where docs/sampling.md §9 says: at most
+one read per step without a cache (the driver's, or the forward's count), one per
+step with an approximate cache (two with a data-decided rule).
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import pytest
 import torch
 from host_reads import host_reads
 from reference_sampler import random_tiny
+from test_cache_model import small_dream
 
 from unmask.models.sdar import tiny_sdar
+from unmask.rollouts.absorbing.predict import MaskedPredict
 from unmask.rollouts.block_forward import BlockStepForward
 from unmask.rollouts.cache import StepForward
 from unmask.rollouts.generate import generate
 
+DRIVER = "rollouts/absorbing/predict.py"  # where a data-decided rule reads its step's work
 SETTINGS = {"gen_length": 12, "steps": 9, "block_length": 4, "seed": 5}
 STRATEGIES = [
     {},
@@ -39,10 +45,10 @@ def left_padded(lengths: list[int], width: int = 8) -> tuple[torch.Tensor, torch
 
 
 def traced_calls(monkeypatch, forward_class: type) -> list[tuple[bool, list[tuple[str, str]]]]:
-    """Per call of the step forward: (first call of its round, the host reads it made)."""
+    """Per call of a step forward (or a driver's step): (first call of its round, the host reads it made)."""
     calls: list[tuple[bool, list[tuple[str, str]]]] = []
     state = {"first": True}
-    call, new_block = forward_class.__call__, forward_class.new_block
+    call, new_block = forward_class.__call__, getattr(forward_class, "new_block", None)
 
     def traced(self, *args):
         with host_reads() as reads:
@@ -56,7 +62,8 @@ def traced_calls(monkeypatch, forward_class: type) -> list[tuple[bool, list[tupl
         return new_block(self, *args)
 
     monkeypatch.setattr(forward_class, "__call__", traced)
-    monkeypatch.setattr(forward_class, "new_block", entered)
+    if new_block is not None:
+        monkeypatch.setattr(forward_class, "new_block", entered)
     return calls
 
 
@@ -87,22 +94,70 @@ def test_block_cache_reads_the_device_only_at_a_rounds_first_step(monkeypatch, s
         assert all(where.startswith(("rollouts/block_forward.py", "rollouts/cache.py")) for _op, where in reads), reads
 
 
+def rollout(cache: str, partial_head: bool, settings: dict, family: str = "tiny") -> None:
+    ids, mask = left_padded([8, 4, 7])
+    model = small_dream() if family == "dream" else random_tiny(seed=3, scale=0.3)
+    generate(model, ids % model.dims.vocab, attention_mask=mask, cache=cache, partial_head=partial_head,
+             **SETTINGS, **settings)
+
+
 @pytest.mark.parametrize(("cache", "partial_head"), [("none", True), ("dual", True), ("dual", False), ("delayed", True)])
 @pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")
-def test_full_canvas_forward_reads_one_count_vector_per_step(monkeypatch, cache, partial_head, settings):
-    """Which columns some row reads (and, with a cache, recomputes) is data: one read per step.
+def test_full_canvas_forward_reads_at_most_one_count_vector_per_step(monkeypatch, cache, partial_head, settings):
+    """Which columns some row reads (and, with a cache, recomputes) is data: at most one read per step.
 
-    Every other read left is the native model's own partial forward (``unmask/models/native.py``).
+    The native model's partial forward reads nothing itself (the caller gives it the
+    count of its last block's columns): no ``unique``, no bool-mask index.
     """
     calls = traced_calls(monkeypatch, StepForward)
-    ids, mask = left_padded([8, 4, 7])
-    generate(random_tiny(seed=3, scale=0.3), ids, attention_mask=mask, cache=cache, partial_head=partial_head,
-             **SETTINGS, **settings)
+    rollout(cache, partial_head, settings)
     assert calls
     for _, reads in calls:
-        ours = [op for op, where in reads if where.startswith("rollouts/")]
-        assert ours in ([], ["tolist"]), reads
-        assert all(where.startswith(("rollouts/cache.py", "unmask/models/native.py")) for _, where in reads), reads
+        assert [op for op, _ in reads] in ([], ["tolist"]), reads
+        assert all(where.startswith("rollouts/cache.py") for _, where in reads), reads
+
+
+@pytest.mark.parametrize("family", ["tiny", "dream"])
+@pytest.mark.parametrize("partial_head", [True, False])
+@pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")
+def test_a_step_without_a_cache_reads_the_device_at_most_once(monkeypatch, family, partial_head, settings):
+    """Driver and forward together: a data-decided rule's read of its work carries the forward's count too."""
+    calls = traced_calls(monkeypatch, MaskedPredict)
+    rollout("none", partial_head, settings, family)
+    assert calls and all(len(reads) <= 1 for _, reads in calls), calls
+    if not partial_head and family == "tiny":  # the plain reference step: only a data-decided rule's read of its work
+        assert all(where.startswith(DRIVER) for _, reads in calls for _, where in reads), calls
+
+
+@pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")
+def test_a_step_with_a_cache_reads_once_more_only_for_a_data_decided_rule(monkeypatch, settings):
+    """The cache's count of recomputed columns depends on its state at the call, so it is not read ahead."""
+    calls = traced_calls(monkeypatch, MaskedPredict)
+    rollout("dual", True, settings, "dream")
+    assert calls
+    for _, reads in calls:
+        driver = [where for _, where in reads if where.startswith(DRIVER)]
+        assert len(driver) <= 1 and len(reads) - len(driver) <= 1, reads
+
+
+@pytest.mark.parametrize("partial_head", [True, False])
+def test_the_count_read_ahead_is_the_one_the_forward_would_read(partial_head):
+    """Dream reads a row's first real token at itself: rows that leave the step must not count."""
+    model = small_dream()
+    ids, mask = left_padded([8, 4, 7])
+    full = torch.cat([mask, torch.ones(3, 12, dtype=torch.long)], 1)
+    forward = StepForward(model, ids % model.dims.vocab, full, 12, partial_head=partial_head)
+    predict = torch.zeros(3, 12, dtype=torch.bool)
+    predict[1, [0, 5]] = predict[2, [0, 1]] = True  # row 0 (first real token at column 0) has no work
+    rows = torch.tensor([1, 2])
+    need = torch.cat([torch.zeros(8, dtype=torch.bool), predict.any(0)])
+    ahead = forward.read_ahead(predict)
+    assert ahead.tolist() == forward._counted(need, None, full[rows], partial_head).tolist()
+    answer = model.process.blank(torch.zeros(3, 12, dtype=torch.long))
+    logits = forward(answer, rows, predict[rows], (0, 12), 4, int(ahead))
+    torch.testing.assert_close(logits, forward(answer, rows, predict[rows], (0, 12), 4), rtol=0, atol=0)
+    whole = model.logits(torch.cat([ids % model.dims.vocab, answer], 1)[rows], full[rows])
+    torch.testing.assert_close(logits, whole[predict[rows].nonzero(as_tuple=True)[0], predict[rows].nonzero()[:, 1] + 8])
 
 
 @pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")

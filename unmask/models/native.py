@@ -141,15 +141,20 @@ class NativeLM(DiffusionLM):
         columns: torch.Tensor | None = None,
         cache: KVCache | None = None,
         prompt_length: int | None = None,
-        select: torch.Tensor | None = None,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+        outputs: int | None = None,
     ) -> torch.Tensor:
         """Position-aligned logits; see ``DiffusionLM.logits`` for the optional arguments.
 
         Rotary angles and the padding mask always come from the full canvas, so a
         partial forward sees each column at the position the full one does.
-        ``select`` (``[B, n]`` bool over the ``logits_at`` columns) returns ``[N, V]``
-        logits of the selected (row, column) pairs only: rows of a batch need logits
-        at different columns, and the LM head is a step's largest product.
+        ``pairs`` (``[N]`` rows, ``[N]`` indices into ``logits_at``) returns ``[N, V]``
+        logits of those (row, column) pairs only: rows of a batch need logits at
+        different columns, and the LM head is a step's largest product.
+        ``outputs`` is how many of the computed columns ``read_columns`` marks for
+        ``logits_at``: a caller that counts them with its own reads spares the model
+        one (the last block's shape depends on it). ``logits_at`` may repeat a column
+        (a caller padding it to a size it knows): the logits are the same.
         """
         b, length = input_ids.shape
         mask = None if attention_mask is None else attention_mask.bool()
@@ -166,7 +171,7 @@ class NativeLM(DiffusionLM):
         sources = self._logit_sources(
             logits_at if logits_at is not None else columns, mask, b, length, input_ids.device
         )
-        queries, read = self._last_queries(sources, columns, cache, length, input_ids.device)
+        queries, read = self._last_queries(sources, columns, cache, length, outputs)
         hidden = run_blocks(
             self.blocks,
             self.embed(input_ids if columns is None else input_ids[:, columns]),
@@ -184,7 +189,7 @@ class NativeLM(DiffusionLM):
             sources = torch.searchsorted(columns, sources.contiguous())
         if sources is not None:
             hidden = hidden.gather(1, sources[..., None].expand(-1, -1, hidden.shape[-1]))
-        return self.head(hidden if select is None else hidden[select])
+        return self.head(hidden if pairs is None else hidden[pairs])
 
     def _last_queries(
         self,
@@ -192,25 +197,48 @@ class NativeLM(DiffusionLM):
         columns: torch.Tensor | None,
         cache: KVCache | None,
         length: int,
-        device: torch.device,
+        outputs: int | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(queries, read)``: the last block's output columns, as indices into the computed
-        columns and as canvas columns; ``(None, None)`` for all of them.
+        columns and as canvas columns (ascending); ``(None, None)`` for all of them.
 
         Only columns whose logits are read need the last block's attention output and
         MLP (an exact saving: every column's keys/values still enter its attention).
         Not with gradients, and not when a cache is being filled (it keeps every
         column's final state); a cached partial forward refreshes the final state of
         the read columns only, the others are never read before the next fill.
+        Their number sets a shape: ``outputs`` when the caller counted them, else one host read.
         """
         if sources is None or torch.is_grad_enabled() or (cache is not None and cache.keep_hidden and columns is None):
             return None, None
-        computed = torch.arange(length, device=device) if columns is None else columns
-        wanted = torch.unique(sources)
-        read = wanted[torch.isin(wanted, computed)]
-        if len(read) in (0, len(computed)):
+        computed = torch.arange(length, device=sources.device) if columns is None else columns
+        inside = torch.zeros(length, dtype=torch.bool, device=sources.device).index_fill_(0, computed, True)
+        hit = inside & torch.zeros_like(inside).index_fill_(0, sources.reshape(-1), True)
+        if outputs is None:
+            outputs = int(hit.sum())
+        if outputs in (0, len(computed)):
             return None, None
+        read = torch.nonzero_static(hit, size=outputs).squeeze(1)
         return torch.searchsorted(computed, read), read
+
+    def read_columns(
+        self, wanted: torch.Tensor, attention_mask: torch.Tensor | None, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[L]`` bool: the columns whose last-block output gives logits at the ``wanted`` (``[L]`` bool) columns.
+
+        The same columns for every row unless the family shifts its logits (Dream:
+        a row's first real token reads itself), so the union over the batch rows
+        (``rows``, ``[B]`` bool: only those).
+        """
+        batch = attention_mask.shape[0] if attention_mask is not None else 1 if rows is None else len(rows)
+        length = wanted.shape[0]
+        mask = None if attention_mask is None else attention_mask.bool()
+        sources = self._logit_sources(None, mask, batch, length, wanted.device)
+        if sources is None:
+            return wanted
+        weight = wanted.expand(batch, -1) if rows is None else wanted & rows[:, None]
+        reads = torch.zeros(length, dtype=torch.long, device=wanted.device)
+        return reads.index_add_(0, sources.reshape(-1), weight.reshape(-1).long()) > 0
 
     def _attention_mask(
         self,
