@@ -17,21 +17,14 @@ re-masks, ``CommitAndRemask`` applies them, a ``StepRecorder`` keeps the step. T
 diffusion process says what is noise, how to noise and what a round may touch.
 
 Host synchronisation. A step's rule decisions, the scatters and the bookkeeping
-are tensor ops. What the host must know is how many rows and positions the
-forward runs (shapes): a rule whose steps follow its schedule (top-k, RCR) fixes
-them for a whole round, read once per round, and its random draws reach the device
-a chunk of steps at a time without a wait; a data-decided rule (thresholds, early
-exit) costs one read of three integers per step, which also ends a threshold
-round. The step forwards take that count (``nonzero_static``) and keep their FLOP
-counters on the device, read once for the Trajectory. The block cache
-(``rollouts.block_forward``) then reads only at a round's first step (does its
-cache hold the round's rows; a refill's prompt width). A full-canvas forward
-(``rollouts.cache``) with the partial head or a ``prefix``/``dual``/``delayed``
-cache reads one vector of column counts per step (which columns some row reads or
-must recompute is data), and the native model's partial forward syncs inside
-(``NativeLM.logits``: ``unique``, bool-mask indexing); ``prompt`` also reads at a
-round's first step. The reference mode (``partial_head=False``, no cache) reads
-nothing more per step on a model without a logit shift.
+are tensor ops; the host reads only the shapes it must know (docs/sampling.md §9
+lists them). A scheduled rule's work is read once per round; a data-decided rule
+reads its step's work once per step, and that read also carries the count a
+cache-less forward needs. So a step without a cache reads the device at most once;
+the ``prefix``/``dual``/``delayed``/``prompt`` caches add one read per step (the
+columns to recompute follow the data and the cache's state), and the block cache
+reads only at a round's first step. FLOP counters stay on the device until the
+Trajectory is built.
 """
 
 from __future__ import annotations
