@@ -59,7 +59,7 @@ class BlockStepForward:
         """``[B]`` long on the CPU: each row's forward FLOPs so far (read from the device here, once)."""
         return self._flops.cpu()
 
-    def read_ahead(self, predict: torch.Tensor) -> None:
+    def read_ahead(self, answer: torch.Tensor, predict: torch.Tensor, block: tuple[int, int]) -> None:
         """Nothing for a caller to read ahead: only a round's first call reads, and what depends on the cache."""
         return None
 

@@ -90,7 +90,7 @@ class StepForward:
 
     def __call__(
         self, answer: torch.Tensor, rows: torch.Tensor, predict: torch.Tensor, block: tuple[int, int], n_pred: int,
-        ahead: int | None = None,
+        ahead: list[int] | None = None,
     ) -> torch.Tensor:
         """``[N, V]`` logits of ``rows`` at their predicted columns, in row-major order.
 
@@ -98,15 +98,15 @@ class StepForward:
         to run (ascending), ``predict`` ``[n, L]`` where the sampler reads logits,
         ``n_pred`` their number ``N`` (the caller knows it), ``block`` the answer span.
         With the partial head the LM head runs on exactly those ``N`` (row, column) pairs.
-        ``ahead``: the count ``read_ahead`` gave for this step, read by the caller.
+        ``ahead``: the counts ``read_ahead`` gave for this step, read by the caller.
         """
         x = torch.cat([self.prompt_ids[rows], answer[rows]], dim=1)
         mask = None if self.mask is None else self.mask[rows]
         columns = self._columns(answer[rows], rows, block)
         need = torch.cat([predict.new_zeros(self.plen), predict.any(0)])  # [P + L] columns some row reads
         partial = self.partial_head and self.native  # the model runs its head on the read pairs only
-        counted = None if ahead is not None else self._counted(need, columns, mask, partial)
-        counts = [ahead] if ahead is not None else [] if counted is None else counted.tolist()
+        counted = None if ahead else self._counted(need, columns, mask, partial)
+        counts = ahead or ([] if counted is None else counted.tolist())
         run = self.length if columns is None else counts[0]
         computed = None if columns is None else torch.nonzero_static(columns, size=run).squeeze(1)
         row, col = torch.nonzero_static(predict, size=n_pred).unbind(1)
@@ -125,16 +125,23 @@ class StepForward:
         self.cached = columns is not None
         return logits
 
-    def read_ahead(self, predict: torch.Tensor) -> torch.Tensor | None:
-        """``[1]`` long on the device: the count the step's call would read, for a caller reading the device anyway.
+    def read_ahead(self, answer: torch.Tensor, predict: torch.Tensor, block: tuple[int, int]) -> torch.Tensor | None:
+        """``[k]`` long on the device: the counts the step's call would read, for a caller reading the device anyway.
 
-        ``predict`` ``[B, L]`` over every row. ``None`` where the call reads nothing, or
-        with a cache (what it recomputes depends on its state at the call).
+        ``answer`` and ``predict`` ``[B, L]`` over every row (the call gets the rows with
+        work). ``None`` where the call reads nothing, or at a ``prompt`` round's first
+        call (whether its cache holds the round's rows is read there).
         """
-        if self.mode != "none":
+        fills = self._fills()
+        if fills is None:
             return None
+        active = predict.any(1)
         need = torch.cat([predict.new_zeros(predict.shape[0], self.plen), predict], dim=1).any(0)
-        return self._counted(need, None, self.mask, self.partial_head and self.native, predict.any(1))
+        columns = None
+        if not fills:  # the rows with work are among the cache's rows (holds_rows)
+            held = self._cache_rows
+            columns = self._recompute(answer[held], self._filled, block, active[held])
+        return self._counted(need, columns, self.mask, self.partial_head and self.native, active)
 
     def _counted(self, need: torch.Tensor, columns: torch.Tensor | None, mask: torch.Tensor | None, partial: bool,
                  rows: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -158,19 +165,28 @@ class StepForward:
             counted.append(read.sum() if columns is None else (read & columns).sum())
         return torch.stack(counted) if counted else None
 
+    def _fills(self) -> bool | None:
+        """Whether the next call runs the whole canvas (refilling the cache); ``None``: the call reads whether.
+
+        Within a round the cache holds every row with work (rows only leave); at a
+        ``prompt`` round's first call (the only cache kept across rounds) it is read.
+        """
+        if self.mode == "none" or self._cache is None:
+            return True
+        if self.refresh and self._age >= self.refresh - 1 and self.mode != "prompt":
+            return True  # stale
+        return None if self._new_round else False
+
     def _columns(self, answer: torch.Tensor, rows: torch.Tensor, block: tuple[int, int]) -> torch.Tensor | None:
         """``[P + L]`` bool: canvas columns to recompute (``None``: all, refilling the cache).
 
-        The block (and for ``prefix`` its right side), plus any column whose token
-        changed since the cache was filled (RCR re-masks committed tokens of earlier
-        blocks): their cached states would still show the old token. Shrinks the
-        cache with the batch when rows finish.
+        Shrinks the cache with the batch when rows finish.
         """
         if self.mode == "none":
             return None
+        fills = self._fills()
         first, self._new_round = self._new_round, False
-        stale = self.refresh and self._age >= self.refresh - 1 and self.mode != "prompt"
-        if stale or not holds_rows(self._cache_rows, rows, first):
+        if fills or not holds_rows(self._cache_rows, rows, first):
             cache = self.model.new_cache(keep_hidden=self.mode != "prompt")  # prompt mode reads only answer columns
             self._cache, self._cache_rows, self._filled, self._age = cache, rows, answer, 0
             return None
@@ -181,28 +197,38 @@ class StepForward:
             if self.cfg_scale > 0:
                 keep = torch.cat([keep, keep + len(self._cache_rows)])
             self._cache, self._cache_rows = self._cache.select(keep), rows
+        run = self._recompute(answer, self._filled, block)
+        if self.mode == "delayed":
+            self._filled = torch.where(run[self.plen :], answer, self._filled)
+        return run
+
+    def _recompute(self, answer: torch.Tensor, filled: torch.Tensor, block: tuple[int, int],
+                   rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``[P + L]`` bool: the columns to recompute, over the ``rows`` (``[n]`` bool; default all) of ``answer``.
+
+        The block (and for ``prefix`` its right side), plus any column whose token
+        changed since it was cached (``filled``; RCR re-masks committed tokens of
+        earlier blocks): their cached states would still show the old token.
+        ``delayed`` runs only the block's masked columns and every changed column: a
+        committed token is run once more (its keys/values then show the token, not the
+        mask) and afterwards read from the cache (fewer columns per step than ``dual``,
+        at the price of committed columns no longer seeing later commits).
+        """
+
+        def among(per_row: torch.Tensor) -> torch.Tensor:
+            return per_row if rows is None else per_row & rows[:, None]
+
         index = torch.arange(answer.shape[1], device=answer.device)
+        in_block, changed = (index >= block[0]) & (index < block[1]), among(answer != filled).any(0)
         if self.mode == "prompt":
-            run = torch.ones_like(index, dtype=torch.bool)
+            run = torch.ones_like(in_block)
         elif self.mode == "delayed":
-            run = self._delayed(answer, block, index)
+            run = (in_block & among(self.model.process.noised(answer)).any(0)) | changed
+            run = torch.where(run.any(), run, in_block)  # nothing to run: the block, without asking the host
         else:
             end = answer.shape[1] if self.mode == "prefix" else block[1]
-            run = ((index >= block[0]) & (index < end)) | (answer != self._filled).any(0)
+            run = ((index >= block[0]) & (index < end)) | changed
         return torch.cat([run.new_zeros(self.plen), run])
-
-    def _delayed(self, answer: torch.Tensor, block: tuple[int, int], index: torch.Tensor) -> torch.Tensor:
-        """``[L]`` bool: the block's masked columns and every column whose token changed since it was last run.
-
-        A committed token is run once more (its keys/values then show the token,
-        not the mask) and afterwards read from the cache: fewer columns per step than
-        ``dual``, at the price of committed columns no longer seeing later commits.
-        """
-        in_block = (index >= block[0]) & (index < block[1])
-        run = (in_block & self.model.process.noised(answer).any(0)) | (answer != self._filled).any(0)
-        run = torch.where(run.any(), run, in_block)  # nothing to run: the block, without asking the host
-        self._filled = torch.where(run, answer, self._filled)
-        return run
 
     def _padded(self, need: torch.Tensor, n_pred: int) -> torch.Tensor:
         """The read columns, ascending, padded by repeating the last to a size the host knows.

@@ -19,12 +19,12 @@ diffusion process says what is noise, how to noise and what a round may touch.
 Host synchronisation. A step's rule decisions, the scatters and the bookkeeping
 are tensor ops; the host reads only the shapes it must know (docs/sampling.md §9
 lists them). A scheduled rule's work is read once per round; a data-decided rule
-reads its step's work once per step, and that read also carries the count a
-cache-less forward needs. So a step without a cache reads the device at most once;
-the ``prefix``/``dual``/``delayed``/``prompt`` caches add one read per step (the
-columns to recompute follow the data and the cache's state), and the block cache
-reads only at a round's first step. FLOP counters stay on the device until the
-Trajectory is built.
+reads its step's work once per step, and that read also carries the counts the
+step forward needs (the columns its cache recomputes, the columns its model's last
+block outputs), which the forward otherwise reads itself. So a step reads the
+device at most once (a ``prompt`` cache adds up to two at a later round's first
+step), the block cache only at a round's first step, and FLOP counters stay on
+the device until the Trajectory is built.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ class Predictor:
         """The step and ``[B]`` bool: the row's forward attended to cached keys/values.
 
         ``work`` is (rows with anything to predict, positions to predict, then the
-        forward's ``read_ahead`` count where the caller read it); ``uniforms``
+        forward's ``read_ahead`` counts where the caller read them); ``uniforms``
         ``[2, B, L]`` (sampling, confidence) or ``None`` when the step reads no draws.
         """
         pred = answer.clone()
@@ -45,7 +45,7 @@ class Predictor:
         if n_pred:  # rows with nothing to predict leave the forward
             rows = torch.nonzero_static(active, size=n_rows).squeeze(1)
             at = torch.nonzero_static(predict.reshape(-1), size=n_pred).squeeze(1)  # row-major, as the forward returns them
-            logits = self.process.forbid_noise_(self.forward(answer, rows, predict[rows], span, n_pred, *ahead))  # committed noise would break the schedule
+            logits = self.process.forbid_noise_(self.forward(answer, rows, predict[rows], span, n_pred, *([ahead] if ahead else [])))  # committed noise would break the schedule
             draws = None if uniforms is None else uniforms.reshape(2, -1)[:, at]
             stats = self._lean(logits) if self.lean else sample_step(logits, self.temperature, uniforms=None if draws is None else draws[0])
             scores = self.confidence(stats, torch.ones_like(stats.confidence) if draws is None else draws[1])
@@ -55,9 +55,9 @@ class Predictor:
         step = Step(index, answer, masked, scope, predict, pred, conf, logprob)
         return step, active & self.forward.cached
 
-    def read_ahead(self, predict: torch.Tensor) -> torch.Tensor | None:
+    def read_ahead(self, answer: torch.Tensor, predict: torch.Tensor, span: tuple[int, int]) -> torch.Tensor | None:
         """What the forward would read at this step (``StepForward.read_ahead``), for a caller reading anyway."""
-        return self.forward.read_ahead(predict)
+        return self.forward.read_ahead(answer, predict, span)
 
     @staticmethod
     def _lean(logits: torch.Tensor) -> StepSample:

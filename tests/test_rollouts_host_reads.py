@@ -6,12 +6,13 @@ device; the native model takes the counts of its partial forward from the caller
 Two checks: a whole step forward runs on the ``meta`` device, where any host read
 raises; and real rollouts on the CPU under ``host_reads`` (a stand-in for
 ``torch.cuda.set_sync_debug_mode``) read only where docs/sampling.md §9 says: at most
-one read per step without a cache (the driver's, or the forward's count), one per
-step with an approximate cache (two with a data-decided rule).
+one read per step (the driver's, carrying the forward's counts, or the forward's),
+and only at a round's first step for the block cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -118,46 +119,66 @@ def test_full_canvas_forward_reads_at_most_one_count_vector_per_step(monkeypatch
 
 
 @pytest.mark.parametrize("family", ["tiny", "dream"])
+@pytest.mark.parametrize("cache", ["none", "dual", "delayed", "prefix"])
 @pytest.mark.parametrize("partial_head", [True, False])
 @pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")
-def test_a_step_without_a_cache_reads_the_device_at_most_once(monkeypatch, family, partial_head, settings):
-    """Driver and forward together: a data-decided rule's read of its work carries the forward's count too."""
+def test_a_step_reads_the_device_at_most_once(monkeypatch, family, cache, partial_head, settings):
+    """Driver and forward together: a data-decided rule's read of its work carries the forward's counts too."""
     calls = traced_calls(monkeypatch, MaskedPredict)
-    rollout("none", partial_head, settings, family)
+    rollout(cache, partial_head, settings, family)
     assert calls and all(len(reads) <= 1 for _, reads in calls), calls
-    if not partial_head and family == "tiny":  # the plain reference step: only a data-decided rule's read of its work
+    if cache == "none" and not partial_head and family == "tiny":  # the reference step: only a rule's own read
         assert all(where.startswith(DRIVER) for _, reads in calls for _, where in reads), calls
 
 
 @pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")
-def test_a_step_with_a_cache_reads_once_more_only_for_a_data_decided_rule(monkeypatch, settings):
-    """The cache's count of recomputed columns depends on its state at the call, so it is not read ahead."""
+def test_a_prompt_cache_reads_more_only_at_a_later_rounds_first_step(monkeypatch, settings):
+    """Its cache outlives the round: whether it holds the round's rows, and then its counts, are read at the call."""
     calls = traced_calls(monkeypatch, MaskedPredict)
-    rollout("dual", True, settings, "dream")
-    assert calls
-    for _, reads in calls:
-        driver = [where for _, where in reads if where.startswith(DRIVER)]
-        assert len(driver) <= 1 and len(reads) - len(driver) <= 1, reads
-
-
-@pytest.mark.parametrize("partial_head", [True, False])
-def test_the_count_read_ahead_is_the_one_the_forward_would_read(partial_head):
-    """Dream reads a row's first real token at itself: rows that leave the step must not count."""
-    model = small_dream()
+    blind = random_tiny(seed=3, scale=0.3)
+    blind.config = dataclasses.replace(blind.config, prompt_attends_answer=False)
     ids, mask = left_padded([8, 4, 7])
-    full = torch.cat([mask, torch.ones(3, 12, dtype=torch.long)], 1)
-    forward = StepForward(model, ids % model.dims.vocab, full, 12, partial_head=partial_head)
-    predict = torch.zeros(3, 12, dtype=torch.bool)
-    predict[1, [0, 5]] = predict[2, [0, 1]] = True  # row 0 (first real token at column 0) has no work
-    rows = torch.tensor([1, 2])
-    need = torch.cat([torch.zeros(8, dtype=torch.bool), predict.any(0)])
-    ahead = forward.read_ahead(predict)
-    assert ahead.tolist() == forward._counted(need, None, full[rows], partial_head).tolist()
+    generate(blind, ids, attention_mask=mask, cache="prompt", **SETTINGS, **settings)
+    later_rounds = SETTINGS["gen_length"] // SETTINGS["block_length"] - 1
+    assert all(len(reads) <= 3 for _, reads in calls), calls
+    assert sum(len(reads) > 1 for _, reads in calls) <= later_rounds, calls
+
+
+@pytest.mark.parametrize("cache", ["none", "dual", "delayed"])
+@pytest.mark.parametrize("partial_head", [True, False])
+@torch.no_grad()  # as in sampling: with gradients the model runs every column's last block
+def test_the_counts_read_ahead_are_those_the_forward_would_read(cache, partial_head):
+    """Rows that leave the step must not count: Dream reads a row's first real token at itself (row 0 has no
+    prompt), and an idle row's changed token must not make the cache recompute its column."""
+    model = small_dream()
+    ids, mask = left_padded([0, 4, 7])
+    ids, full = ids % model.dims.vocab, torch.cat([mask, torch.ones(3, 12, dtype=torch.long)], 1)
     answer = model.process.blank(torch.zeros(3, 12, dtype=torch.long))
-    logits = forward(answer, rows, predict[rows], (0, 12), 4, int(ahead))
-    torch.testing.assert_close(logits, forward(answer, rows, predict[rows], (0, 12), 4), rtol=0, atol=0)
-    whole = model.logits(torch.cat([ids % model.dims.vocab, answer], 1)[rows], full[rows])
-    torch.testing.assert_close(logits, whole[predict[rows].nonzero(as_tuple=True)[0], predict[rows].nonzero()[:, 1] + 8])
+
+    def filled() -> StepForward:
+        forward = StepForward(model, ids, full, 12, cache=cache, partial_head=partial_head)
+        forward.new_block(0)
+        forward(answer, torch.arange(3), torch.ones(3, 12, dtype=torch.bool), (4, 8), 36)  # fills the cache
+        return forward
+
+    ahead_of_time, by_itself = filled(), filled()
+    answer = answer.clone()  # the forwards keep the answer they were filled with
+    answer[0, 1] = answer[2, 0] = 7  # committed outside the block: row 0's change must not count
+    predict = torch.zeros(3, 12, dtype=torch.bool)
+    predict[1, [0, 4, 6]] = predict[2, [5, 10]] = True  # row 0 (its first real token at answer column 0) idles
+    rows = torch.tensor([1, 2])
+    counts = ahead_of_time.read_ahead(answer, predict, (4, 8)).tolist()
+    logits = ahead_of_time(answer, rows, predict[rows], (4, 8), 5, counts)
+    torch.testing.assert_close(logits, by_itself(answer, rows, predict[rows], (4, 8), 5), rtol=0, atol=0)
+    if cache != "none":  # the same columns recomputed and refreshed: a wrong count would store states elsewhere
+        for ours, theirs in zip(vars(ahead_of_time._cache).values(), vars(by_itself._cache).values(), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    else:
+        need = torch.cat([torch.zeros(8, dtype=torch.bool), predict.any(0)])
+        assert counts == by_itself._counted(need, None, full[rows], partial_head).tolist()
+        whole = model.logits(torch.cat([ids, answer], 1)[rows], full[rows])  # and the logits are the model's
+        at = predict[rows].nonzero()
+        torch.testing.assert_close(logits, whole[at[:, 0], at[:, 1] + 8])
 
 
 @pytest.mark.parametrize("settings", STRATEGIES, ids=lambda s: "-".join(map(str, s.values())) or "topk")

@@ -24,7 +24,7 @@ class MaskedPredict:
         scope = self.rule.scope(c.masked, c.in_reach)
         predict = scope | c.masked if self.record_all else scope
         if c.plan is None:  # a data-decided rule: one read of the step's work, and of the forward's count
-            ahead = self.predictor.read_ahead(predict)
+            ahead = self.predictor.read_ahead(c.answer, predict, c.span)
             wanted = [predict.any(1).sum()[None], predict.sum()[None], scope.any().long()[None]]
             n_rows, n_pred, any_scope, *counted = torch.cat(wanted + ([] if ahead is None else [ahead])).tolist()
             if self.rule.ends_when_done and not any_scope:
