@@ -14,6 +14,7 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 
 from unmask.data import load_rows
+from unmask.data.countdown import TINY_TEMPLATE
 from unmask.errors import UserError
 from unmask.integrations.trl import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from unmask.models import load_model
@@ -22,15 +23,11 @@ from unmask.rewards.functions import countdown_reward
 from unmask.rl.checkpoint import trainable_state
 from unmask.rl.trainer import Trainer
 
-TEMPLATE = (
-    "Using the numbers {nums}, create an equation that equals {target}. "
-    "Put the equation in <answer> </answer> tags."
-)
 MODEL = "builtin:tiny-countdown"
 
 
 def countdown_rows(n: int) -> list[dict[str, Any]]:
-    rows = load_rows("countdown", limit=n, template=TEMPLATE, seed=7)
+    rows = load_rows("countdown", limit=n, template=TINY_TEMPLATE, seed=7)
     return [{"prompt": r["prompt"], "nums": r["nums"], "target": r["target"]} for r in rows]
 
 
@@ -87,9 +84,13 @@ def test_three_steps_with_lora_and_trl_rewards(tmp_path: Path) -> None:
     assert math.isfinite(trainer.evaluate()["eval_loss"])
 
 
+#: enough problems that the step's two sampled prompts get answers of different rewards (seed 3)
+MIXED_REWARDS = 32
+
+
 def test_loss_equals_unmask_trainer(tmp_path: Path) -> None:
     """Same batch, same estimator key, same weights: TRL's compute_loss equals the loss unmask's update reports."""
-    rows = countdown_rows(4)
+    rows = countdown_rows(MIXED_REWARDS)
     recipe = validate_recipe({
         "seed": 3, "output_dir": str(tmp_path / "unmask"),
         "model": {"name_or_path": MODEL},

@@ -14,7 +14,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from test_rl_block_family import ROWS, tiny_block_model
 from test_rollouts_block import prompts
-from test_trl import MODEL, config, countdown_rows
+from test_trl import MIXED_REWARDS, MODEL, config, countdown_rows
 from torch import nn
 
 from unmask.diffusion.block import BlockAbsorbingMask
@@ -105,7 +105,7 @@ def test_trl_and_unmasks_trainer_give_one_loss_and_gradient(tmp_path: Path, with
     """One prepared batch of 8 answers, micro-batches of 4, two accumulated into one optimizer step, the
     same adapter (and a toy critic on both sides, or none): the TRL front end's scaled micro-batch losses
     sum to unmask's step loss, and its gradients are the ones unmask's trainer steps with."""
-    rows = countdown_rows(4)
+    rows = countdown_rows(MIXED_REWARDS)
     recipe = validate_recipe({
         "seed": 3, "output_dir": str(tmp_path / "unmask"), "model": {"name_or_path": MODEL},
         "lora": {"r": 4, "alpha": 8}, "data": {"chat_template": False},
