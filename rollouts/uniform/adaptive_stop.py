@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torch.distributions import Categorical
 
 from unmask.rollouts.uniform.state import UniformCanvas, UniformStep
 
@@ -24,7 +23,8 @@ class AdaptiveStop:
         stable = (self.history == c.argmax[None]).all(-1).all(0)
         if self.stability:
             self.history = torch.cat([self.history[1:], c.argmax[None]])
-        confident = Categorical(logits=c.z).entropy().mean(-1) < self.confidence
+        # the step's own entropy: a live row's z is the step's logits, and a stopped row stays stopped
+        confident = step.entropy.mean(-1) < self.confidence
         c.stop_at = torch.where(c.frozen, c.stop_at, torch.full_like(c.stop_at, step.n))
         c.frozen = c.frozen | (stable & confident)
         return bool(c.frozen.all())

@@ -23,9 +23,9 @@ class ArgmaxReadout:
         readout = c.argmax.clone()
         if self.pad is not None:
             readout[c.finished] = self.pad
-        ended = torch.zeros_like(c.finished) if self.eos is None else torch.isin(readout, self.eos).any(-1)
-        if self.eos is not None and self.pad is not None:
-            eos = torch.isin(readout, self.eos)
+        eos = None if self.eos is None else torch.isin(readout, self.eos)
+        ended = torch.zeros_like(c.finished) if eos is None else eos.any(-1)
+        if eos is not None and self.pad is not None:
             seen = eos.cumsum(-1)
             readout[(seen > 0) & ~((seen == 1) & eos)] = self.pad
         c.finished = c.finished | ended

@@ -143,7 +143,6 @@ def generate(
     return rows
 
 
-#: the careless choices are drawn from the run seed plus this (apart from the problem draws)
 #: the tiny models' prompt: the standard Countdown prompt without its constant middle
 #: sentence, which costs 30 of 51 tokens and most of the compute; the tiny recipes set
 #: ``data.prompt_template`` to this string
@@ -158,6 +157,7 @@ def problem_key(row: dict[str, Any]) -> tuple[tuple[int, ...], int]:
     return tuple(sorted(row["nums"])), int(row["target"])
 
 
+#: the careless choices are drawn from the run seed plus this (apart from the problem draws)
 CARELESS_SEED_OFFSET = 2_000
 
 
